@@ -1,0 +1,368 @@
+//! Typed `result` objects, one per op (protocol.md §4–§5, plus decisions.md additions).
+//!
+//! Field names and types are the wire contract with published clients. Fields we add beyond
+//! the reference are `Option`s that deserialise as `None` when absent, so a client built on
+//! these types can still read a reference server's responses.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::response::{ErrorObject, ResponseStatus};
+use crate::wire::WireMode;
+
+/// HELLO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResult {
+    /// Always [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// The mode every later message of this connection is sent in.
+    pub wire_mode: WireMode,
+    /// Server name (`rstmdb`).
+    pub server_name: String,
+    /// Server version.
+    pub server_version: String,
+    /// The negotiated subset of the client's features.
+    pub features: Vec<String>,
+}
+
+/// AUTH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthResult {
+    /// Always true (a failure is an error response).
+    pub authenticated: bool,
+}
+
+/// PING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingResult {
+    /// Always true.
+    pub pong: bool,
+}
+
+/// BYE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByeResult {
+    /// Always true; the server closes the connection after sending it.
+    pub goodbye: bool,
+}
+
+/// INFO.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoResult {
+    /// Server name (`rstmdb`).
+    pub server_name: String,
+    /// Server version.
+    pub server_version: String,
+    /// Always [`crate::PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// Every feature the server supports.
+    pub features: Vec<String>,
+    /// Largest payload accepted, in bytes.
+    pub max_frame_bytes: u32,
+    /// Most elements allowed in one BATCH.
+    pub max_batch_ops: u32,
+}
+
+/// PUT_MACHINE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutMachineResult {
+    /// Echo.
+    pub machine: String,
+    /// Echo.
+    pub version: u32,
+    /// Checksum of the stored (canonical) definition.
+    pub stored_checksum: String,
+    /// False when an identical definition was already stored.
+    pub created: bool,
+}
+
+/// GET_MACHINE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetMachineResult {
+    /// The stored definition, in canonical form.
+    pub definition: Value,
+    /// Same as PUT_MACHINE's `stored_checksum`.
+    pub checksum: String,
+}
+
+/// One LIST_MACHINES item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSummary {
+    /// Machine name.
+    pub machine: String,
+    /// Stored versions, ascending.
+    pub versions: Vec<u32>,
+}
+
+/// LIST_MACHINES.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListMachinesResult {
+    /// One item per machine, sorted by name.
+    pub items: Vec<MachineSummary>,
+}
+
+/// CREATE_INSTANCE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateInstanceResult {
+    /// The (possibly generated) id.
+    pub instance_id: String,
+    /// The definition's initial state.
+    pub state: String,
+    /// Offset of the create record.
+    pub wal_offset: u64,
+}
+
+/// GET_INSTANCE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetInstanceResult {
+    /// Echo (addition; absent from reference responses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Machine name.
+    pub machine: String,
+    /// Machine version the instance is pinned to.
+    pub version: u32,
+    /// Current state.
+    pub state: String,
+    /// Current context.
+    pub ctx: Value,
+    /// `event_id` of the latest apply, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
+    /// Offset of the last record that created or changed the instance.
+    pub last_wal_offset: u64,
+    /// Creation time, Unix milliseconds (addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+    /// Last change, Unix milliseconds (addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<i64>,
+}
+
+/// One LIST_INSTANCES item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    /// Instance id.
+    pub id: String,
+    /// Machine name.
+    pub machine: String,
+    /// Machine version.
+    pub version: u32,
+    /// Current state.
+    pub state: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Last change, Unix milliseconds.
+    pub updated_at: i64,
+    /// Offset of the last record that created or changed the instance.
+    pub last_wal_offset: u64,
+}
+
+/// LIST_INSTANCES.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListInstancesResult {
+    /// This page.
+    pub instances: Vec<InstanceSummary>,
+    /// Matches before paging.
+    pub total: u64,
+    /// More matches follow this page.
+    pub has_more: bool,
+    /// Cursor for the next page (`after` param), when there is one (addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// DELETE_INSTANCE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteInstanceResult {
+    /// Echo.
+    pub instance_id: String,
+    /// Always true.
+    pub deleted: bool,
+    /// Offset of the delete record (the original one on a repeated delete).
+    pub wal_offset: u64,
+}
+
+/// APPLY_EVENT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyEventResult {
+    /// State before the transition.
+    pub from_state: String,
+    /// State after the transition.
+    pub to_state: String,
+    /// Context after the payload merge.
+    pub ctx: Value,
+    /// Offset of the apply record.
+    pub wal_offset: u64,
+    /// False when this was an idempotent replay.
+    pub applied: bool,
+    /// The request's `event_id`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+/// One BATCH element's outcome. All three keys are always sent, `null` where absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItemResult {
+    /// `ok` or `error`.
+    pub status: ResponseStatus,
+    /// The element's result when ok.
+    pub result: Option<Value>,
+    /// The element's error otherwise.
+    pub error: Option<ErrorObject>,
+}
+
+impl BatchItemResult {
+    /// A successful element.
+    pub fn ok(result: Value) -> Self {
+        Self {
+            status: ResponseStatus::Ok,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// A failed element.
+    pub fn error(error: ErrorObject) -> Self {
+        Self {
+            status: ResponseStatus::Error,
+            result: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// BATCH.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchResult {
+    /// One entry per element, in order.
+    pub results: Vec<BatchItemResult>,
+}
+
+/// SNAPSHOT_INSTANCE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInstanceResult {
+    /// Echo.
+    pub instance_id: String,
+    /// Id of the new snapshot.
+    pub snapshot_id: String,
+    /// The instance's `last_wal_offset` captured by the snapshot.
+    pub wal_offset: u64,
+    /// Size of the snapshot.
+    pub size_bytes: u64,
+    /// Checksum of the snapshot.
+    pub checksum: String,
+}
+
+/// One WAL_READ record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalRecord {
+    /// Record sequence number.
+    pub sequence: u64,
+    /// Record offset (`from_offset` matches it inclusively).
+    pub offset: u64,
+    /// The record, tagged by `type`.
+    pub entry: Value,
+}
+
+/// WAL_READ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalReadResult {
+    /// Records in ascending offset order.
+    pub records: Vec<WalRecord>,
+    /// Pass back as `from_offset` for the next page; `null` when there is none.
+    pub next_offset: Option<u64>,
+}
+
+/// WAL I/O counters since process start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoStats {
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Write calls.
+    pub writes: u64,
+    /// Read calls.
+    pub reads: u64,
+    /// fsync/fdatasync calls.
+    pub fsyncs: u64,
+}
+
+/// WAL_STATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalStatsResult {
+    /// Records ever appended.
+    pub entry_count: u64,
+    /// Segment files currently kept.
+    pub segment_count: u64,
+    /// Their total size.
+    pub total_size_bytes: u64,
+    /// Head offset; `null` when unknown.
+    pub latest_offset: Option<u64>,
+    /// I/O counters.
+    pub io_stats: IoStats,
+    /// Oldest offset still readable (addition; `null` when the WAL is empty).
+    #[serde(default)]
+    pub earliest_offset: Option<u64>,
+    /// Offset covered by the last checkpoint (addition; `null` before the first one).
+    #[serde(default)]
+    pub checkpoint_offset: Option<u64>,
+}
+
+/// COMPACT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactResult {
+    /// Snapshots made by this call.
+    pub snapshots_created: u64,
+    /// WAL segment files removed.
+    pub segments_deleted: u64,
+    /// Bytes freed.
+    pub bytes_reclaimed: u64,
+    /// Snapshots kept after the call.
+    pub total_snapshots: u64,
+    /// WAL segments remaining.
+    pub wal_segments: u64,
+}
+
+/// WATCH_INSTANCE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchInstanceResult {
+    /// Id carried by this subscription's events.
+    pub subscription_id: String,
+    /// Echo.
+    pub instance_id: String,
+    /// State at subscribe time.
+    pub current_state: String,
+    /// The instance's `last_wal_offset` at subscribe time.
+    pub current_wal_offset: u64,
+}
+
+/// WATCH_ALL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchAllResult {
+    /// Id carried by this subscription's events.
+    pub subscription_id: String,
+    /// Head offset at subscribe time.
+    pub wal_offset: u64,
+}
+
+/// UNWATCH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwatchResult {
+    /// Echo.
+    pub subscription_id: String,
+    /// False when the id was not an active subscription of this connection.
+    pub removed: bool,
+}
+
+/// FLUSH_ALL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushAllResult {
+    /// Always true (refusal is an error response).
+    pub flushed: bool,
+    /// Instances removed.
+    pub instances_removed: u64,
+    /// Machines removed.
+    pub machines_removed: u64,
+}
