@@ -1,0 +1,2 @@
+//! rstmdb-storage: the storage engine (the WAL layer first).
+pub mod wal;

@@ -1,0 +1,120 @@
+//! The write-ahead log: segment files of checksummed, sequence-numbered records.
+//!
+//! The byte layout, the torn-tail rules and the durability contract are written down in
+//! `docs/wal-format.md`; this module is that document in code.
+//!
+//! - [`Wal`] is the writer. One thread owns it: [`Wal::append`] writes records (one `write(2)`
+//!   per segment touched), [`Wal::sync`] makes them durable, [`Wal::publish`] lets readers see
+//!   them. Any failure rolls the files back so a later append never lands after half a record.
+//! - [`WalReader`] is a cheap, shareable handle for readers (WAL_READ, watchers, recovery
+//!   replay). It never returns a record above the published sequence number and never returns a
+//!   record whose CRC does not match.
+//! - [`repair`] is the offline tool behind `rstmdb repair`: it cuts the log at its first invalid
+//!   record after saving the damaged data aside.
+//!
+//! Layout of the code: `format` (record header), `index` (sparse seq → offset index),
+//! `segment` (file names, listing, scanning), `shared` (state shared by writer and readers),
+//! `disk` (every mutating file-system call, with fault injection), `writer`, `reader`,
+//! `repair`.
+
+mod disk;
+mod error;
+mod format;
+mod index;
+mod reader;
+mod repair;
+mod segment;
+mod shared;
+mod writer;
+
+use std::path::PathBuf;
+
+pub use disk::FaultPlan;
+pub use error::WalError;
+pub use format::{MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_VERSION};
+pub use reader::{WalIter, WalReader, WalRecord};
+pub use repair::{MovedSegment, RepairReport, RepairedDamage, repair};
+pub use writer::{OpenReport, SegmentInfo, TornTail, Wal, WalPublisher, WalStats};
+
+/// Default size at which the writer starts a new segment: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default largest payload [`Wal::append`] accepts: 32 MiB.
+pub const DEFAULT_MAX_RECORD_BYTES: u32 = 32 * 1024 * 1024;
+
+/// Where the log lives and its size limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalOptions {
+    /// Directory holding the segment files (created if missing).
+    pub dir: PathBuf,
+    /// A new segment is started before a record that would make the current one larger than
+    /// this. A single record larger than this still goes, alone, into a fresh segment.
+    pub segment_size_bytes: u64,
+    /// Largest payload accepted by [`Wal::append`]. Readers accept anything up to
+    /// [`MAX_PAYLOAD_BYTES_LIMIT`], so lowering this never makes old records unreadable.
+    pub max_record_bytes: u32,
+}
+
+impl WalOptions {
+    /// Options for `dir` with the default limits.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalOptions {
+            dir: dir.into(),
+            segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+
+    fn validate(&self) -> Result<(), WalError> {
+        if self.segment_size_bytes == 0 {
+            return Err(WalError::InvalidArgument {
+                reason: "segment_size_bytes must be at least 1".into(),
+            });
+        }
+        if self.max_record_bytes > MAX_PAYLOAD_BYTES_LIMIT {
+            return Err(WalError::InvalidArgument {
+                reason: format!(
+                    "max_record_bytes {} exceeds the format limit {MAX_PAYLOAD_BYTES_LIMIT}",
+                    self.max_record_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send>() {}
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn the_writer_moves_between_threads_and_readers_are_shared() {
+        send::<Wal>();
+        send::<WalIter>();
+        send_sync_clone::<WalReader>();
+    }
+
+    #[test]
+    fn options_reject_limits_the_format_cannot_honour() {
+        let dir = std::env::temp_dir();
+        let zero = WalOptions {
+            segment_size_bytes: 0,
+            ..WalOptions::new(&dir)
+        };
+        assert!(matches!(
+            zero.validate(),
+            Err(WalError::InvalidArgument { .. })
+        ));
+        let huge = WalOptions {
+            max_record_bytes: MAX_PAYLOAD_BYTES_LIMIT + 1,
+            ..WalOptions::new(&dir)
+        };
+        assert!(matches!(
+            huge.validate(),
+            Err(WalError::InvalidArgument { .. })
+        ));
+        assert!(WalOptions::new(&dir).validate().is_ok());
+    }
+}

@@ -1,0 +1,876 @@
+//! The writer: open (with torn-tail recovery), append, sync, publish, rotation, trimming.
+//!
+//! Invariants kept here:
+//! - Only the active (last) segment can hold data or a file name that is not yet durable:
+//!   before a new segment file is created the current one is synced (data and name). So after
+//!   a crash an invalid record can only be a torn tail of the last segment; anywhere else it
+//!   is corruption.
+//! - A failed append leaves the files exactly as they were before it (or the log is poisoned),
+//!   so no later record ever lands after half a record.
+//! - A failed fsync is never retried in the hope that the data is safe: the records it covered
+//!   are dropped from the log (fsyncgate).
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::WalOptions;
+use super::disk::{Disk, FaultPlan};
+use super::error::WalError;
+use super::format::{encode_record, record_len};
+use super::index::SparseIndex;
+use super::reader::WalReader;
+use super::segment::{
+    ListedSegment, ensure_dir, find_valid_record, list_segments, lock_dir, scan_segment,
+    segment_file_name,
+};
+use super::shared::{IoStats, ScannedSegment, SegmentMeta, Shared};
+
+/// What [`Wal::open`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Set when the last segment ended in a torn record, which was cut off.
+    pub torn_tail: Option<TornTail>,
+    /// Number of segment files after open.
+    pub segments: usize,
+    /// `next_seq - 1`: the highest sequence number used (0 for a new log).
+    pub last_seq: u64,
+    /// Records whose header and CRC were checked during open.
+    pub verified_records: u64,
+}
+
+/// A torn record cut off the end of the log at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    /// Where the torn record started; the file now ends here.
+    pub file_offset: u64,
+    pub bytes_removed: u64,
+}
+
+/// Numbers for WAL_STATS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub segment_count: u64,
+    /// Sum of the current segment file sizes.
+    pub total_size_bytes: u64,
+    /// Seq of the earliest retained record; `None` when the log holds no record.
+    pub earliest_seq: Option<u64>,
+    pub last_seq: u64,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    /// Segment writes (one per segment touched by an append).
+    pub writes: u64,
+    /// `read(2)` calls on segment files.
+    pub reads: u64,
+    /// fsync / fdatasync calls, files and directory.
+    pub fsyncs: u64,
+}
+
+/// One segment file, for retention decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub path: PathBuf,
+    pub first_seq: u64,
+    /// Highest seq the segment holds, 0 when it holds none. For a segment not read since open
+    /// (below `verify_from`) this is the bound derived from the next segment's name.
+    pub last_seq: u64,
+    pub size_bytes: u64,
+}
+
+/// The segment being appended to, with what is known to be durable in it.
+#[derive(Debug)]
+struct ActiveSegment {
+    /// Opened in append mode: every write lands at the current end of the file.
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    /// Bytes of whole records written.
+    len: u64,
+    /// Seq the next record appended here gets.
+    next_seq: u64,
+    /// Prefix that survived a successful fdatasync *and* whose file name is durable.
+    synced_len: u64,
+    synced_next_seq: u64,
+    /// False for a file created since the last directory fsync.
+    name_durable: bool,
+    index: SparseIndex,
+}
+
+impl ActiveSegment {
+    fn create(dir: &Path, first_seq: u64) -> Result<ActiveSegment, WalError> {
+        let path = dir.join(segment_file_name(first_seq));
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| WalError::io("creating WAL segment", &path, e))?;
+        Ok(ActiveSegment {
+            file,
+            path,
+            first_seq,
+            len: 0,
+            next_seq: first_seq,
+            synced_len: 0,
+            synced_next_seq: first_seq,
+            name_durable: false,
+            index: SparseIndex::default(),
+        })
+    }
+
+    /// The last segment found at open: everything in it is durable (open synced it).
+    fn reopen(meta: &SegmentMeta, scanned: &ScannedSegment) -> Result<ActiveSegment, WalError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&meta.path)
+            .map_err(|e| WalError::io("opening WAL segment for appending", &meta.path, e))?;
+        let next_seq = match scanned.last_seq {
+            Some(last) => last
+                .checked_add(1)
+                .ok_or_else(|| WalError::InvalidArgument {
+                    reason: "sequence numbers exhausted".into(),
+                })?,
+            None => meta.first_seq,
+        };
+        Ok(ActiveSegment {
+            file,
+            path: meta.path.clone(),
+            first_seq: meta.first_seq,
+            len: meta.len,
+            next_seq,
+            synced_len: meta.len,
+            synced_next_seq: next_seq,
+            name_durable: true,
+            index: scanned.index.clone(),
+        })
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        (self.next_seq > self.first_seq).then(|| self.next_seq - 1)
+    }
+
+    fn meta(&self) -> SegmentMeta {
+        SegmentMeta {
+            first_seq: self.first_seq,
+            path: self.path.clone(),
+            len: self.len,
+            scanned: Some(ScannedSegment {
+                last_seq: self.last_seq(),
+                index: self.index.clone(),
+            }),
+        }
+    }
+}
+
+/// Where the active segment stood before an append.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    len: u64,
+    next_seq: u64,
+}
+
+/// An error inside an append, with whether it was a failed fsync (whose records are lost).
+#[derive(Debug)]
+struct Failure {
+    error: WalError,
+    fsync_failed: bool,
+}
+
+impl Failure {
+    fn write(error: WalError) -> Failure {
+        Failure {
+            error,
+            fsync_failed: false,
+        }
+    }
+
+    fn fsync(error: WalError) -> Failure {
+        Failure {
+            error,
+            fsync_failed: true,
+        }
+    }
+}
+
+/// The writer side of the log. Owned by one thread; readers use [`Wal::reader`].
+#[derive(Debug)]
+pub struct Wal {
+    opts: WalOptions,
+    shared: Arc<Shared>,
+    disk: Disk,
+    active: ActiveSegment,
+    /// Set when a failure could not be rolled back: the files are in an unknown state.
+    poisoned: Option<String>,
+    /// Holds the directory lock for as long as the `Wal` lives.
+    _lock: File,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `opts.dir`.
+    ///
+    /// Segments that may hold a seq >= `verify_from`, and always the last segment, are read
+    /// and every record validated (header, CRC, sequence continuity). Older segments are only
+    /// listed, so restart time depends on the data after the checkpoint, not on retention.
+    ///
+    /// An invalid record at the end of the last segment with nothing valid after it is a torn
+    /// tail: it is cut off (truncate + fsync), logged, and reported. Any other invalid record
+    /// is [`WalError::Corrupt`].
+    pub fn open(opts: WalOptions, verify_from: u64) -> Result<(Wal, OpenReport), WalError> {
+        opts.validate()?;
+        let dir = opts.dir.clone();
+        ensure_dir(&dir)?;
+        let lock = lock_dir(&dir)?;
+        let stats = Arc::new(IoStats::default());
+        let mut disk = Disk::new(dir.clone(), Arc::clone(&stats));
+
+        let mut listed = list_segments(&dir)?;
+        if listed.is_empty() {
+            let first = ActiveSegment::create(&dir, 1)?;
+            listed.push(ListedSegment {
+                first_seq: first.first_seq,
+                path: first.path,
+                len: 0,
+            });
+        }
+        let scan_from = first_segment_to_verify(&listed, verify_from);
+        let last_index = listed.len() - 1;
+
+        let mut metas: Vec<SegmentMeta> = Vec::with_capacity(listed.len());
+        let mut verified_records = 0u64;
+        let mut torn_tail = None;
+        for (i, seg) in listed.into_iter().enumerate() {
+            if i < scan_from {
+                metas.push(SegmentMeta {
+                    first_seq: seg.first_seq,
+                    path: seg.path,
+                    len: seg.len,
+                    scanned: None,
+                });
+                continue;
+            }
+            if let Some(prev) = metas.last() {
+                check_boundary(prev, &seg)?;
+            }
+            let scan = scan_segment(&seg.path, seg.first_seq, &stats)?;
+            verified_records += scan.records;
+            if let Some(bad) = &scan.invalid {
+                if bad.definite || i != last_index {
+                    return Err(WalError::corrupt(
+                        &seg.path,
+                        bad.offset,
+                        Some(bad.seq),
+                        bad.reason.clone(),
+                    ));
+                }
+                if let Some((at, seq)) =
+                    find_valid_record(&seg.path, bad.offset + 1, bad.seq, &stats)?
+                {
+                    return Err(WalError::corrupt(
+                        &seg.path,
+                        bad.offset,
+                        Some(bad.seq),
+                        format!(
+                            "{}, but a valid record (seq {seq}) follows at offset {at}",
+                            bad.reason
+                        ),
+                    ));
+                }
+                cut_torn_tail(&mut disk, &seg.path, bad.offset)?;
+                let bytes_removed = scan.file_len - bad.offset;
+                tracing::warn!(
+                    segment = %seg.path.display(),
+                    file_offset = bad.offset,
+                    bytes_removed,
+                    seq = bad.seq,
+                    reason = %bad.reason,
+                    "cut a torn record off the end of the WAL"
+                );
+                torn_tail = Some(TornTail {
+                    segment: seg.path.clone(),
+                    file_offset: bad.offset,
+                    bytes_removed,
+                });
+            }
+            metas.push(SegmentMeta {
+                first_seq: seg.first_seq,
+                path: seg.path,
+                len: scan.valid_len,
+                scanned: Some(ScannedSegment {
+                    last_seq: scan.last_seq,
+                    index: scan.index,
+                }),
+            });
+        }
+        // Every name listed (or created) above is durable from here on.
+        disk.sync_dir()?;
+
+        let active = match metas.last() {
+            Some(
+                meta @ SegmentMeta {
+                    scanned: Some(scanned),
+                    ..
+                },
+            ) => ActiveSegment::reopen(meta, scanned)?,
+            _ => {
+                return Err(WalError::InvalidArgument {
+                    reason: "internal: the last WAL segment was not scanned".into(),
+                });
+            }
+        };
+        let last_seq = active.next_seq - 1;
+        let report = OpenReport {
+            torn_tail,
+            segments: metas.len(),
+            last_seq,
+            verified_records,
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            segments = report.segments,
+            last_seq,
+            verify_from,
+            verified_records,
+            torn_tail = report.torn_tail.is_some(),
+            "opened WAL"
+        );
+        // Everything on disk at open is durable (the tail was just checked and synced).
+        let shared = Arc::new(Shared::new(dir, metas, last_seq, stats));
+        let wal = Wal {
+            opts,
+            shared,
+            disk,
+            active,
+            poisoned: None,
+            _lock: lock,
+        };
+        Ok((wal, report))
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Seq the next appended record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.active.next_seq
+    }
+
+    /// `next_seq() - 1`: the highest seq used or skipped (0 when nothing was ever written).
+    pub fn last_seq(&self) -> u64 {
+        self.active.next_seq - 1
+    }
+
+    /// Why the log refuses writes, if it does (see [`WalError::Poisoned`]).
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Makes the next record get sequence `seq` (>= `next_seq`; equal is a no-op) by starting
+    /// a new segment named `seq`. For a state store that is ahead of a log whose tail was
+    /// lost: offsets are never reused. The skip is durable when this returns.
+    pub fn skip_to(&mut self, seq: u64) -> Result<(), WalError> {
+        self.check_writable()?;
+        let next = self.active.next_seq;
+        if seq < next {
+            return Err(WalError::InvalidArgument {
+                reason: format!("skip_to({seq}) is below the next sequence number {next}"),
+            });
+        }
+        if seq == next {
+            return Ok(());
+        }
+        let path = self.shared.dir.join(segment_file_name(seq));
+        if self.active.len == 0 {
+            // An empty active segment is renamed, not left behind: an empty segment followed by
+            // another one reads as lost records at open.
+            fs::rename(&self.active.path, &path)
+                .map_err(|e| WalError::io("renaming WAL segment", &self.active.path, e))?;
+            let old_first = self.active.first_seq;
+            self.active.path = path;
+            self.active.first_seq = seq;
+            self.active.next_seq = seq;
+            self.active.synced_next_seq = seq;
+            self.active.index = SparseIndex::default();
+            {
+                let mut table = self.shared.segments_mut();
+                table.retain(|m| m.first_seq != old_first);
+                table.push(self.active.meta());
+            }
+            if let Err(e) = self.disk.sync_dir() {
+                return Err(self.poison(format!(
+                    "the segment rename for skip_to({seq}) could not be made durable: {e}"
+                )));
+            }
+            self.active.name_durable = true;
+        } else {
+            if let Err(e) = self.make_durable() {
+                return Err(self.drop_unsynced(e));
+            }
+            let mut fresh = ActiveSegment::create(&self.shared.dir, seq)?;
+            if let Err(e) = self.disk.sync_dir() {
+                let _ = fs::remove_file(&fresh.path);
+                return Err(self.poison(format!(
+                    "the new segment for skip_to({seq}) could not be made durable: {e}"
+                )));
+            }
+            fresh.name_durable = true;
+            self.active = fresh;
+            self.shared.segments_mut().push(self.active.meta());
+        }
+        tracing::info!(
+            from_seq = next,
+            to_seq = seq,
+            "WAL skipped sequence numbers"
+        );
+        Ok(())
+    }
+
+    /// Appends one record per payload with consecutive seqs from `next_seq`; returns the
+    /// first seq (`next_seq` unchanged for an empty slice).
+    ///
+    /// A new segment is started before a record that would push the current one past
+    /// `segment_size_bytes` (the current one is synced first). Each segment touched gets one
+    /// `write_all` of one buffer. On any error the touched files are cut back to their length
+    /// before the call (segments this call created are removed) and `next_seq` is unchanged —
+    /// except that a failed fsync during rotation also drops the records written since the last
+    /// successful sync, as [`Wal::sync`] does. If the rollback itself fails the log is poisoned.
+    pub fn append(&mut self, payloads: &[&[u8]]) -> Result<u64, WalError> {
+        self.check_writable()?;
+        let max = self.opts.max_record_bytes;
+        if let Some(p) = payloads.iter().find(|p| p.len() > max as usize) {
+            return Err(WalError::RecordTooLarge { len: p.len(), max });
+        }
+        let first = self.active.next_seq;
+        if payloads.is_empty() {
+            return Ok(first);
+        }
+        if first.checked_add(payloads.len() as u64).is_none() {
+            return Err(WalError::InvalidArgument {
+                reason: "sequence numbers exhausted".into(),
+            });
+        }
+        let mark = Mark {
+            len: self.active.len,
+            next_seq: first,
+        };
+        let mut sealed = Vec::new();
+        match self.write_records(payloads, &mut sealed) {
+            Ok(()) => {
+                self.commit(&sealed);
+                Ok(first)
+            }
+            Err(failure) => Err(self.roll_back(mark, sealed, failure)),
+        }
+    }
+
+    /// Makes every appended record durable: fdatasync of the active segment and, if it was
+    /// created since the last sync, of the directory. (Older segments were synced when the
+    /// log rotated away from them.)
+    ///
+    /// If an fsync fails the records it covered are treated as lost: the segment is cut back to
+    /// the last successfully synced length, `next_seq` moves back accordingly (readers'
+    /// published seq too), and that state is synced; the fsync error is returned. If even that
+    /// fails the log is poisoned.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.check_writable()?;
+        match self.make_durable() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.drop_unsynced(e)),
+        }
+    }
+
+    /// Lets readers see records up to `seq` (clamped to `last_seq`; never moves backwards).
+    /// Call it once the records are durable under the fsync policy and applied.
+    pub fn publish(&self, seq: u64) {
+        self.shared.raise_published(seq.min(self.last_seq()));
+    }
+
+    /// A handle that publishes from another thread (the apply stage of a pipelined
+    /// committer), with the same clamping as [`Wal::publish`].
+    pub fn publisher(&self) -> WalPublisher {
+        WalPublisher {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A reader sharing this log's state.
+    pub fn reader(&self) -> WalReader {
+        WalReader::new(Arc::clone(&self.shared))
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let (segment_count, total_size_bytes) = {
+            let table = self.shared.segments();
+            (table.len() as u64, table.iter().map(|m| m.len).sum())
+        };
+        let io = &self.shared.stats;
+        WalStats {
+            segment_count,
+            total_size_bytes,
+            earliest_seq: self.shared.earliest_seq(),
+            last_seq: self.last_seq(),
+            bytes_written: io.bytes_written.load(Ordering::Relaxed),
+            bytes_read: io.bytes_read.load(Ordering::Relaxed),
+            writes: io.writes.load(Ordering::Relaxed),
+            reads: io.reads.load(Ordering::Relaxed),
+            fsyncs: io.fsyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The segment files, oldest first (the last one is being appended to).
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let table = self.shared.segments();
+        table
+            .iter()
+            .enumerate()
+            .map(|(i, m)| SegmentInfo {
+                path: m.path.clone(),
+                first_seq: m.first_seq,
+                last_seq: m
+                    .last_seq_bound(table.get(i + 1).map(|n| n.first_seq))
+                    .unwrap_or(0),
+                size_bytes: m.len,
+            })
+            .collect()
+    }
+
+    /// Deletes whole segments all of whose records have seq < `below`, oldest first, never the
+    /// active one, then fsyncs the directory. Returns (segments deleted, bytes deleted).
+    /// Readers positioned in a deleted range continue at the earliest remaining seq.
+    pub fn remove_segments_below(&mut self, below: u64) -> Result<(u64, u64), WalError> {
+        let doomed: Vec<SegmentMeta> = {
+            let mut table = self.shared.segments_mut();
+            let mut n = 0;
+            // `n + 1 < len`: the last segment is the active one and is never removed.
+            while n + 1 < table.len() {
+                let next_first = table.get(n + 1).map(|m| m.first_seq);
+                let removable = table
+                    .get(n)
+                    .and_then(|m| m.last_seq_bound(next_first))
+                    .is_none_or(|last| last < below);
+                if !removable {
+                    break;
+                }
+                n += 1;
+            }
+            // Out of the table first, so no new reader picks them; readers that already
+            // opened one keep reading it (unlinking an open file is fine).
+            table.drain(..n).collect()
+        };
+        let mut removed = 0u64;
+        let mut bytes = 0u64;
+        for (k, meta) in doomed.iter().enumerate() {
+            match fs::remove_file(&meta.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let mut table = self.shared.segments_mut();
+                    let keep = doomed.get(k..).unwrap_or_default();
+                    table.splice(0..0, keep.iter().cloned());
+                    return Err(WalError::io("removing WAL segment", &meta.path, e));
+                }
+            }
+            removed += 1;
+            bytes += meta.len;
+        }
+        if removed > 0 {
+            self.disk.sync_dir()?;
+            tracing::info!(segments = removed, bytes, below, "removed old WAL segments");
+        }
+        Ok((removed, bytes))
+    }
+
+    /// Injects faults into the next file-system calls: for tests of the error paths.
+    pub fn set_fault(&mut self, plan: FaultPlan) {
+        self.disk.set_faults(plan);
+    }
+
+    fn check_writable(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(reason) => Err(WalError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, reason: String) -> WalError {
+        tracing::error!(reason = %reason, "WAL poisoned: refusing writes until reopened");
+        self.poisoned = Some(reason.clone());
+        WalError::Poisoned { reason }
+    }
+
+    fn write_records(
+        &mut self,
+        payloads: &[&[u8]],
+        sealed: &mut Vec<ActiveSegment>,
+    ) -> Result<(), Failure> {
+        let limit = self.opts.segment_size_bytes;
+        let mut rest = payloads;
+        while let Some(next) = rest.first() {
+            if self.active.len > 0 && self.active.len + record_len(next.len()) > limit {
+                self.rotate(sealed)?;
+            }
+            // As many records as fit in this segment, at least one.
+            let mut take = 0usize;
+            let mut bytes = 0u64;
+            for p in rest {
+                let len = record_len(p.len());
+                if take > 0 && self.active.len + bytes + len > limit {
+                    break;
+                }
+                take += 1;
+                bytes += len;
+            }
+            let group = rest.get(..take).unwrap_or_default();
+            let mut buf = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
+            let mut offset = self.active.len;
+            let mut seq = self.active.next_seq;
+            for p in group {
+                encode_record(&mut buf, seq, 0, p);
+                self.active.index.note(seq, offset);
+                offset += record_len(p.len());
+                seq += 1;
+            }
+            debug_assert_eq!(buf.len() as u64, bytes);
+            self.disk
+                .write(&mut self.active.file, &self.active.path, &buf)
+                .map_err(Failure::write)?;
+            self.active.len = offset;
+            self.active.next_seq = seq;
+            rest = rest.get(take..).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (made durable first) and starts a new one at `next_seq`.
+    fn rotate(&mut self, sealed: &mut Vec<ActiveSegment>) -> Result<(), Failure> {
+        // The new file must not exist before the old one is durable: otherwise a crash could
+        // leave a torn record in a segment that is no longer the last, which reads as
+        // corruption at open.
+        self.make_durable().map_err(Failure::fsync)?;
+        let fresh = ActiveSegment::create(&self.shared.dir, self.active.next_seq)
+            .map_err(Failure::write)?;
+        sealed.push(std::mem::replace(&mut self.active, fresh));
+        Ok(())
+    }
+
+    /// Publishes the new segment state to the shared table (readers still wait for `publish`).
+    fn commit(&mut self, sealed: &[ActiveSegment]) {
+        let mut table = self.shared.segments_mut();
+        for seg in sealed.iter().chain(std::iter::once(&self.active)) {
+            let meta = seg.meta();
+            match table
+                .iter_mut()
+                .rev()
+                .find(|m| m.first_seq == meta.first_seq)
+            {
+                Some(slot) => *slot = meta,
+                None => table.push(meta),
+            }
+        }
+    }
+
+    /// Undoes a failed append: removes segments it created and cuts the segment that was
+    /// active back to `mark`, making that durable where the undone data had been synced.
+    fn roll_back(&mut self, mark: Mark, sealed: Vec<ActiveSegment>, failure: Failure) -> WalError {
+        let Failure {
+            error,
+            fsync_failed,
+        } = failure;
+        let mut removed_durable_name = false;
+        let mut sealed = sealed.into_iter();
+        if let Some(original) = sealed.next() {
+            let mut created: Vec<ActiveSegment> = sealed.collect();
+            created.push(std::mem::replace(&mut self.active, original));
+            for seg in created.iter().rev() {
+                removed_durable_name |= seg.name_durable;
+                if let Err(e) = fs::remove_file(&seg.path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return self.poison(format!(
+                        "{error}; then removing segment {} created by the failed append failed: {e}",
+                        seg.path.display()
+                    ));
+                }
+            }
+        }
+        let synced_past_mark = self.active.synced_len > mark.len;
+        if let Err(e) = self
+            .disk
+            .truncate(&self.active.file, &self.active.path, mark.len)
+        {
+            return self.poison(format!(
+                "{error}; then cutting the partial write off failed: {e}"
+            ));
+        }
+        if synced_past_mark
+            && let Err(e) = self.disk.sync_data(&self.active.file, &self.active.path)
+        {
+            return self.poison(format!(
+                "{error}; then syncing the rolled-back segment failed: {e}"
+            ));
+        }
+        if removed_durable_name && let Err(e) = self.disk.sync_dir() {
+            return self.poison(format!(
+                "{error}; then syncing the directory after removing new segments failed: {e}"
+            ));
+        }
+        let a = &mut self.active;
+        a.len = mark.len;
+        a.next_seq = mark.next_seq;
+        a.index.truncate(mark.len);
+        if synced_past_mark {
+            a.synced_len = mark.len;
+            a.synced_next_seq = mark.next_seq;
+        }
+        tracing::warn!(
+            segment = %a.path.display(),
+            len = mark.len,
+            next_seq = mark.next_seq,
+            error = %error,
+            "WAL append failed; rolled the log back"
+        );
+        if fsync_failed {
+            return self.drop_unsynced(error);
+        }
+        error
+    }
+
+    /// fdatasync the active segment (and the directory if its name is new).
+    fn make_durable(&mut self) -> Result<(), WalError> {
+        let a = &mut self.active;
+        if a.len > a.synced_len {
+            self.disk.sync_data(&a.file, &a.path)?;
+        }
+        if !a.name_durable {
+            self.disk.sync_dir()?;
+            a.name_durable = true;
+        }
+        a.synced_len = a.len;
+        a.synced_next_seq = a.next_seq;
+        Ok(())
+    }
+
+    /// After a failed fsync: the records it covered may or may not be on disk, and retrying
+    /// cannot tell. Drop them (cut to the last synced length, sync that) and return `cause`.
+    fn drop_unsynced(&mut self, cause: WalError) -> WalError {
+        let keep_len = self.active.synced_len;
+        let keep_next = self.active.synced_next_seq;
+        let dropped = self.active.next_seq - keep_next;
+        // Readers must not look at what is about to vanish.
+        self.shared.lower_published(keep_next - 1);
+        if let Err(e) = self
+            .disk
+            .truncate(&self.active.file, &self.active.path, keep_len)
+        {
+            return self.poison(format!(
+                "{cause}; then dropping the unsynced records failed: {e}"
+            ));
+        }
+        if let Err(e) = self.disk.sync_data(&self.active.file, &self.active.path) {
+            return self.poison(format!(
+                "{cause}; then syncing after dropping the unsynced records failed: {e}"
+            ));
+        }
+        if !self.active.name_durable {
+            if let Err(e) = self.disk.sync_dir() {
+                return self.poison(format!(
+                    "{cause}; then syncing the directory after dropping the unsynced records \
+                     failed: {e}"
+                ));
+            }
+            self.active.name_durable = true;
+        }
+        let a = &mut self.active;
+        a.len = keep_len;
+        a.next_seq = keep_next;
+        a.index.truncate(keep_len);
+        let meta = a.meta();
+        {
+            let mut table = self.shared.segments_mut();
+            if let Some(slot) = table
+                .iter_mut()
+                .rev()
+                .find(|m| m.first_seq == meta.first_seq)
+            {
+                *slot = meta;
+            }
+        }
+        tracing::warn!(
+            segment = %self.active.path.display(),
+            records_dropped = dropped,
+            next_seq = keep_next,
+            error = %cause,
+            "WAL fsync failed; dropped the records written since the last successful sync"
+        );
+        cause
+    }
+}
+
+/// Index of the first segment that may hold a seq >= `verify_from` (the last one at worst).
+fn first_segment_to_verify(listed: &[ListedSegment], verify_from: u64) -> usize {
+    let last = listed.len().saturating_sub(1);
+    (0..last)
+        .find(|&i| listed.get(i + 1).is_some_and(|n| n.first_seq > verify_from))
+        .unwrap_or(last)
+}
+
+/// Checks that `next` may follow the scanned segment `prev`.
+fn check_boundary(prev: &SegmentMeta, next: &ListedSegment) -> Result<(), WalError> {
+    let Some(scanned) = &prev.scanned else {
+        // Not read: its end is only known from `next`'s name, which is consistent by definition.
+        return Ok(());
+    };
+    match scanned.last_seq {
+        None => Err(WalError::corrupt(
+            &prev.path,
+            0,
+            Some(prev.first_seq),
+            "empty segment followed by a later segment: its records are missing",
+        )),
+        Some(last) if next.first_seq <= last => Err(WalError::corrupt(
+            &next.path,
+            0,
+            Some(next.first_seq),
+            format!(
+                "segment name says it starts at seq {} but the previous segment already ends at \
+                 seq {last}",
+                next.first_seq
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn cut_torn_tail(disk: &mut Disk, path: &Path, len: u64) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| WalError::io("opening WAL segment to cut its torn tail", path, e))?;
+    disk.truncate(&file, path, len)?;
+    disk.sync_data(&file, path)
+}
+
+/// Publishes records to readers from a thread other than the writer's; see [`Wal::publisher`].
+#[derive(Debug, Clone)]
+pub struct WalPublisher {
+    shared: Arc<Shared>,
+}
+
+impl WalPublisher {
+    /// Lets readers see records up to `seq`, clamped to the last record in the log; never moves
+    /// backwards.
+    pub fn publish(&self, seq: u64) {
+        let last = self
+            .shared
+            .segments()
+            .iter()
+            .rev()
+            .find_map(|m| m.scanned.as_ref().and_then(|s| s.last_seq))
+            .unwrap_or(0);
+        self.shared.raise_published(seq.min(last));
+    }
+}
