@@ -1,2 +1,54 @@
-//! rstmdb-storage: the storage engine (the WAL layer first).
+//! rstmdb-storage: the storage engine, usable in-process without the server.
+//!
+//! ```no_run
+//! use rstmdb_storage::{Database, StorageConfig, CreateInstance, ApplyEvent};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = Database::open(StorageConfig::new("./data"))?;
+//! db.put_machine("order", 1, &json!({
+//!     "states": ["pending", "paid"], "initial": "pending",
+//!     "transitions": [{"from": "pending", "event": "PAY", "to": "paid"}]
+//! })).await?;
+//! let created = db.create_instance(CreateInstance {
+//!     instance_id: Some("o-1".into()), machine: "order".into(), version: 1,
+//!     ..Default::default()
+//! }).await?;
+//! let applied = db.apply_event(ApplyEvent {
+//!     instance_id: created.instance_id, event: "PAY".into(), ..Default::default()
+//! }).await?;
+//! assert_eq!(applied.to_state, "paid");
+//! db.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Layers, bottom up:
+//! - [`wal`]: segmented log files, record format, torn-tail handling, readers, repair.
+//! - `state`: the sled key layout and the planner that turns a WAL entry into state writes
+//!   (the same code for live commits and for replay).
+//! - `commit`: the commit thread — group commit, fsync policy, apply, publish, acknowledge.
+//! - [`Database`]: locks, validation through `rstmdb-core`, reads, lists, watches,
+//!   checkpoints, recovery.
+//!
+//! See `docs/storage.md` for the durability contract and `docs/wal-format.md` for the file
+//! format.
+
+mod commit;
+pub mod config;
+mod db;
+pub mod entry;
+mod locks;
+mod state;
 pub mod wal;
+
+pub use commit::CommitStats;
+pub use config::{FsyncPolicy, StorageConfig};
+pub use db::{
+    ApplyEvent, ApplyOutcome, BatchFailure, BatchMode, BatchOp, BatchOutput, ChangeStream,
+    CheckpointOutcome, CreateInstance, CreateOutcome, DEFAULT_WAL_READ_LIMIT, Database,
+    DeleteInstance, DeleteOutcome, InstancePage, ListQuery, MAX_LIST_LIMIT, MAX_WAL_READ_BYTES,
+    MAX_WAL_READ_LIMIT, MachineInfo, OpenError, PutMachineOutcome, WalPage, WalReadRecord,
+    WalStatsOutcome, WatchError,
+};
+pub use entry::WalEntry;
+pub use state::{ChangeEvent, FlushCounts};

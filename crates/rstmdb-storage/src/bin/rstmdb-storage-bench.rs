@@ -1,0 +1,287 @@
+//! Embedded storage benchmark and crash-test load generator.
+//!
+//! ```text
+//! rstmdb-storage-bench apply   --dir D [--tasks 1,16,64] [--policy every_write|never] [--seconds 5]
+//! rstmdb-storage-bench restart --dir D [--instances 1000000]
+//! rstmdb-storage-bench writer  --dir D [--tasks 16]
+//! ```
+//!
+//! `apply` and `restart` print one JSON document per measurement. `writer` applies durable
+//! writes forever and prints `ACK <instance> <n> <wal_offset>` after each acknowledged one;
+//! the crash test SIGKILLs it and checks every acknowledged write survived.
+
+use rstmdb_storage::{ApplyEvent, CreateInstance, Database, FsyncPolicy, StorageConfig};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("rstmdb-storage-bench: {msg}");
+    std::process::exit(2)
+}
+
+fn machine_def() -> serde_json::Value {
+    json!({
+        "states": ["a", "b"],
+        "initial": "a",
+        "transitions": [
+            {"from": "a", "event": "GO", "to": "b"},
+            {"from": "b", "event": "GO", "to": "a"}
+        ]
+    })
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1e6
+}
+
+async fn setup(dir: &PathBuf, policy: FsyncPolicy, instances: usize) -> Database {
+    let mut cfg = StorageConfig::new(dir);
+    cfg.fsync_policy = policy;
+    let db = Database::open(cfg).unwrap_or_else(|e| fail(e));
+    if let Err(e) = db.put_machine("bench", 1, &machine_def()).await {
+        fail(e);
+    }
+    for i in 0..instances {
+        let r = db
+            .create_instance(CreateInstance {
+                instance_id: Some(format!("i{i:08}")),
+                machine: "bench".into(),
+                version: 1,
+                initial_ctx: Some(json!({"n": 0})),
+                idempotency_key: None,
+            })
+            .await;
+        if let Err(e) = r
+            && e.code() != rstmdb_core::ErrorCode::InstanceExists
+        {
+            fail(e);
+        }
+    }
+    db
+}
+
+async fn bench_apply(dir: PathBuf, tasks: usize, policy: FsyncPolicy, seconds: u64) {
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = setup(&dir, policy, tasks).await;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let db = db.clone();
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let id = format!("i{t:08}");
+            while Instant::now() < deadline {
+                let s = Instant::now();
+                let r = db
+                    .apply_event(ApplyEvent {
+                        instance_id: id.clone(),
+                        event: "GO".into(),
+                        ..Default::default()
+                    })
+                    .await;
+                if let Err(e) = r {
+                    fail(e);
+                }
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap_or_else(|e| fail(e)));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let stats = db.commit_stats();
+    let groups = stats
+        .groups
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1);
+    let records = stats.records.load(std::sync::atomic::Ordering::Relaxed);
+    let fsyncs = stats.fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+    let fsync_us = stats
+        .fsync_micros_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({
+            "bench": "apply_event",
+            "policy": format!("{policy:?}"),
+            "tasks": tasks,
+            "ops": all.len(),
+            "ops_per_sec": (all.len() as f64 / elapsed).round(),
+            "p50_us": percentile(&all, 0.50).round(),
+            "p99_us": percentile(&all, 0.99).round(),
+            "max_us": percentile(&all, 1.0).round(),
+            "mean_group_size": (records as f64 / groups as f64 * 10.0).round() / 10.0,
+            "mean_fsync_us": fsync_us.checked_div(fsyncs).unwrap_or(0),
+        })
+    );
+    if let Err(e) = db.close().await {
+        fail(e);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn bench_restart(dir: PathBuf, instances: usize) {
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = setup(&dir, FsyncPolicy::Never, 0).await;
+    // Create in parallel: the commit thread groups them.
+    let db2 = db.clone();
+    let chunk = instances.div_ceil(64).max(1);
+    let mut handles = Vec::new();
+    for t in 0..64usize {
+        let db = db2.clone();
+        handles.push(tokio::spawn(async move {
+            for i in (t * chunk)..((t + 1) * chunk).min(instances) {
+                let r = db
+                    .create_instance(CreateInstance {
+                        instance_id: Some(format!("i{i:08}")),
+                        machine: "bench".into(),
+                        version: 1,
+                        initial_ctx: Some(json!({"n": i})),
+                        idempotency_key: None,
+                    })
+                    .await;
+                if let Err(e) = r {
+                    fail(e);
+                }
+            }
+        }));
+    }
+    let load_started = Instant::now();
+    for h in handles {
+        h.await.unwrap_or_else(|e| fail(e));
+    }
+    let load_secs = load_started.elapsed().as_secs_f64();
+    if let Err(e) = db.close().await {
+        fail(e);
+    }
+    let started = Instant::now();
+    let db = Database::open(StorageConfig::new(&dir)).unwrap_or_else(|e| fail(e));
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let probe = db.get_instance(&format!("i{:08}", instances / 2));
+    println!(
+        "{}",
+        json!({
+            "bench": "restart",
+            "instances": instances,
+            "load_secs": (load_secs * 10.0).round() / 10.0,
+            "restart_ms": open_ms.round(),
+            "rss_after_restart_mib": rss_kib() / 1024,
+            "probe_ok": probe.is_ok(),
+        })
+    );
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn writer(dir: PathBuf, tasks: usize) {
+    let db = setup(&dir, FsyncPolicy::EveryWrite, tasks).await;
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let db = db.clone();
+        let out = out.clone();
+        handles.push(tokio::spawn(async move {
+            let id = format!("i{t:08}");
+            let mut n: u64 = match db.get_instance(&id) {
+                Ok(i) => i.ctx.get("n").and_then(|v| v.as_u64()).unwrap_or(0),
+                Err(e) => fail(e),
+            };
+            loop {
+                n += 1;
+                let r = db
+                    .apply_event(ApplyEvent {
+                        instance_id: id.clone(),
+                        event: "GO".into(),
+                        payload: Some(json!({"n": n})),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(a) => {
+                        if let Ok(mut o) = out.lock() {
+                            let _ = writeln!(o, "ACK {id} {n} {}", a.wal_offset);
+                            let _ = o.flush();
+                        }
+                    }
+                    Err(e) => fail(e),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).cloned().unwrap_or_default();
+    let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| fail("--dir is required")));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    rt.block_on(async move {
+        match mode.as_str() {
+            "apply" => {
+                let tasks = arg(&args, "--tasks").unwrap_or_else(|| "1,16,64".into());
+                let policy = match arg(&args, "--policy").as_deref() {
+                    None | Some("every_write") => FsyncPolicy::EveryWrite,
+                    Some("never") => FsyncPolicy::Never,
+                    Some(other) => fail(format!("unknown policy {other}")),
+                };
+                let seconds = arg(&args, "--seconds")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(5);
+                for t in tasks.split(',') {
+                    let t: usize = t.parse().unwrap_or_else(|e| fail(e));
+                    bench_apply(dir.clone(), t, policy, seconds).await;
+                }
+            }
+            "restart" => {
+                let n = arg(&args, "--instances")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(1_000_000);
+                bench_restart(dir, n).await;
+            }
+            "writer" => {
+                let tasks = arg(&args, "--tasks")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(16);
+                writer(dir, tasks).await;
+            }
+            _ => fail("usage: rstmdb-storage-bench apply|restart|writer --dir D [options]"),
+        }
+    });
+}

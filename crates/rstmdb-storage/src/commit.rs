@@ -1,0 +1,718 @@
+//! The commit pipeline: the only writer of the WAL and of sled.
+//!
+//! Two threads, each owning one structure:
+//!
+//! - the **log stage** owns the WAL. Requests queue on a bounded channel (backpressure). When
+//!   it wakes it takes every request waiting, writes their records with one `write`, makes
+//!   them durable with one `fdatasync` (under `every_write`: group commit), and hands the
+//!   group to the apply stage;
+//! - the **apply stage** owns sled. It plans each record's state changes in sequence order,
+//!   writes the group with one atomic batch (carrying the high-water offset), publishes the
+//!   new end of the log to readers, broadcasts watch events, and only then acknowledges.
+//!
+//! The stages overlap: while group N is applied, group N+1 is already being synced, so the
+//! fsync wait and the apply work no longer add up. Guarantees:
+//!
+//! - a change is visible (reads, WAL_READ, watchers, the response) only once durable under
+//!   the fsync policy, and sled never holds a change whose record is not in the WAL file;
+//! - recovery never reuses an offset, even when a lost WAL tail (under `never`) is behind
+//!   the state: the high-water mark is in every sled batch;
+//! - events leave in WAL order, which makes gap-free watch resume possible;
+//! - a caller that goes away after submitting cannot leave a durable record unapplied: the
+//!   threads finish the work regardless.
+
+use crate::config::FsyncPolicy;
+use crate::entry::WalEntry;
+use crate::state::{self, ChangeEvent, FlushCounts, Plan, View, keys};
+use crate::wal::{Wal, WalError, WalPublisher, WalStats};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Most records one group commit takes, so one slow group cannot starve acknowledgements.
+pub(crate) const MAX_GROUP_RECORDS: usize = 4096;
+/// Groups the log stage may run ahead of the apply stage before it waits.
+const APPLY_QUEUE_GROUPS: usize = 4;
+
+pub(crate) struct CommitRequest {
+    pub entry: WalEntry,
+    pub bytes: Vec<u8>,
+    /// See [`state::Hints`].
+    pub hints: state::Hints,
+    pub reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitOutcome {
+    pub seq: u64,
+    pub flushed: Option<FlushCounts>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum CommitError {
+    /// The record is not in the log; the caller may retry.
+    Wal(String),
+    /// The record is durable but could not be applied; the store refuses writes until a
+    /// restart replays it.
+    Apply(String),
+}
+
+pub(crate) struct CheckpointMark {
+    pub checkpoint_seq: u64,
+    pub tombstones_purged: u64,
+    pub idempotency_purged: u64,
+}
+
+// Commands are moved once through the queue; boxing the large variant would cost an
+// allocation per write for no gain.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Command {
+    Commit(CommitRequest),
+    /// Sync the WAL, then (in the apply stage) purge tombstones and expired idempotency
+    /// records at or below the durable end and record the checkpoint. sled is flushed by the
+    /// caller.
+    Checkpoint {
+        now_ms: i64,
+        reply: oneshot::Sender<Result<CheckpointMark, String>>,
+    },
+    /// Delete WAL segments wholly at or below `checkpoint_seq`, keeping the newest
+    /// `retention_bytes` of them for WAL_READ and watch resume.
+    TrimWal {
+        checkpoint_seq: u64,
+        retention_bytes: u64,
+        reply: oneshot::Sender<Result<TrimOutcome, String>>,
+    },
+    Stats {
+        reply: oneshot::Sender<WalStats>,
+    },
+    /// A timer tick for `every_ms`.
+    Tick,
+    /// Commit what is queued, sync, stop.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TrimOutcome {
+    pub segments_deleted: u64,
+    pub bytes_deleted: u64,
+    pub segments_left: u64,
+}
+
+/// Counters shared with the rest of the engine (and later with metrics).
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub groups: AtomicU64,
+    pub records: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub fsync_micros_total: AtomicU64,
+    /// Records written since the last checkpoint.
+    pub records_since_checkpoint: AtomicU64,
+    pub bytes_since_checkpoint: AtomicU64,
+}
+
+/// Set once the apply stage fails: the state store no longer matches the log, so every
+/// later write is refused until a restart replays the log.
+#[derive(Debug, Default)]
+pub(crate) struct Poison(Mutex<Option<String>>);
+
+impl Poison {
+    fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set(&self, reason: String) {
+        if let Ok(mut g) = self.0.lock() {
+            g.get_or_insert(reason);
+        }
+    }
+}
+
+pub(crate) enum ApplyMsg {
+    Group {
+        first_seq: u64,
+        group: Vec<CommitRequest>,
+    },
+    Checkpoint {
+        seq: u64,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<CheckpointMark, String>>,
+    },
+}
+
+/// Watch events of a group, and FLUSH_ALL counts by sequence.
+type GroupApplied = (Vec<Arc<ChangeEvent>>, HashMap<u64, FlushCounts>);
+
+fn fail_all(group: Vec<CommitRequest>, err: CommitError) {
+    for req in group {
+        let _ = req.reply.send(Err(err.clone()));
+    }
+}
+
+// ---- log stage ------------------------------------------------------------------------------
+
+pub(crate) struct LogStage {
+    wal: Wal,
+    policy: FsyncPolicy,
+    stats: Arc<CommitStats>,
+    poison: Arc<Poison>,
+    to_apply: std::sync::mpsc::SyncSender<ApplyMsg>,
+    /// Highest sequence handed to the apply stage (it may be applied and acknowledged).
+    handed_seq: u64,
+    checkpoint_due: Box<dyn Fn() + Send>,
+    checkpoint_events_threshold: u64,
+    checkpoint_size_threshold_bytes: u64,
+    unsynced_records: u64,
+    last_sync: Instant,
+}
+
+/// Thresholds that make the log stage ask for a checkpoint.
+pub(crate) struct CheckpointTrigger {
+    pub due: Box<dyn Fn() + Send>,
+    pub events_threshold: u64,
+    pub size_threshold_bytes: u64,
+}
+
+/// Builds both stages. Run the apply stage's `run` on one thread and the log stage's on
+/// another.
+pub(crate) fn pipeline(
+    wal: Wal,
+    apply: ApplyStage,
+    policy: FsyncPolicy,
+    trigger: CheckpointTrigger,
+) -> (LogStage, ApplyStage, std::sync::mpsc::Receiver<ApplyMsg>) {
+    let (to_apply, from_log) = std::sync::mpsc::sync_channel(APPLY_QUEUE_GROUPS);
+    let handed_seq = wal.last_seq().max(apply.high_water);
+    let log = LogStage {
+        wal,
+        policy,
+        stats: apply.stats.clone(),
+        poison: apply.poison.clone(),
+        to_apply,
+        handed_seq,
+        checkpoint_due: trigger.due,
+        checkpoint_events_threshold: trigger.events_threshold,
+        checkpoint_size_threshold_bytes: trigger.size_threshold_bytes,
+        unsynced_records: 0,
+        last_sync: Instant::now(),
+    };
+    (log, apply, from_log)
+}
+
+impl LogStage {
+    /// Runs until every sender is gone or `Shutdown`, then syncs and returns (which ends the
+    /// apply stage once it has drained).
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut group: Vec<CommitRequest> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut next = Some(first);
+            loop {
+                match next.take() {
+                    Some(Command::Commit(req)) => {
+                        group.push(req);
+                        if group.len() < MAX_GROUP_RECORDS {
+                            next = rx.try_recv().ok();
+                            if next.is_some() {
+                                continue;
+                            }
+                        }
+                        self.commit_group(std::mem::take(&mut group));
+                        break;
+                    }
+                    Some(other) => {
+                        // Keep order: what was queued before the command commits first.
+                        if !group.is_empty() {
+                            self.commit_group(std::mem::take(&mut group));
+                        }
+                        if matches!(other, Command::Shutdown) {
+                            return self.stop();
+                        }
+                        self.control(other);
+                        next = rx.try_recv().ok();
+                        if next.is_none() {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(mut self) {
+        if let Err(e) = self.wal.sync() {
+            tracing::error!(error = %e, "final WAL sync at shutdown failed");
+        }
+        tracing::debug!(last_seq = self.wal.last_seq(), "log stage stopped");
+    }
+
+    fn control(&mut self, cmd: Command) {
+        match cmd {
+            Command::Commit(_) | Command::Shutdown => {}
+            Command::Tick => {
+                if let FsyncPolicy::EveryMs(ms) = self.policy
+                    && self.unsynced_records > 0
+                    && self.last_sync.elapsed() >= Duration::from_millis(ms)
+                    && let Err(e) = self.sync()
+                {
+                    tracing::error!(error = %e, "timed WAL sync failed; unsynced records were dropped from the log");
+                }
+            }
+            Command::Checkpoint { now_ms, reply } => {
+                if let Err(e) = self.sync() {
+                    let _ = reply.send(Err(e.to_string()));
+                    return;
+                }
+                let seq = self.wal.last_seq();
+                if let Err(std::sync::mpsc::SendError(ApplyMsg::Checkpoint { reply, .. })) = self
+                    .to_apply
+                    .send(ApplyMsg::Checkpoint { seq, now_ms, reply })
+                {
+                    let _ = reply.send(Err("the apply stage stopped".into()));
+                }
+            }
+            Command::TrimWal {
+                checkpoint_seq,
+                retention_bytes,
+                reply,
+            } => {
+                let _ = reply.send(self.trim(checkpoint_seq, retention_bytes));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.wal.stats());
+            }
+        }
+    }
+
+    fn trim(&mut self, checkpoint_seq: u64, retention_bytes: u64) -> Result<TrimOutcome, String> {
+        let segments = self.wal.segments();
+        // Newest first: keep whole segments below the checkpoint until the retention is used.
+        let mut kept = 0u64;
+        let mut below = 0u64;
+        for seg in segments.iter().rev() {
+            if seg.last_seq > checkpoint_seq || seg.last_seq == 0 {
+                continue;
+            }
+            kept += seg.size_bytes;
+            if kept > retention_bytes {
+                below = seg.last_seq + 1;
+                break;
+            }
+        }
+        let (segments_deleted, bytes_deleted) = if below > 0 {
+            self.wal
+                .remove_segments_below(below)
+                .map_err(|e| e.to_string())?
+        } else {
+            (0, 0)
+        };
+        Ok(TrimOutcome {
+            segments_deleted,
+            bytes_deleted,
+            segments_left: self.wal.stats().segment_count,
+        })
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        let started = Instant::now();
+        let r = self.wal.sync();
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .fsync_micros_total
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.last_sync = Instant::now();
+        self.unsynced_records = 0;
+        if let Err(e) = r {
+            // The log dropped its unsynced tail. Offsets handed to the apply stage may already
+            // be in the state store: never hand them out again.
+            if self.wal.next_seq() <= self.handed_seq
+                && let Err(skip) = self.wal.skip_to(self.handed_seq + 1)
+            {
+                self.poison
+                    .set(format!("WAL unusable after a failed sync: {skip}"));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn commit_group(&mut self, group: Vec<CommitRequest>) {
+        if let Some(reason) = self.poison.get() {
+            return fail_all(group, CommitError::Apply(reason));
+        }
+        let payloads: Vec<&[u8]> = group.iter().map(|r| r.bytes.as_slice()).collect();
+        let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
+        let first_seq = match self.wal.append(&payloads) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, records = group.len(), "WAL append failed");
+                return fail_all(group, CommitError::Wal(e.to_string()));
+            }
+        };
+        let n = group.len() as u64;
+        self.unsynced_records += n;
+        let must_sync = match self.policy {
+            FsyncPolicy::EveryWrite => true,
+            FsyncPolicy::EveryN(every) => self.unsynced_records >= every.max(1),
+            FsyncPolicy::EveryMs(ms) => self.last_sync.elapsed() >= Duration::from_millis(ms),
+            FsyncPolicy::Never => false,
+        };
+        if must_sync && let Err(e) = self.sync() {
+            tracing::error!(error = %e, records = group.len(), "WAL sync failed");
+            return fail_all(group, CommitError::Wal(e.to_string()));
+        }
+        self.handed_seq = first_seq + n - 1;
+        if let Err(std::sync::mpsc::SendError(ApplyMsg::Group { group, .. })) =
+            self.to_apply.send(ApplyMsg::Group { first_seq, group })
+        {
+            fail_all(group, CommitError::Apply("the apply stage stopped".into()));
+        }
+
+        self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        self.stats.records.fetch_add(n, Ordering::Relaxed);
+        let since = self
+            .stats
+            .records_since_checkpoint
+            .fetch_add(n, Ordering::Relaxed)
+            + n;
+        let since_bytes = self
+            .stats
+            .bytes_since_checkpoint
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
+        if (self.checkpoint_events_threshold > 0 && since >= self.checkpoint_events_threshold)
+            || (self.checkpoint_size_threshold_bytes > 0
+                && since_bytes >= self.checkpoint_size_threshold_bytes)
+        {
+            (self.checkpoint_due)();
+        }
+    }
+}
+
+// ---- apply stage ----------------------------------------------------------------------------
+
+pub(crate) struct ApplyStage {
+    db: sled::Db,
+    idempotency_ttl_ms: i64,
+    events: broadcast::Sender<Arc<ChangeEvent>>,
+    stats: Arc<CommitStats>,
+    publisher: WalPublisher,
+    poison: Arc<Poison>,
+    /// Highest sequence applied to sled (persisted with each batch).
+    pub high_water: u64,
+    counts: HashMap<Vec<u8>, u64>,
+}
+
+/// sled plus the current group's writes that are not in sled yet.
+struct Overlay<'a> {
+    db: &'a sled::Db,
+    pending: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl View for Overlay<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        if let Some(v) = self.pending.get(key) {
+            return Ok(v.clone());
+        }
+        self.db
+            .get(key)
+            .map(|v| v.map(|iv| iv.to_vec()))
+            .map_err(|e| format!("reading state: {e}"))
+    }
+}
+
+impl ApplyStage {
+    pub fn new(
+        db: sled::Db,
+        idempotency_ttl_ms: i64,
+        events: broadcast::Sender<Arc<ChangeEvent>>,
+        stats: Arc<CommitStats>,
+        publisher: WalPublisher,
+        high_water: u64,
+    ) -> Self {
+        ApplyStage {
+            db,
+            idempotency_ttl_ms,
+            events,
+            stats,
+            publisher,
+            poison: Arc::new(Poison::default()),
+            high_water,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Applies groups and checkpoint marks in the order the log stage sent them, until it
+    /// stops.
+    pub fn run(mut self, rx: std::sync::mpsc::Receiver<ApplyMsg>) {
+        for msg in rx {
+            match msg {
+                ApplyMsg::Group { first_seq, group } => self.apply(first_seq, group),
+                ApplyMsg::Checkpoint { seq, now_ms, reply } => {
+                    let _ = reply.send(self.checkpoint(seq, now_ms));
+                }
+            }
+        }
+        tracing::debug!(high_water = self.high_water, "apply stage stopped");
+    }
+
+    fn apply(&mut self, first_seq: u64, group: Vec<CommitRequest>) {
+        if let Some(reason) = self.poison.get() {
+            return fail_all(group, CommitError::Apply(reason));
+        }
+        let last_seq = first_seq + group.len() as u64 - 1;
+        match self.apply_group(&group, first_seq) {
+            Ok((events, flushed)) => {
+                self.high_water = self.high_water.max(last_seq);
+                self.publisher.publish(last_seq);
+                for ev in events {
+                    // No receivers is fine.
+                    let _ = self.events.send(ev);
+                }
+                for (i, req) in group.into_iter().enumerate() {
+                    let seq = first_seq + i as u64;
+                    let _ = req.reply.send(Ok(CommitOutcome {
+                        seq,
+                        flushed: flushed.get(&seq).copied(),
+                    }));
+                }
+            }
+            Err(reason) => {
+                tracing::error!(error = %reason, first_seq, "applying committed records to the state store failed; refusing writes until restart");
+                self.poison.set(reason.clone());
+                fail_all(group, CommitError::Apply(reason));
+            }
+        }
+    }
+
+    /// Applies one WAL record during recovery, through the same planner as live commits.
+    pub fn replay(&mut self, entry: &WalEntry, seq: u64) -> Result<(), String> {
+        let pending = HashMap::new();
+        let plan = {
+            let view = Overlay {
+                db: &self.db,
+                pending: &pending,
+            };
+            state::plan(entry, seq, self.idempotency_ttl_ms, &view, &[])?
+        };
+        if plan.flush {
+            self.flush_all(seq)?;
+        } else {
+            let mut deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+            for (k, d) in plan.counts {
+                *deltas.entry(k).or_insert(0) += d;
+            }
+            self.write_batch(plan.writes, deltas, seq)?;
+        }
+        self.high_water = self.high_water.max(seq);
+        Ok(())
+    }
+
+    /// Plans and applies every record of the group with one sled batch (split only around
+    /// a FLUSH_ALL). Returns the watch events and FLUSH_ALL counts by sequence.
+    fn apply_group(
+        &mut self,
+        group: &[CommitRequest],
+        first_seq: u64,
+    ) -> Result<GroupApplied, String> {
+        let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut ordered: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut events = Vec::new();
+        let mut flushed = HashMap::new();
+        for (i, req) in group.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            let plan: Plan = {
+                let view = Overlay {
+                    db: &self.db,
+                    pending: &pending,
+                };
+                state::plan(&req.entry, seq, self.idempotency_ttl_ms, &view, &req.hints)?
+            };
+            if plan.flush {
+                self.write_batch(
+                    std::mem::take(&mut ordered),
+                    std::mem::take(&mut count_deltas),
+                    seq - 1,
+                )?;
+                pending.clear();
+                flushed.insert(seq, self.flush_all(seq)?);
+                continue;
+            }
+            for (k, v) in plan.writes {
+                pending.insert(k.clone(), v.clone());
+                ordered.push((k, v));
+            }
+            for (k, d) in plan.counts {
+                *count_deltas.entry(k).or_insert(0) += d;
+            }
+            events.extend(plan.events);
+        }
+        let last_seq = first_seq + group.len() as u64 - 1;
+        self.write_batch(ordered, count_deltas, last_seq)?;
+        Ok((events, flushed))
+    }
+
+    fn count(&mut self, key: &[u8]) -> Result<u64, String> {
+        if let Some(c) = self.counts.get(key) {
+            return Ok(*c);
+        }
+        let c = self
+            .db
+            .get(key)
+            .map_err(|e| format!("reading counter: {e}"))?
+            .and_then(|v| state::decode_u64(&v))
+            .unwrap_or(0);
+        self.counts.insert(key.to_vec(), c);
+        Ok(c)
+    }
+
+    fn write_batch(
+        &mut self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        count_deltas: HashMap<Vec<u8>, i64>,
+        high_water: u64,
+    ) -> Result<(), String> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        let mut new_counts = Vec::with_capacity(count_deltas.len());
+        for (k, d) in count_deltas {
+            if d == 0 {
+                continue;
+            }
+            let c = self.count(&k)?;
+            let n = c.saturating_add_signed(d);
+            if n == 0 {
+                batch.remove(k.clone());
+            } else {
+                batch.insert(k.clone(), state::encode_u64(n));
+            }
+            new_counts.push((k, n));
+        }
+        batch.insert(
+            keys::HIGH_WATER,
+            state::encode_u64(high_water.max(self.high_water)),
+        );
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| format!("writing state: {e}"))?;
+        for (k, n) in new_counts {
+            self.counts.insert(k, n);
+        }
+        Ok(())
+    }
+
+    /// FLUSH_ALL at `seq`: removes everything written before it. Items the store holds from
+    /// after `seq` (only possible when replaying over a store that got ahead) survive.
+    fn flush_all(&mut self, seq: u64) -> Result<FlushCounts, String> {
+        let mut counts = FlushCounts::default();
+        let mut batch = sled::Batch::default();
+        let mut survivors: HashMap<Vec<u8>, u64> = HashMap::new();
+        let err = |e: sled::Error| format!("flushing state: {e}");
+        for item in self.db.scan_prefix(keys::INSTANCE) {
+            let (k, v) = item.map_err(err)?;
+            let inst = state::decode_instance(&v)?;
+            if inst.last_wal_offset < seq {
+                batch.remove(k);
+                batch.remove(keys::tombstone(&inst.id));
+                if !inst.deleted {
+                    batch.remove(keys::by_state(&inst.machine, &inst.state, &inst.id));
+                    counts.instances_removed += 1;
+                }
+            } else if !inst.deleted {
+                *survivors
+                    .entry(keys::count(&inst.machine, &inst.state))
+                    .or_insert(0) += 1;
+            }
+        }
+        for item in self.db.scan_prefix(keys::MACHINE) {
+            let (k, v) = item.map_err(err)?;
+            let m: state::StoredMachine =
+                serde_json::from_slice(&v).map_err(|e| format!("corrupt machine record: {e}"))?;
+            if m.wal_offset < seq {
+                batch.remove(k);
+                counts.machines_removed += 1;
+            }
+        }
+        for prefix in [keys::IDEM, keys::IDEM_EXPIRY, keys::COUNT] {
+            for item in self.db.scan_prefix(prefix) {
+                let (k, _) = item.map_err(err)?;
+                batch.remove(k);
+            }
+        }
+        self.counts.clear();
+        for (k, n) in survivors {
+            batch.insert(k.clone(), state::encode_u64(n));
+            self.counts.insert(k, n);
+        }
+        batch.insert(
+            keys::HIGH_WATER,
+            state::encode_u64(seq.max(self.high_water)),
+        );
+        self.db.apply_batch(batch).map_err(err)?;
+        Ok(counts)
+    }
+
+    /// Runs after every record up to `checkpoint_seq` (synced by the log stage) is applied.
+    fn checkpoint(&mut self, checkpoint_seq: u64, now_ms: i64) -> Result<CheckpointMark, String> {
+        if let Some(reason) = self.poison.get() {
+            return Err(reason);
+        }
+        let err = |e: sled::Error| format!("checkpoint: {e}");
+        let mut batch = sled::Batch::default();
+        let mut tombstones_purged = 0;
+        for item in self.db.scan_prefix(keys::TOMBSTONE) {
+            let (k, v) = item.map_err(err)?;
+            let off = state::decode_u64(&v).unwrap_or(u64::MAX);
+            if off > checkpoint_seq {
+                continue;
+            }
+            let id = &k[keys::TOMBSTONE.len()..];
+            let mut ikey = keys::INSTANCE.to_vec();
+            ikey.extend_from_slice(id);
+            if let Some(v) = self.db.get(&ikey).map_err(err)? {
+                let inst = state::decode_instance(&v)?;
+                if inst.deleted && inst.last_wal_offset == off {
+                    batch.remove(ikey);
+                    tombstones_purged += 1;
+                }
+            }
+            batch.remove(k);
+        }
+        let mut idempotency_purged = 0;
+        for item in self.db.scan_prefix(keys::IDEM_EXPIRY) {
+            let (k, _) = item.map_err(err)?;
+            match keys::idem_expiry_time(&k) {
+                Some(t) if t <= now_ms => {}
+                _ => break, // ordered by expiry: nothing later has expired
+            }
+            if let Some(scope) = keys::idem_expiry_scope(&k) {
+                let mut ikey = keys::IDEM.to_vec();
+                ikey.extend_from_slice(scope);
+                batch.remove(ikey);
+                idempotency_purged += 1;
+            }
+            batch.remove(k);
+        }
+        batch.insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq));
+        self.db.apply_batch(batch).map_err(err)?;
+        self.stats
+            .records_since_checkpoint
+            .store(0, Ordering::Relaxed);
+        self.stats
+            .bytes_since_checkpoint
+            .store(0, Ordering::Relaxed);
+        Ok(CheckpointMark {
+            checkpoint_seq,
+            tombstones_purged,
+            idempotency_purged,
+        })
+    }
+}
