@@ -23,7 +23,7 @@
 
 use crate::config::FsyncPolicy;
 use crate::entry::WalEntry;
-use crate::state::{self, ChangeEvent, FlushCounts, Plan, View, keys};
+use crate::state::{self, ChangeEvent, FlushCounts, View, keys};
 use crate::wal::{Wal, WalError, WalPublisher, WalStats};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,10 +130,17 @@ impl Poison {
 }
 
 pub(crate) enum ApplyMsg {
+    /// Records written to the log. `durable: false` means the sync is still running: the
+    /// apply stage plans the group while it waits, and writes it once `Durable` arrives.
     Group {
         first_seq: u64,
         group: Vec<CommitRequest>,
+        durable: bool,
     },
+    /// Everything up to `up_to` is durable.
+    Durable { up_to: u64 },
+    /// The sync failed and the log dropped every record still waiting: fail them.
+    Failed { error: String },
     Checkpoint {
         seq: u64,
         now_ms: i64,
@@ -143,6 +150,10 @@ pub(crate) enum ApplyMsg {
 
 /// Watch events of a group, and FLUSH_ALL counts by sequence.
 type GroupApplied = (Vec<Arc<ChangeEvent>>, HashMap<u64, FlushCounts>);
+
+fn is_flush(req: &CommitRequest) -> bool {
+    matches!(req.entry, WalEntry::FlushAll { .. })
+}
 
 fn fail_all(group: Vec<CommitRequest>, err: CommitError) {
     for req in group {
@@ -352,6 +363,7 @@ impl LogStage {
             }
         };
         let n = group.len() as u64;
+        let last_seq = first_seq + n - 1;
         self.unsynced_records += n;
         let must_sync = match self.policy {
             FsyncPolicy::EveryWrite => true,
@@ -359,15 +371,29 @@ impl LogStage {
             FsyncPolicy::EveryMs(ms) => self.last_sync.elapsed() >= Duration::from_millis(ms),
             FsyncPolicy::Never => false,
         };
-        if must_sync && let Err(e) = self.sync() {
-            tracing::error!(error = %e, records = group.len(), "WAL sync failed");
-            return fail_all(group, CommitError::Wal(e.to_string()));
-        }
-        self.handed_seq = first_seq + n - 1;
+        self.handed_seq = last_seq;
+        // Hand the group over before syncing, so that it is planned while the disk works.
         if let Err(std::sync::mpsc::SendError(ApplyMsg::Group { group, .. })) =
-            self.to_apply.send(ApplyMsg::Group { first_seq, group })
+            self.to_apply.send(ApplyMsg::Group {
+                first_seq,
+                group,
+                durable: !must_sync,
+            })
         {
             fail_all(group, CommitError::Apply("the apply stage stopped".into()));
+            return;
+        }
+        if must_sync {
+            let msg = match self.sync() {
+                Ok(()) => ApplyMsg::Durable { up_to: last_seq },
+                Err(e) => {
+                    tracing::error!(error = %e, records = n, "WAL sync failed");
+                    ApplyMsg::Failed {
+                        error: e.to_string(),
+                    }
+                }
+            };
+            let _ = self.to_apply.send(msg);
         }
 
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
@@ -403,6 +429,22 @@ pub(crate) struct ApplyStage {
     /// Highest sequence applied to sled (persisted with each batch).
     pub high_water: u64,
     counts: HashMap<Vec<u8>, u64>,
+    /// Groups written but not yet durable, planned ahead, oldest first.
+    waiting: std::collections::VecDeque<Planned>,
+}
+
+/// A group planned while its sync runs. `batch` is `None` when it holds a FLUSH_ALL, which
+/// can only be planned against the store as it is once everything before it is written.
+struct Planned {
+    first_seq: u64,
+    group: Vec<CommitRequest>,
+    batch: Result<Option<PlannedBatch>, String>,
+}
+
+struct PlannedBatch {
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    count_deltas: HashMap<Vec<u8>, i64>,
+    events: Vec<Arc<ChangeEvent>>,
 }
 
 /// sled plus the current group's writes that are not in sled yet.
@@ -441,6 +483,7 @@ impl ApplyStage {
             poison: Arc::new(Poison::default()),
             high_water,
             counts: HashMap::new(),
+            waiting: std::collections::VecDeque::new(),
         }
     }
 
@@ -449,7 +492,42 @@ impl ApplyStage {
     pub fn run(mut self, rx: std::sync::mpsc::Receiver<ApplyMsg>) {
         for msg in rx {
             match msg {
-                ApplyMsg::Group { first_seq, group } => self.apply(first_seq, group),
+                ApplyMsg::Group {
+                    first_seq,
+                    group,
+                    durable: true,
+                } => {
+                    let r = self.apply_group(&group, first_seq);
+                    self.complete(first_seq, group, r);
+                }
+                ApplyMsg::Group {
+                    first_seq,
+                    group,
+                    durable: false,
+                } => {
+                    let batch = self.plan_group(&group, first_seq);
+                    self.waiting.push_back(Planned {
+                        first_seq,
+                        group,
+                        batch,
+                    });
+                }
+                ApplyMsg::Durable { up_to } => {
+                    while self
+                        .waiting
+                        .front()
+                        .is_some_and(|p| p.first_seq + p.group.len() as u64 - 1 <= up_to)
+                    {
+                        if let Some(p) = self.waiting.pop_front() {
+                            self.finish_planned(p);
+                        }
+                    }
+                }
+                ApplyMsg::Failed { error } => {
+                    for p in self.waiting.drain(..) {
+                        fail_all(p.group, CommitError::Wal(error.clone()));
+                    }
+                }
                 ApplyMsg::Checkpoint { seq, now_ms, reply } => {
                     let _ = reply.send(self.checkpoint(seq, now_ms));
                 }
@@ -458,12 +536,30 @@ impl ApplyStage {
         tracing::debug!(high_water = self.high_water, "apply stage stopped");
     }
 
-    fn apply(&mut self, first_seq: u64, group: Vec<CommitRequest>) {
+    fn finish_planned(&mut self, p: Planned) {
+        let last_seq = p.first_seq + p.group.len() as u64 - 1;
+        let result = match p.batch {
+            Ok(Some(b)) => self
+                .write_batch(b.writes, b.count_deltas, last_seq)
+                .map(|()| (b.events, HashMap::new())),
+            Ok(None) => self.apply_group(&p.group, p.first_seq),
+            Err(e) => Err(e),
+        };
+        self.complete(p.first_seq, p.group, result);
+    }
+
+    /// Publishes, notifies and acknowledges an applied group, or fails it and poisons.
+    fn complete(
+        &mut self,
+        first_seq: u64,
+        group: Vec<CommitRequest>,
+        result: Result<GroupApplied, String>,
+    ) {
         if let Some(reason) = self.poison.get() {
             return fail_all(group, CommitError::Apply(reason));
         }
         let last_seq = first_seq + group.len() as u64 - 1;
-        match self.apply_group(&group, first_seq) {
+        match result {
             Ok((events, flushed)) => {
                 self.high_water = self.high_water.max(last_seq);
                 self.publisher.publish(last_seq);
@@ -485,6 +581,53 @@ impl ApplyStage {
                 fail_all(group, CommitError::Apply(reason));
             }
         }
+    }
+
+    /// Plans a whole group without writing anything (see [`Planned`]).
+    fn plan_group(
+        &self,
+        group: &[CommitRequest],
+        first_seq: u64,
+    ) -> Result<Option<PlannedBatch>, String> {
+        if group.iter().any(is_flush) {
+            return Ok(None);
+        }
+        self.plan_records(group, first_seq).map(Some)
+    }
+
+    /// Plans consecutive records (none of them a FLUSH_ALL) against sled plus their own
+    /// earlier writes.
+    fn plan_records(&self, reqs: &[CommitRequest], first_seq: u64) -> Result<PlannedBatch, String> {
+        let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut batch = PlannedBatch {
+            writes: Vec::new(),
+            count_deltas: HashMap::new(),
+            events: Vec::new(),
+        };
+        for (i, req) in reqs.iter().enumerate() {
+            let plan = {
+                let view = Overlay {
+                    db: &self.db,
+                    pending: &pending,
+                };
+                state::plan(
+                    &req.entry,
+                    first_seq + i as u64,
+                    self.idempotency_ttl_ms,
+                    &view,
+                    &req.hints,
+                )?
+            };
+            for (k, v) in plan.writes {
+                pending.insert(k.clone(), v.clone());
+                batch.writes.push((k, v));
+            }
+            for (k, d) in plan.counts {
+                *batch.count_deltas.entry(k).or_insert(0) += d;
+            }
+            batch.events.extend(plan.events);
+        }
+        Ok(batch)
     }
 
     /// Applies one WAL record during recovery, through the same planner as live commits.
@@ -510,48 +653,32 @@ impl ApplyStage {
         Ok(())
     }
 
-    /// Plans and applies every record of the group with one sled batch (split only around
-    /// a FLUSH_ALL). Returns the watch events and FLUSH_ALL counts by sequence.
+    /// Plans and applies every record of the group with one sled batch, split only around
+    /// a FLUSH_ALL. Returns the watch events and FLUSH_ALL counts by sequence.
     fn apply_group(
         &mut self,
         group: &[CommitRequest],
         first_seq: u64,
     ) -> Result<GroupApplied, String> {
-        let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-        let mut ordered: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut events = Vec::new();
         let mut flushed = HashMap::new();
-        for (i, req) in group.iter().enumerate() {
-            let seq = first_seq + i as u64;
-            let plan: Plan = {
-                let view = Overlay {
-                    db: &self.db,
-                    pending: &pending,
-                };
-                state::plan(&req.entry, seq, self.idempotency_ttl_ms, &view, &req.hints)?
-            };
-            if plan.flush {
-                self.write_batch(
-                    std::mem::take(&mut ordered),
-                    std::mem::take(&mut count_deltas),
-                    seq - 1,
-                )?;
-                pending.clear();
+        let mut start = 0;
+        while start < group.len() {
+            let end = group[start..]
+                .iter()
+                .position(is_flush)
+                .map_or(group.len(), |p| start + p);
+            if end > start {
+                let b = self.plan_records(&group[start..end], first_seq + start as u64)?;
+                self.write_batch(b.writes, b.count_deltas, first_seq + end as u64 - 1)?;
+                events.extend(b.events);
+            }
+            if end < group.len() {
+                let seq = first_seq + end as u64;
                 flushed.insert(seq, self.flush_all(seq)?);
-                continue;
             }
-            for (k, v) in plan.writes {
-                pending.insert(k.clone(), v.clone());
-                ordered.push((k, v));
-            }
-            for (k, d) in plan.counts {
-                *count_deltas.entry(k).or_insert(0) += d;
-            }
-            events.extend(plan.events);
+            start = end + 1;
         }
-        let last_seq = first_seq + group.len() as u64 - 1;
-        self.write_batch(ordered, count_deltas, last_seq)?;
         Ok((events, flushed))
     }
 

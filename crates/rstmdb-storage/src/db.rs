@@ -1,7 +1,7 @@
 //! The embedded database: `Database::open(config)` and one method per engine operation.
 //!
 //! Write path: take the instance's lock → read it → ask `rstmdb-core` what the change is →
-//! hand the WAL entry to the commit thread → wait until it is durable and applied → answer.
+//! hand the WAL entry to the commit pipeline → wait until it is durable and applied → answer.
 //! Read path: straight from sled (its page cache bounds memory).
 
 use crate::commit::{
@@ -338,7 +338,7 @@ fn set_offset(out: &mut BatchOutput, seq: u64) {
 
 impl Database {
     /// Opens (or creates) the database in `config.data_dir`: opens the state store, replays
-    /// the WAL written after the last checkpoint, and starts the commit thread.
+    /// the WAL written after the last checkpoint, and starts the commit pipeline.
     pub fn open(config: StorageConfig) -> std::result::Result<Database, OpenError> {
         let started = Instant::now();
         std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
@@ -346,16 +346,7 @@ impl Database {
             source,
         })?;
         let state_dir = config.state_dir();
-        let db = sled::Config::new()
-            .path(&state_dir)
-            .cache_capacity(config.cache_capacity_mb.saturating_mul(1024 * 1024))
-            // Flushed only at checkpoints: the WAL is what makes a write durable.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| OpenError::State {
-                path: state_dir.clone(),
-                source,
-            })?;
+        let db = open_state(&state_dir, config.cache_capacity_mb)?;
         let read_u64 = |key: &[u8]| -> std::result::Result<u64, OpenError> {
             match db.get(key) {
                 Ok(Some(v)) => state::decode_u64(&v)
@@ -461,7 +452,7 @@ impl Database {
             spawn_named("rstmdb-log", move || log.run(commit_rx))?,
         ];
         if let FsyncPolicy::EveryMs(ms) = database.inner.config.fsync_policy {
-            // A weak sender: the timer must not keep the commit thread alive.
+            // A weak sender: the timer must not keep the log stage alive.
             let tx = database.inner.commit_tx.downgrade();
             let period = Duration::from_millis(ms.max(1));
             threads.push(spawn_named("rstmdb-fsync-timer", move || {
@@ -528,7 +519,7 @@ impl Database {
         &self.inner.config
     }
 
-    /// Commit-thread counters (group commits, fsyncs, …).
+    /// Commit-pipeline counters (group commits, fsyncs, …).
     pub fn commit_stats(&self) -> &CommitStats {
         &self.inner.stats
     }
@@ -552,7 +543,7 @@ impl Database {
             })?;
         rx.await
             .map_err(|_| Error::WalIo {
-                detail: "the commit thread stopped".into(),
+                detail: "the commit pipeline stopped".into(),
             })?
             .map_err(commit_err)
     }
@@ -1258,7 +1249,7 @@ impl Database {
                 detail: "the database is closed".into(),
             })?;
         let s = rx.await.map_err(|_| Error::WalIo {
-            detail: "the commit thread stopped".into(),
+            detail: "the commit pipeline stopped".into(),
         })?;
         Ok(WalStatsOutcome {
             entry_count: s.last_seq,
@@ -1339,7 +1330,7 @@ impl Database {
             })?;
         let mark: CheckpointMark = rx
             .blocking_recv()
-            .map_err(|_| internal("the commit thread stopped"))?
+            .map_err(|_| internal("the commit pipeline stopped"))?
             .map_err(|detail| Error::WalIo { detail })?;
         // Everything at or below the mark is in sled; make it durable there.
         self.inner.db.flush().map_err(sled_err)?;
@@ -1363,7 +1354,7 @@ impl Database {
             })?;
         let trim = rx
             .blocking_recv()
-            .map_err(|_| internal("the commit thread stopped"))?
+            .map_err(|_| internal("the commit pipeline stopped"))?
             .map_err(|detail| Error::WalIo { detail })?;
         tracing::info!(
             checkpoint_offset = mark.checkpoint_seq,
@@ -1383,8 +1374,9 @@ impl Database {
         })
     }
 
-    /// Clean shutdown: checkpoint, stop the commit thread (which syncs the WAL) and wait for
-    /// it. Other clones of this handle stop working.
+    /// Clean shutdown: checkpoint, stop the commit pipeline (which syncs the WAL) and wait
+    /// for it. Other clones of this handle stop working; the data directory is released when
+    /// the last of them is dropped.
     pub async fn close(self) -> Result<()> {
         self.checkpoint().await?;
         let inner = self.inner.clone();
@@ -1392,6 +1384,41 @@ impl Database {
             .await
             .map_err(|e| internal(format!("shutdown task: {e}")))?;
         Ok(())
+    }
+}
+
+/// How long `open` waits for another holder of the state store's lock to let go: sled's
+/// I/O threads release it a moment after the last handle of a closed database (or a killed
+/// process) is gone. A directory really in use elsewhere still fails after this.
+const STATE_LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn open_state(
+    dir: &std::path::Path,
+    cache_capacity_mb: u64,
+) -> std::result::Result<sled::Db, OpenError> {
+    let deadline = Instant::now() + STATE_LOCK_WAIT;
+    loop {
+        let result = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity_mb.saturating_mul(1024 * 1024))
+            // Flushed only at checkpoints: the WAL is what makes a write durable.
+            .flush_every_ms(None)
+            .open();
+        match result {
+            Ok(db) => return Ok(db),
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(OpenError::State {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        }
     }
 }
 
@@ -1442,7 +1469,7 @@ impl Inner {
             Ok(mut t) => t.drain(..).collect(),
             Err(_) => Vec::new(),
         };
-        // The commit thread commits what is queued, syncs the WAL and stops; the timer and
+        // The log stage commits what is queued, syncs the WAL and stops; the timer and
         // checkpointer threads stop once it is gone.
         let _ = self.commit_tx.blocking_send(Command::Shutdown);
         for t in threads {

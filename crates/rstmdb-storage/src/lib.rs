@@ -26,7 +26,8 @@
 //! - [`wal`]: segmented log files, record format, torn-tail handling, readers, repair.
 //! - `state`: the sled key layout and the planner that turns a WAL entry into state writes
 //!   (the same code for live commits and for replay).
-//! - `commit`: the commit thread — group commit, fsync policy, apply, publish, acknowledge.
+//! - `commit`: the commit pipeline — a log stage (group commit, fsync policy) and an apply
+//!   stage (sled, publish, watch events, acknowledge), overlapping.
 //! - [`Database`]: locks, validation through `rstmdb-core`, reads, lists, watches,
 //!   checkpoints, recovery.
 //!

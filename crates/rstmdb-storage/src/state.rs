@@ -18,7 +18,7 @@
 //! Names and ids never contain `\0` (control characters are rejected by `rstmdb-core`), so
 //! the separators are unambiguous.
 //!
-//! [`plan`] turns one WAL entry at one sequence number into writes. The commit thread calls
+//! [`plan`] turns one WAL entry at one sequence number into writes. The apply stage calls
 //! it for live writes and recovery calls it for replay, so replayed state equals live state
 //! by construction. It is idempotent: a change already reflected in the store (an instance
 //! whose `last_wal_offset` is at or past the record) is skipped.
@@ -194,7 +194,7 @@ pub struct FlushCounts {
     pub machines_removed: u64,
 }
 
-/// Reads the planner needs. The commit thread answers them from sled plus the writes of
+/// Reads the planner needs. The apply stage answers them from sled plus the writes of
 /// the current commit group that are not in sled yet.
 pub(crate) trait View {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
@@ -209,7 +209,7 @@ pub(crate) struct Plan {
     pub counts: Vec<(Vec<u8>, i64)>,
     pub events: Vec<Arc<ChangeEvent>>,
     pub new_machines: Vec<StoredMachine>,
-    /// Set when the record was a FLUSH_ALL; the commit thread executes it.
+    /// Set when the record was a FLUSH_ALL; the apply stage executes it.
     pub flush: bool,
 }
 

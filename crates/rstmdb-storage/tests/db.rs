@@ -715,6 +715,33 @@ async fn automatic_checkpoint_fires_on_the_event_threshold() {
 }
 
 #[tokio::test]
+async fn automatic_checkpoint_fires_on_the_size_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.checkpoint_events_threshold = 0;
+    cfg.checkpoint_size_threshold_mb = 1;
+    let db = Database::open(cfg).unwrap();
+    db.put_machine("order", 1, &order_def()).await.unwrap();
+    for i in 0..60 {
+        let mut c = create(&format!("s{i}"));
+        c.initial_ctx = Some(json!({"pad": "q".repeat(20_000)}));
+        db.create_instance(c).await.unwrap();
+    }
+    let mut checkpoint = 0;
+    for _ in 0..100 {
+        checkpoint = db.wal_stats().await.unwrap().checkpoint_offset;
+        if checkpoint > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        checkpoint >= 50,
+        "checkpoint offset {checkpoint} after ~1.2 MiB of WAL"
+    );
+}
+
+#[tokio::test]
 async fn wal_read_pages_with_next_offset() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_with_order(dir.path()).await;

@@ -4,6 +4,7 @@
 //! rstmdb-storage-bench apply   --dir D [--tasks 1,16,64] [--policy every_write|never] [--seconds 5]
 //! rstmdb-storage-bench restart --dir D [--instances 1000000]
 //! rstmdb-storage-bench writer  --dir D [--tasks 16]
+//! rstmdb-storage-bench open    --dir D [--probe ID]      (used by `restart`)
 //! ```
 //!
 //! `apply` and `restart` print one JSON document per measurement. `writer` applies durable
@@ -154,12 +155,11 @@ async fn bench_apply(dir: PathBuf, tasks: usize, policy: FsyncPolicy, seconds: u
 async fn bench_restart(dir: PathBuf, instances: usize) {
     let _ = std::fs::remove_dir_all(&dir);
     let db = setup(&dir, FsyncPolicy::Never, 0).await;
-    // Create in parallel: the commit thread groups them.
-    let db2 = db.clone();
+    // Create in parallel: the commit pipeline groups them.
     let chunk = instances.div_ceil(64).max(1);
     let mut handles = Vec::new();
     for t in 0..64usize {
-        let db = db2.clone();
+        let db = db.clone();
         handles.push(tokio::spawn(async move {
             for i in (t * chunk)..((t + 1) * chunk).min(instances) {
                 let r = db
@@ -185,23 +185,38 @@ async fn bench_restart(dir: PathBuf, instances: usize) {
     if let Err(e) = db.close().await {
         fail(e);
     }
-    let started = Instant::now();
-    let db = Database::open(StorageConfig::new(&dir)).unwrap_or_else(|e| fail(e));
-    let open_ms = started.elapsed().as_secs_f64() * 1e3;
-    let probe = db.get_instance(&format!("i{:08}", instances / 2));
+    // Measure the restart in a fresh process: its RSS is the restart's alone.
+    let out = std::process::Command::new(std::env::current_exe().unwrap_or_else(|e| fail(e)))
+        .args(["open", "--dir"])
+        .arg(&dir)
+        .args(["--probe", &format!("i{:08}", instances / 2)])
+        .output()
+        .unwrap_or_else(|e| fail(e));
+    let opened: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| fail(format!("open output: {e}")));
     println!(
         "{}",
         json!({
             "bench": "restart",
             "instances": instances,
             "load_secs": (load_secs * 10.0).round() / 10.0,
-            "restart_ms": open_ms.round(),
-            "rss_after_restart_mib": rss_kib() / 1024,
-            "probe_ok": probe.is_ok(),
+            "restart_ms": opened["open_ms"],
+            "rss_after_restart_mib": opened["rss_mib"],
+            "probe_ok": opened["probe_ok"],
         })
     );
-    drop(db);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn open_only(dir: PathBuf, probe: Option<String>) {
+    let started = Instant::now();
+    let db = Database::open(StorageConfig::new(&dir)).unwrap_or_else(|e| fail(e));
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let probe_ok = probe.is_none_or(|id| db.get_instance(&id).is_ok());
+    println!(
+        "{}",
+        json!({"open_ms": open_ms.round(), "rss_mib": rss_kib() / 1024, "probe_ok": probe_ok})
+    );
 }
 
 async fn writer(dir: PathBuf, tasks: usize) {
@@ -275,6 +290,7 @@ fn main() {
                     .unwrap_or(1_000_000);
                 bench_restart(dir, n).await;
             }
+            "open" => open_only(dir, arg(&args, "--probe")),
             "writer" => {
                 let tasks = arg(&args, "--tasks")
                     .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
