@@ -563,16 +563,18 @@ impl ApplyStage {
             Ok((events, flushed)) => {
                 self.high_water = self.high_water.max(last_seq);
                 self.publisher.publish(last_seq);
-                for ev in events {
-                    // No receivers is fine.
-                    let _ = self.events.send(ev);
-                }
+                // Acknowledge first: a client watching its own writes then gets the response
+                // before the event.
                 for (i, req) in group.into_iter().enumerate() {
                     let seq = first_seq + i as u64;
                     let _ = req.reply.send(Ok(CommitOutcome {
                         seq,
                         flushed: flushed.get(&seq).copied(),
                     }));
+                }
+                for ev in events {
+                    // No receivers is fine.
+                    let _ = self.events.send(ev);
                 }
             }
             Err(reason) => {

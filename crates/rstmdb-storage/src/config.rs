@@ -42,6 +42,8 @@ pub struct StorageConfig {
     pub checkpoint_events_threshold: u64,
     /// Checkpoint after this many MiB of WAL (0 = off).
     pub checkpoint_size_threshold_mb: u64,
+    /// Automatic checkpoints are at least this far apart (manual ones are not limited).
+    pub checkpoint_min_interval: Duration,
     /// Committed-change subscribers lagging by more than this many events are cut off.
     pub subscriber_queue_depth: usize,
     /// FLUSH_ALL is refused unless this is set.
@@ -64,6 +66,7 @@ impl StorageConfig {
             commit_queue_depth: 16 * 1024,
             checkpoint_events_threshold: 10_000,
             checkpoint_size_threshold_mb: 100,
+            checkpoint_min_interval: Duration::ZERO,
             subscriber_queue_depth: 4096,
             allow_flush_all: false,
         }

@@ -467,11 +467,32 @@ impl Database {
             })?);
         }
         let weak = Arc::downgrade(&database.inner);
+        let min_interval = database.inner.config.checkpoint_min_interval;
         threads.push(spawn_named("rstmdb-checkpoint", move || {
-            while checkpoint_rx.recv().is_ok() {
-                let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = (Database { inner }).checkpoint_blocking() {
-                    tracing::error!(error = %e, "automatic checkpoint failed");
+            use std::sync::mpsc::RecvTimeoutError;
+            // A trigger that comes too soon after the last checkpoint waits for the interval.
+            let mut last = Instant::now();
+            let mut pending = false;
+            loop {
+                let received = if pending {
+                    checkpoint_rx.recv_timeout(min_interval.saturating_sub(last.elapsed()))
+                } else {
+                    checkpoint_rx
+                        .recv()
+                        .map_err(|_| RecvTimeoutError::Disconnected)
+                };
+                match received {
+                    Ok(()) => pending = true,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                if pending && last.elapsed() >= min_interval {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Err(e) = (Database { inner }).checkpoint_blocking() {
+                        tracing::error!(error = %e, "automatic checkpoint failed");
+                    }
+                    last = Instant::now();
+                    pending = false;
                 }
             }
         })?);

@@ -1,0 +1,676 @@
+//! Server configuration: YAML file (`--config` or `RSTMDB_CONFIG`), then environment
+//! overrides, then validation. Every key is honoured; an unknown key or a bad value is a
+//! startup error that names it (decisions.md).
+
+use rstmdb_storage::{FsyncPolicy, StorageConfig};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub network: NetworkConfig,
+    pub storage: StorageSection,
+    pub compaction: CompactionConfig,
+    pub idempotency: IdempotencyConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    pub metrics: MetricsConfig,
+    pub logging: LoggingConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// `IP:port`; port 0 picks a free port (logged at startup).
+    pub bind_addr: String,
+    /// A connection with no request for this long is closed (subscribers must PING).
+    pub idle_timeout_secs: u64,
+    /// Connections beyond this are accepted and closed at once.
+    pub max_connections: usize,
+    /// Requests of one connection being processed at once; reading pauses beyond it.
+    pub max_inflight_per_connection: usize,
+    pub max_subscriptions_per_connection: usize,
+    /// Events buffered per connection before a slow subscriber is cut off.
+    pub subscription_queue_depth: usize,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bind_addr: "127.0.0.1:7401".into(),
+            idle_timeout_secs: 300,
+            max_connections: 1000,
+            max_inflight_per_connection: 64,
+            max_subscriptions_per_connection: 100,
+            subscription_queue_depth: 1024,
+            max_frame_bytes: rstmdb_protocol::MAX_FRAME_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// `fsync_policy` in YAML: `every_write`, `never`, `!every_n 100`, `{every_n: 100}`,
+/// `!every_ms 10` or `{every_ms: 10}` (decisions.md: both spellings load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicyConfig {
+    EveryWrite,
+    Never,
+    EveryN(u64),
+    EveryMs(u64),
+}
+
+impl<'de> Deserialize<'de> for FsyncPolicyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_yaml::Value;
+        let expected = "every_write, never, !every_n N, !every_ms N, {every_n: N} or {every_ms: N}";
+        let param = |kind: &str, v: &Value| -> Result<FsyncPolicyConfig, String> {
+            let n = v
+                .as_u64()
+                .ok_or_else(|| format!("{kind} needs a whole number, got {v:?}"))?;
+            match kind {
+                "every_n" => Ok(FsyncPolicyConfig::EveryN(n)),
+                "every_ms" => Ok(FsyncPolicyConfig::EveryMs(n)),
+                _ => Err(format!(
+                    "unknown fsync policy {kind:?}; expected {expected}"
+                )),
+            }
+        };
+        let v = Value::deserialize(d)?;
+        let r = match &v {
+            Value::String(s) if s == "every_write" => Ok(FsyncPolicyConfig::EveryWrite),
+            Value::String(s) if s == "never" => Ok(FsyncPolicyConfig::Never),
+            Value::Tagged(t) => param(t.tag.to_string().trim_start_matches('!'), &t.value),
+            Value::Mapping(m) if m.len() == 1 => match m.iter().next() {
+                Some((Value::String(k), n)) => param(k, n),
+                _ => Err(format!("expected {expected}")),
+            },
+            other => Err(format!("expected {expected}, got {other:?}")),
+        };
+        r.map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<FsyncPolicyConfig> for FsyncPolicy {
+    fn from(p: FsyncPolicyConfig) -> Self {
+        match p {
+            FsyncPolicyConfig::EveryWrite => FsyncPolicy::EveryWrite,
+            FsyncPolicyConfig::Never => FsyncPolicy::Never,
+            FsyncPolicyConfig::EveryN(n) => FsyncPolicy::EveryN(n),
+            FsyncPolicyConfig::EveryMs(ms) => FsyncPolicy::EveryMs(ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub data_dir: PathBuf,
+    pub wal_segment_size_mb: u64,
+    pub fsync_policy: FsyncPolicyConfig,
+    pub max_machine_versions: u32,
+    pub cache_capacity_mb: u64,
+    pub wal_retention_mb: u64,
+    pub max_ctx_bytes: usize,
+    pub max_batch_ops: usize,
+    pub commit_queue_depth: usize,
+    pub allow_flush_all: bool,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        let d = StorageConfig::new("./data");
+        StorageSection {
+            data_dir: d.data_dir,
+            wal_segment_size_mb: d.wal_segment_size_mb,
+            fsync_policy: FsyncPolicyConfig::EveryWrite,
+            max_machine_versions: d.max_machine_versions,
+            cache_capacity_mb: d.cache_capacity_mb,
+            wal_retention_mb: d.wal_retention_mb,
+            max_ctx_bytes: d.max_ctx_bytes,
+            max_batch_ops: d.max_batch_ops,
+            commit_queue_depth: d.commit_queue_depth,
+            allow_flush_all: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Automatic checkpoints; off if false or both thresholds are 0.
+    pub enabled: bool,
+    pub events_threshold: u64,
+    pub size_threshold_mb: u64,
+    pub min_interval_secs: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            events_threshold: 10_000,
+            size_threshold_mb: 100,
+            min_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    pub ttl_hours: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig { ttl_hours: 24 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub required: bool,
+    /// Lowercase or uppercase SHA-256 hex of accepted tokens.
+    pub token_hashes: Vec<String>,
+    /// One hash per line (blank lines and `#` comments ignored).
+    pub secrets_file: Option<PathBuf>,
+    pub allow_insecure_secrets_file: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    pub require_client_cert: bool,
+    pub client_ca_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub bind_addr: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            bind_addr: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// A file to append JSON lines to; stdout when absent.
+    pub path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path` (if any), applies environment overrides from `env`, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => Self::from_file(p)?,
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        })
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                var: var.into(),
+                message: format!("{e} (got {v:?})"),
+            })
+        }
+        fn boolean(var: &str, v: &str) -> Result<bool, ConfigError> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::Env {
+                    var: var.into(),
+                    message: format!("expected 1/0, true/false, yes/no or on/off, got {v:?}"),
+                }),
+            }
+        }
+        if let Some(v) = env("RSTMDB_BIND") {
+            self.network.bind_addr = v;
+        }
+        if let Some(v) = env("RSTMDB_IDLE_TIMEOUT") {
+            self.network.idle_timeout_secs = parse("RSTMDB_IDLE_TIMEOUT", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_MAX_CONNECTIONS") {
+            self.network.max_connections = parse("RSTMDB_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_DATA") {
+            self.storage.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("RSTMDB_WAL_SEGMENT_SIZE_MB") {
+            self.storage.wal_segment_size_mb = parse("RSTMDB_WAL_SEGMENT_SIZE_MB", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_FSYNC_POLICY") {
+            self.storage.fsync_policy = parse_fsync_env(&v)?;
+        }
+        if let Some(v) = env("RSTMDB_MAX_MACHINE_VERSIONS") {
+            self.storage.max_machine_versions = parse("RSTMDB_MAX_MACHINE_VERSIONS", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_COMPACT_ENABLED") {
+            self.compaction.enabled = boolean("RSTMDB_COMPACT_ENABLED", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_COMPACT_EVENTS") {
+            self.compaction.events_threshold = parse("RSTMDB_COMPACT_EVENTS", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_COMPACT_SIZE_MB") {
+            self.compaction.size_threshold_mb = parse("RSTMDB_COMPACT_SIZE_MB", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_COMPACT_INTERVAL") {
+            self.compaction.min_interval_secs = parse("RSTMDB_COMPACT_INTERVAL", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_AUTH_REQUIRED") {
+            self.auth.required = boolean("RSTMDB_AUTH_REQUIRED", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_AUTH_TOKEN_HASH")
+            && !v.trim().is_empty()
+        {
+            self.auth.token_hashes.push(v.trim().to_owned());
+        }
+        if let Some(v) = env("RSTMDB_AUTH_SECRETS_FILE") {
+            self.auth.secrets_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("RSTMDB_TLS_ENABLED") {
+            self.tls.enabled = boolean("RSTMDB_TLS_ENABLED", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_METRICS_ENABLED") {
+            self.metrics.enabled = boolean("RSTMDB_METRICS_ENABLED", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_METRICS_BIND") {
+            self.metrics.bind_addr = v;
+        }
+        if let Some(v) = env("RSTMDB_LOG_FORMAT") {
+            self.logging.format = match v.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "RSTMDB_LOG_FORMAT".into(),
+                        message: format!("expected text or json, got {v:?}"),
+                    });
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        self.bind_addr()?;
+        let n = &self.network;
+        if n.max_connections == 0 {
+            return Err(invalid(
+                "network.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if n.max_inflight_per_connection == 0 {
+            return Err(invalid(
+                "network.max_inflight_per_connection",
+                "must be at least 1".into(),
+            ));
+        }
+        if n.subscription_queue_depth == 0 {
+            return Err(invalid(
+                "network.subscription_queue_depth",
+                "must be at least 1".into(),
+            ));
+        }
+        if n.idle_timeout_secs == 0 {
+            return Err(invalid(
+                "network.idle_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if n.max_frame_bytes == 0 || n.max_frame_bytes > rstmdb_protocol::MAX_FRAME_PAYLOAD_BYTES {
+            return Err(invalid(
+                "network.max_frame_bytes",
+                format!(
+                    "must be between 1 and {}",
+                    rstmdb_protocol::MAX_FRAME_PAYLOAD_BYTES
+                ),
+            ));
+        }
+        let s = &self.storage;
+        if s.wal_segment_size_mb == 0 || s.wal_segment_size_mb > 4096 {
+            return Err(invalid(
+                "storage.wal_segment_size_mb",
+                "must be between 1 and 4096".into(),
+            ));
+        }
+        if s.max_batch_ops == 0 || s.max_batch_ops > 10_000 {
+            return Err(invalid(
+                "storage.max_batch_ops",
+                "must be between 1 and 10000".into(),
+            ));
+        }
+        if s.max_ctx_bytes == 0 {
+            return Err(invalid(
+                "storage.max_ctx_bytes",
+                "must be at least 1".into(),
+            ));
+        }
+        if s.commit_queue_depth == 0 {
+            return Err(invalid(
+                "storage.commit_queue_depth",
+                "must be at least 1".into(),
+            ));
+        }
+        if let FsyncPolicyConfig::EveryN(0) | FsyncPolicyConfig::EveryMs(0) = s.fsync_policy {
+            return Err(invalid(
+                "storage.fsync_policy",
+                "every_n and every_ms need a value of at least 1".into(),
+            ));
+        }
+        if self.idempotency.ttl_hours == 0 {
+            return Err(invalid(
+                "idempotency.ttl_hours",
+                "must be at least 1".into(),
+            ));
+        }
+        for (i, h) in self.auth.token_hashes.iter().enumerate() {
+            if !is_sha256_hex(h) {
+                return Err(invalid(
+                    &format!("auth.token_hashes[{i}]"),
+                    "must be 64 hex digits (a SHA-256 of the token)".into(),
+                ));
+            }
+        }
+        if self.tls.enabled {
+            return Err(invalid(
+                "tls.enabled",
+                "TLS is not available in this build yet; run without TLS or terminate TLS in front of rstmdb".into(),
+            ));
+        }
+        if self.metrics.enabled {
+            return Err(invalid(
+                "metrics.enabled",
+                "the metrics endpoint is not available in this build yet".into(),
+            ));
+        }
+        if self.audit.enabled {
+            return Err(invalid(
+                "audit.enabled",
+                "the audit log is not available in this build yet".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.network
+            .bind_addr
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                key: "network.bind_addr".into(),
+                message: format!("{e} (expected IP:port, got {:?})", self.network.bind_addr),
+            })
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.network.idle_timeout_secs)
+    }
+
+    pub fn storage_config(&self) -> StorageConfig {
+        let mut c = StorageConfig::new(&self.storage.data_dir);
+        let s = &self.storage;
+        c.wal_segment_size_mb = s.wal_segment_size_mb;
+        c.fsync_policy = s.fsync_policy.into();
+        c.cache_capacity_mb = s.cache_capacity_mb;
+        c.wal_retention_mb = s.wal_retention_mb;
+        c.max_machine_versions = s.max_machine_versions;
+        c.max_ctx_bytes = s.max_ctx_bytes;
+        c.max_batch_ops = s.max_batch_ops;
+        c.commit_queue_depth = s.commit_queue_depth;
+        c.allow_flush_all = s.allow_flush_all;
+        c.idempotency_ttl = Duration::from_secs(self.idempotency.ttl_hours.saturating_mul(3600));
+        let compaction_on = self.compaction.enabled;
+        c.checkpoint_events_threshold = if compaction_on {
+            self.compaction.events_threshold
+        } else {
+            0
+        };
+        c.checkpoint_size_threshold_mb = if compaction_on {
+            self.compaction.size_threshold_mb
+        } else {
+            0
+        };
+        c.checkpoint_min_interval = Duration::from_secs(self.compaction.min_interval_secs);
+        c.subscriber_queue_depth = self.network.subscription_queue_depth.max(1024);
+        c
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `RSTMDB_FSYNC_POLICY`: `every_write`, `never`, `every_n:N`, `every_ms:N`.
+fn parse_fsync_env(v: &str) -> Result<FsyncPolicyConfig, ConfigError> {
+    let err = || ConfigError::Env {
+        var: "RSTMDB_FSYNC_POLICY".into(),
+        message: format!("expected every_write, never, every_n:N or every_ms:N, got {v:?}"),
+    };
+    let lower = v.trim().to_ascii_lowercase();
+    match lower.as_str() {
+        "every_write" | "everywrite" => return Ok(FsyncPolicyConfig::EveryWrite),
+        "never" => return Ok(FsyncPolicyConfig::Never),
+        _ => {}
+    }
+    let (kind, n) = lower.split_once(':').ok_or_else(err)?;
+    let n: u64 = n.trim().parse().map_err(|_| err())?;
+    match kind {
+        "every_n" => Ok(FsyncPolicyConfig::EveryN(n)),
+        "every_ms" => Ok(FsyncPolicyConfig::EveryMs(n)),
+        _ => Err(err()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn every_example_config_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let c = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the example configs in {}", dir.display());
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_yaml("network:\n  bogus: 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::from_yaml("nonsense: true\n").unwrap_err();
+        assert!(e.contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::from_yaml("network:\n  max_connections: -1\n").unwrap_err();
+        assert!(e.contains("network.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn both_fsync_spellings_load() {
+        for text in [
+            "storage:\n  fsync_policy: !every_n 100\n",
+            "storage:\n  fsync_policy: {every_n: 100}\n",
+        ] {
+            let c = Config::from_yaml(text).unwrap();
+            assert_eq!(
+                c.storage.fsync_policy,
+                FsyncPolicyConfig::EveryN(100),
+                "{text}"
+            );
+        }
+        let c = Config::from_yaml("storage:\n  fsync_policy: never\n").unwrap();
+        assert_eq!(c.storage.fsync_policy, FsyncPolicyConfig::Never);
+        let c = Config::from_yaml("storage:\n  fsync_policy: !every_ms 5\n").unwrap();
+        assert_eq!(c.storage.fsync_policy, FsyncPolicyConfig::EveryMs(5));
+        for bad in [
+            "sometimes",
+            "{every_n: x}",
+            "!every_year 1",
+            "{every_n: 1, every_ms: 2}",
+        ] {
+            let e = Config::from_yaml(&format!("storage:\n  fsync_policy: {bad}\n")).unwrap_err();
+            assert!(e.contains("storage.fsync_policy"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_and_booleans() {
+        let env = |k: &str| match k {
+            "RSTMDB_BIND" => Some("127.0.0.1:9999".to_string()),
+            "RSTMDB_AUTH_REQUIRED" => Some("yes".to_string()),
+            "RSTMDB_AUTH_TOKEN_HASH" => Some("a".repeat(64)),
+            "RSTMDB_FSYNC_POLICY" => Some("every_ms:5".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, &env).unwrap();
+        assert_eq!(c.network.bind_addr, "127.0.0.1:9999");
+        assert!(c.auth.required);
+        assert_eq!(c.storage.fsync_policy, FsyncPolicyConfig::EveryMs(5));
+    }
+
+    #[test]
+    fn bad_env_values_are_errors() {
+        let env = |k: &str| (k == "RSTMDB_AUTH_REQUIRED").then(|| "maybe".to_string());
+        assert!(matches!(
+            Config::load(None, &env),
+            Err(ConfigError::Env { .. })
+        ));
+        let env = |k: &str| (k == "RSTMDB_FSYNC_POLICY").then(|| "sometimes".to_string());
+        assert!(matches!(
+            Config::load(None, &env),
+            Err(ConfigError::Env { .. })
+        ));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config::default();
+        c.network.bind_addr = "localhost".into();
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "network.bind_addr")
+        );
+        let mut c = Config::default();
+        c.auth.token_hashes = vec!["xyz".into()];
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "auth.token_hashes[0]")
+        );
+        assert!(Config::load(None, &no_env).is_ok());
+    }
+}

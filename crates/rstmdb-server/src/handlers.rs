@@ -1,0 +1,352 @@
+//! One handler per data operation, behind one dispatcher ([`execute`]). Handlers turn typed
+//! params into engine calls and engine results into RCP result objects; they know nothing
+//! about connections. Session operations (HELLO, AUTH, WATCH, …) live in `session.rs`.
+
+use crate::error::{bad_request, to_wire, with_details};
+use crate::server::Shared;
+use rstmdb_core::Instance;
+use rstmdb_protocol::{
+    ApplyEventParams, BatchMode, Command, CreateInstanceParams, DeleteInstanceParams, ErrorObject,
+    ListInstancesParams, Op,
+};
+use rstmdb_storage::{ApplyEvent, BatchOp, BatchOutput, CreateInstance, DeleteInstance, ListQuery};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// A successful result and, for mutations, the WAL offset to report in `meta`.
+pub type Outcome = Result<(Value, Option<u64>), ErrorObject>;
+
+/// Default LIST_INSTANCES page.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
+fn engine<T>(r: Result<T, rstmdb_core::Error>) -> Result<T, ErrorObject> {
+    r.map_err(|e| to_wire(&e))
+}
+
+pub fn instance_json(i: &Instance) -> Value {
+    let mut v = json!({
+        "instance_id": i.id,
+        "machine": i.machine,
+        "version": i.version,
+        "state": i.state,
+        "ctx": i.ctx,
+        "last_wal_offset": i.last_wal_offset,
+        "created_at": i.created_at,
+        "updated_at": i.updated_at,
+    });
+    if let (Some(id), Some(obj)) = (&i.last_event_id, v.as_object_mut()) {
+        obj.insert("last_event_id".into(), Value::from(id.as_str()));
+    }
+    v
+}
+
+fn create_req(p: CreateInstanceParams) -> CreateInstance {
+    CreateInstance {
+        instance_id: p.instance_id,
+        machine: p.machine,
+        version: p.version,
+        initial_ctx: p.initial_ctx,
+        idempotency_key: p.idempotency_key,
+    }
+}
+
+fn apply_req(p: ApplyEventParams) -> ApplyEvent {
+    ApplyEvent {
+        instance_id: p.instance_id,
+        event: p.event,
+        payload: p.payload,
+        expected_state: p.expected_state,
+        expected_wal_offset: p.expected_wal_offset,
+        event_id: p.event_id,
+        idempotency_key: p.idempotency_key,
+    }
+}
+
+fn delete_req(p: DeleteInstanceParams) -> DeleteInstance {
+    DeleteInstance {
+        instance_id: p.instance_id,
+        idempotency_key: p.idempotency_key,
+    }
+}
+
+fn output_json(out: &BatchOutput) -> (Value, Option<u64>) {
+    match out {
+        BatchOutput::Created(c) => (
+            json!({"instance_id": c.instance_id, "state": c.state, "wal_offset": c.wal_offset}),
+            Some(c.wal_offset),
+        ),
+        BatchOutput::Applied(a) => {
+            let mut v = json!({
+                "from_state": a.from_state,
+                "to_state": a.to_state,
+                "ctx": a.ctx,
+                "wal_offset": a.wal_offset,
+                "applied": a.applied,
+            });
+            if let (Some(id), Some(obj)) = (&a.event_id, v.as_object_mut()) {
+                obj.insert("event_id".into(), Value::from(id.as_str()));
+            }
+            (v, Some(a.wal_offset))
+        }
+        BatchOutput::Deleted(d) => (
+            json!({"instance_id": d.instance_id, "deleted": true, "wal_offset": d.wal_offset}),
+            Some(d.wal_offset),
+        ),
+        BatchOutput::Instance(i) => (instance_json(i), None),
+    }
+}
+
+/// Runs one data operation. Session operations never reach here.
+pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
+    let db = &shared.db;
+    match command {
+        Command::PutMachine(p) => {
+            let r = engine(db.put_machine(&p.machine, p.version, &p.definition).await)?;
+            Ok((
+                json!({"machine": r.machine, "version": r.version, "stored_checksum": r.checksum, "created": r.created}),
+                r.created.then(|| db.last_offset()),
+            ))
+        }
+        Command::GetMachine(p) => {
+            let m = engine(db.get_machine(&p.machine, p.version))?;
+            Ok((
+                json!({"definition": m.definition, "checksum": m.checksum}),
+                None,
+            ))
+        }
+        Command::ListMachines => {
+            let items: Vec<Value> = engine(db.list_machines())?
+                .into_iter()
+                .map(|(machine, versions)| json!({"machine": machine, "versions": versions}))
+                .collect();
+            Ok((json!({ "items": items }), None))
+        }
+        Command::CreateInstance(p) => {
+            let c = engine(db.create_instance(create_req(p)).await)?;
+            Ok(output_json(&BatchOutput::Created(c)))
+        }
+        Command::GetInstance(p) => {
+            let i = engine(db.get_instance(&p.instance_id))?;
+            Ok((instance_json(&i), None))
+        }
+        Command::ListInstances(p) => list_instances(&shared, p),
+        Command::DeleteInstance(p) => {
+            let d = engine(db.delete_instance(delete_req(p)).await)?;
+            Ok(output_json(&BatchOutput::Deleted(d)))
+        }
+        Command::ApplyEvent(p) => {
+            let a = engine(db.apply_event(apply_req(p)).await)?;
+            Ok(output_json(&BatchOutput::Applied(a)))
+        }
+        Command::Batch(p) => batch(&shared, p.mode, p.ops).await,
+        Command::SnapshotInstance(p) => {
+            // A snapshot is a checkpoint: the instance (and everything else) is then durable
+            // in the state store, independent of the WAL.
+            let cp = engine(db.checkpoint().await)?;
+            let i = engine(db.get_instance(&p.instance_id))?;
+            let bytes = serde_json::to_vec(&instance_json(&i)).unwrap_or_default();
+            let checksum: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Ok((
+                json!({
+                    "instance_id": i.id,
+                    "snapshot_id": format!("snap-{}", cp.checkpoint_offset),
+                    "wal_offset": i.last_wal_offset,
+                    "size_bytes": bytes.len(),
+                    "checksum": checksum,
+                }),
+                None,
+            ))
+        }
+        Command::WalRead(p) => {
+            let limit = p.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+            let page = engine(db.wal_read(p.from_offset, limit))?;
+            let records: Vec<Value> = page
+                .records
+                .into_iter()
+                .map(|r| json!({"sequence": r.offset, "offset": r.offset, "entry": r.entry}))
+                .collect();
+            Ok((
+                json!({"records": records, "next_offset": page.next_offset}),
+                None,
+            ))
+        }
+        Command::WalStats => {
+            let s = engine(db.wal_stats().await)?;
+            Ok((
+                json!({
+                    "entry_count": s.entry_count,
+                    "segment_count": s.segment_count,
+                    "total_size_bytes": s.total_size_bytes,
+                    "latest_offset": s.latest_offset,
+                    "earliest_offset": s.earliest_offset,
+                    "checkpoint_offset": s.checkpoint_offset,
+                    "io_stats": {
+                        "bytes_written": s.bytes_written,
+                        "bytes_read": s.bytes_read,
+                        "writes": s.writes,
+                        "reads": s.reads,
+                        "fsyncs": s.fsyncs,
+                    },
+                }),
+                None,
+            ))
+        }
+        Command::Compact(_) => {
+            let cp = engine(db.checkpoint().await)?;
+            Ok((
+                json!({
+                    "snapshots_created": 0,
+                    "segments_deleted": cp.segments_deleted,
+                    "bytes_reclaimed": cp.bytes_reclaimed,
+                    "total_snapshots": 0,
+                    "wal_segments": cp.wal_segments,
+                    "checkpoint_offset": cp.checkpoint_offset,
+                }),
+                None,
+            ))
+        }
+        Command::FlushAll(_) => {
+            let counts = engine(db.flush_all().await)?;
+            // Every subscription on every connection ends: what it watched is gone.
+            shared.flush_epoch.send_modify(|e| *e += 1);
+            Ok((
+                json!({
+                    "flushed": true,
+                    "instances_removed": counts.instances_removed,
+                    "machines_removed": counts.machines_removed,
+                }),
+                Some(db.last_offset()),
+            ))
+        }
+        other => Err(bad_request(format!(
+            "{} is not a data operation",
+            other.op().as_str()
+        ))),
+    }
+}
+
+fn list_instances(shared: &Shared, p: ListInstancesParams) -> Outcome {
+    let q = ListQuery {
+        machine: p.machine,
+        state: p.state,
+        limit: p.limit.map_or(DEFAULT_LIST_LIMIT, |l| l as usize),
+        offset: p.offset.unwrap_or(0) as usize,
+        after: p.after,
+        include_deleted: p.include_deleted,
+    };
+    let page = engine(shared.db.list_instances(&q))?;
+    let items: Vec<Value> = page
+        .instances
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "machine": i.machine,
+                "version": i.version,
+                "state": i.state,
+                "created_at": i.created_at,
+                "updated_at": i.updated_at,
+                "last_wal_offset": i.last_wal_offset,
+            })
+        })
+        .collect();
+    let next_after = if page.has_more {
+        page.instances.last().map(|i| Value::from(i.id.as_str()))
+    } else {
+        None
+    };
+    let mut v = json!({"instances": items, "total": page.total, "has_more": page.has_more});
+    if let (Some(n), Some(obj)) = (next_after, v.as_object_mut()) {
+        obj.insert("next_after".into(), n);
+    }
+    Ok((v, None))
+}
+
+fn batch_op(index: usize, cmd: Command) -> Result<BatchOp, ErrorObject> {
+    Ok(match cmd {
+        Command::CreateInstance(p) => BatchOp::Create(create_req(p)),
+        Command::ApplyEvent(p) => BatchOp::Apply(apply_req(p)),
+        Command::DeleteInstance(p) => BatchOp::Delete(delete_req(p)),
+        Command::GetInstance(p) => BatchOp::Get {
+            instance_id: p.instance_id,
+        },
+        other => {
+            return Err(with_details(
+                bad_request(format!(
+                    "ops[{index}]: {} cannot be batched (only CREATE_INSTANCE, APPLY_EVENT, DELETE_INSTANCE, GET_INSTANCE)",
+                    other.op().as_str()
+                )),
+                &[
+                    ("index", Value::from(index)),
+                    ("op", Value::from(other.op().as_str())),
+                ],
+            ));
+        }
+    })
+}
+
+async fn batch(shared: &Shared, mode: BatchMode, cmds: Vec<Command>) -> Outcome {
+    let max = shared.db.config().max_batch_ops;
+    if cmds.len() > max {
+        return Err(with_details(
+            bad_request(format!("batch size {} exceeds limit {max}", cmds.len())),
+            &[("limit", Value::from(max))],
+        ));
+    }
+    let ops = cmds
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| batch_op(i, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let storage_mode = match mode {
+        BatchMode::Atomic => rstmdb_storage::BatchMode::Atomic,
+        BatchMode::BestEffort => rstmdb_storage::BatchMode::BestEffort,
+    };
+    match shared.db.batch(storage_mode, ops).await {
+        Ok(results) => {
+            let mut last_offset = None;
+            let items: Vec<Value> = results
+                .iter()
+                .map(|r| match r {
+                    Ok(out) => {
+                        let (v, off) = output_json(out);
+                        last_offset = last_offset.max(off);
+                        json!({"status": "ok", "result": v, "error": null})
+                    }
+                    Err(e) => json!({"status": "error", "result": null, "error": to_wire(e)}),
+                })
+                .collect();
+            Ok((json!({ "results": items }), last_offset))
+        }
+        Err(f) => {
+            let mut obj = to_wire(&f.error);
+            obj.message = format!(
+                "atomic batch failed at ops[{}] ({}): {}",
+                f.index, f.op, obj.message
+            );
+            Err(with_details(
+                obj,
+                &[("index", Value::from(f.index)), ("op", Value::from(f.op))],
+            ))
+        }
+    }
+}
+
+/// Ops handled here (everything but the session ops).
+pub fn is_data_op(op: Op) -> bool {
+    !matches!(
+        op,
+        Op::Hello
+            | Op::Auth
+            | Op::Ping
+            | Op::Bye
+            | Op::Info
+            | Op::WatchInstance
+            | Op::WatchAll
+            | Op::Unwatch
+    )
+}

@@ -1,0 +1,16 @@
+//! rstmdb-server: the `rstmdb` binary's library. RCP over TCP on top of the embedded
+//! storage engine.
+//!
+//! - [`config`]: YAML + environment configuration, validated up front.
+//! - [`server`]: the listener, connection limit and graceful shutdown.
+//! - [`session`]: one connection — framing, ordering, session ops, subscriptions.
+//! - [`handlers`]: one handler per data operation behind one dispatcher.
+//! - [`auth`]: token hashes compared in constant time.
+//! - [`error`]: the one mapping from engine errors to RCP error objects.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod server;
+pub mod session;

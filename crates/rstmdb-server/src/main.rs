@@ -1,0 +1,159 @@
+//! `rstmdb`: the server binary.
+//!
+//! ```text
+//! rstmdb [--config PATH]            serve (defaults: 127.0.0.1:7401, data in ./data)
+//! rstmdb repair --data-dir DIR      cut a damaged WAL back to its last good record
+//! ```
+
+use clap::{Parser, Subcommand};
+use rstmdb_server::auth::Auth;
+use rstmdb_server::config::{Config, LogFormat};
+use rstmdb_server::server::{self, Shared};
+use rstmdb_storage::Database;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rstmdb",
+    version,
+    about = "rstmdb: a state-machine database server"
+)]
+struct Cli {
+    /// YAML config file (default: built-in defaults).
+    #[arg(long, short = 'c', env = "RSTMDB_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Repair a WAL that refuses to open: the damaged segment is copied to
+    /// `<data-dir>/wal/damaged/`, the log is cut at the first bad record, later segments are
+    /// moved aside. Run it with the server stopped.
+    Repair {
+        /// The server's data directory (`storage.data_dir`).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("Error: {msg}");
+    ExitCode::from(1)
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.logging.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_ansi(ansi);
+    match cfg.logging.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Repair { data_dir }) = &cli.command {
+        return match rstmdb_storage::wal::repair(&data_dir.join("wal")) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let config = match Config::load(cli.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("starting the runtime: {e}")),
+    };
+    runtime.block_on(run(config, cli.config))
+}
+
+async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
+    let auth = match Auth::from_config(&config.auth) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let addr = match config.bind_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    if let Some(p) = &config_path {
+        tracing::info!(path = %p.display(), "loaded config");
+    }
+    tracing::info!(
+        bind = %addr,
+        data_dir = %config.storage.data_dir.display(),
+        fsync_policy = ?config.storage.fsync_policy,
+        auth_required = auth.required,
+        "starting rstmdb {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let db = match Database::open(config.storage_config()) {
+        Ok(db) => db,
+        Err(e) => return fail(format!("opening the database: {e}")),
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("binding {addr}: {e}")),
+    };
+    let local = server::local_addr(&listener).unwrap_or(addr);
+    let (flush_epoch, _) = watch::channel(0u64);
+    let shared = Arc::new(Shared {
+        db: db.clone(),
+        config,
+        auth,
+        flush_epoch,
+    });
+    tracing::info!("Server listening on {local} (plain)");
+    server::serve(listener, shared, shutdown_signal()).await;
+    match db.close().await {
+        Ok(()) => {
+            tracing::info!("server stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("closing the database: {e}")),
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        r = tokio::signal::ctrl_c() => {
+            if r.is_ok() {
+                tracing::info!("received SIGINT, shutting down");
+            } else {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! One connection: read requests (binary frames or JSON lines, told apart by their first
+//! byte), run them, write responses in request order, and interleave watch events.
+//!
+//! Requests are answered in order: each becomes a future in a `FuturesOrdered`, which yields
+//! results in the order they were pushed. They are *executed* as concurrently as is safe
+//! ([`Ordering`]): ops on one instance run in order, anything else (lists, machines, batches,
+//! watches, WAL reads) waits for every earlier request, and writes to different instances run
+//! together so that one connection's pipelined writes share group commits. A client always
+//! sees its own earlier writes. HELLO, AUTH, PING, BYE, INFO and UNWATCH run synchronously
+//! while reading, so a later request always sees their effect (an AUTH pipelined before a GET
+//! authenticates that GET).
+//!
+//! Limits: `max_inflight_per_connection` requests at once (reading pauses beyond it),
+//! `max_subscriptions_per_connection`, `subscription_queue_depth` events buffered (a
+//! subscriber that falls further behind is disconnected rather than slowing writers or
+//! growing memory), `idle_timeout_secs` without a request.
+
+use crate::error::bad_request;
+use crate::handlers;
+use crate::server::Shared;
+use bytes::Bytes;
+use futures::future::{BoxFuture, Shared as SharedFuture};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, SinkExt, StreamExt};
+use rstmdb_protocol::{
+    Command, ErrorCode, ErrorObject, Event, Inbound, InboundCodec, Meta, Op, OutboundCodec,
+    Response, WatchAllParams, WatchInstanceParams, WireMode, decode_request,
+};
+use rstmdb_storage::{ChangeEvent, ChangeStream, WatchError};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Features a client may negotiate in HELLO (the reference set).
+pub const FEATURES: [&str; 3] = ["idempotency", "batch", "wal_read"];
+
+/// A response ready to be written, with what writing it implies.
+struct Outgoing {
+    response: Response,
+    /// The wire mode in force when the request was read (HELLO's own response already uses
+    /// the new mode).
+    mode: WireMode,
+    close_after: bool,
+    start_watch: Option<PendingWatch>,
+    /// A subscription id reserved at dispatch whose WATCH failed: release it.
+    failed_watch: Option<String>,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Outgoing> + Send>>;
+
+/// Resolves when a request has finished (or was dropped).
+type Done = SharedFuture<BoxFuture<'static, ()>>;
+
+/// What a request must wait for before it runs (see the module docs).
+#[derive(Default)]
+struct Ordering {
+    inflight: Vec<Done>,
+    barrier: Option<Done>,
+    by_instance: HashMap<String, Done>,
+}
+
+enum Scope<'a> {
+    /// Touches one instance: waits for the last barrier and earlier ops on that instance.
+    Instance(&'a str),
+    /// Touches nothing an earlier request could affect (a create with a generated id).
+    Free,
+    /// Waits for everything before it; everything after waits for it.
+    Barrier,
+}
+
+impl Ordering {
+    /// Registers a request; returns what it must wait for and the sender whose drop marks
+    /// it done.
+    fn admit(&mut self, scope: Scope<'_>) -> (Vec<Done>, oneshot::Sender<()>) {
+        self.inflight.retain(|d| d.peek().is_none());
+        self.by_instance.retain(|_, d| d.peek().is_none());
+        if self.barrier.as_ref().is_some_and(|b| b.peek().is_some()) {
+            self.barrier = None;
+        }
+        let (tx, rx) = oneshot::channel::<()>();
+        let done: Done = rx.map(|_| ()).boxed().shared();
+        let waits = match scope {
+            Scope::Instance(id) => {
+                let mut w: Vec<Done> = self.barrier.iter().cloned().collect();
+                if let Some(prev) = self.by_instance.insert(id.to_owned(), done.clone()) {
+                    w.push(prev);
+                }
+                w
+            }
+            Scope::Free => self.barrier.iter().cloned().collect(),
+            Scope::Barrier => {
+                self.barrier = Some(done.clone());
+                self.inflight.clone()
+            }
+        };
+        self.inflight.push(done);
+        (waits, tx)
+    }
+}
+
+fn scope_of(cmd: &Command) -> Scope<'_> {
+    match cmd {
+        Command::CreateInstance(p) => p
+            .instance_id
+            .as_deref()
+            .map_or(Scope::Free, Scope::Instance),
+        Command::ApplyEvent(p) => Scope::Instance(&p.instance_id),
+        Command::DeleteInstance(p) => Scope::Instance(&p.instance_id),
+        Command::GetInstance(p) => Scope::Instance(&p.instance_id),
+        _ => Scope::Barrier,
+    }
+}
+
+/// A subscription whose event forwarding starts once its WATCH response is written, so that
+/// the response always precedes the subscription's events.
+struct PendingWatch {
+    id: String,
+    stream: ChangeStream,
+    filter: Filter,
+    include_ctx: bool,
+}
+
+enum Filter {
+    Instance(String),
+    All(WatchAllParams),
+}
+
+impl Filter {
+    fn matches(&self, ev: &ChangeEvent) -> bool {
+        fn any(list: &[String], v: &str) -> bool {
+            list.is_empty() || list.iter().any(|x| x == v)
+        }
+        match self {
+            Filter::Instance(id) => ev.instance_id == *id,
+            Filter::All(p) => {
+                any(&p.machines, &ev.machine)
+                    && any(&p.from_states, &ev.from_state)
+                    && any(&p.to_states, &ev.to_state)
+                    && any(&p.events, &ev.event)
+            }
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, for `meta.server_time`.
+pub fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60,
+        now.subsec_millis()
+    )
+}
+
+fn meta(wal_offset: Option<u64>) -> Meta {
+    Meta {
+        server_time: Some(rfc3339_now()),
+        wal_offset,
+        ..Default::default()
+    }
+}
+
+fn respond(id: Option<String>, result: Result<(Value, Option<u64>), ErrorObject>) -> Response {
+    match (result, id) {
+        (Ok((v, off)), Some(id)) => Response::ok(id, v).with_meta(meta(off)),
+        (Ok((v, off)), None) => {
+            // Unreachable (successes always have an id), but never answer without one.
+            let _ = v;
+            Response::error(None, bad_request("request without an id")).with_meta(meta(off))
+        }
+        (Err(e), id) => Response::error(id, e).with_meta(meta(None)),
+    }
+}
+
+fn ready(out: Outgoing) -> Pending {
+    Box::pin(std::future::ready(out))
+}
+
+enum Target {
+    Instance(WatchInstanceParams),
+    All(WatchAllParams),
+}
+
+fn subscribe(
+    shared: &Shared,
+    sub: String,
+    target: Target,
+) -> Result<(Value, PendingWatch), ErrorObject> {
+    let db = &shared.db;
+    let wire = |e: rstmdb_core::Error| crate::error::to_wire(&e);
+    match target {
+        Target::Instance(p) => {
+            let inst = db.get_instance(&p.instance_id).map_err(wire)?;
+            let stream = db.watch(p.from_offset).map_err(wire)?;
+            Ok((
+                json!({
+                    "subscription_id": sub,
+                    "instance_id": inst.id,
+                    "current_state": inst.state,
+                    "current_wal_offset": inst.last_wal_offset,
+                }),
+                PendingWatch {
+                    id: sub,
+                    stream,
+                    filter: Filter::Instance(p.instance_id),
+                    include_ctx: p.include_ctx,
+                },
+            ))
+        }
+        Target::All(p) => {
+            let stream = db.watch(p.from_offset).map_err(wire)?;
+            Ok((
+                json!({"subscription_id": sub, "wal_offset": db.last_offset()}),
+                PendingWatch {
+                    id: sub,
+                    stream,
+                    include_ctx: p.include_ctx,
+                    filter: Filter::All(p),
+                },
+            ))
+        }
+    }
+}
+
+struct Session {
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    authenticated: bool,
+    mode: WireMode,
+    /// Subscription id → forwarding task (`None` until its WATCH response is written).
+    watches: HashMap<String, Option<JoinHandle<()>>>,
+    closing: bool,
+    events_tx: mpsc::Sender<Bytes>,
+    overflow: Arc<Notify>,
+    ordering: Ordering,
+}
+
+/// Runs a connection until it closes, the client says BYE, it idles out, or `stop` fires.
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let net = shared.config.network.clone();
+    tracing::debug!(%peer, "client connected");
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(
+        rd,
+        InboundCodec::with_max_payload_bytes(net.max_frame_bytes),
+    );
+    let mut writer = FramedWrite::new(
+        wr,
+        OutboundCodec::with_max_payload_bytes(net.max_frame_bytes),
+    );
+    let (events_tx, mut events_rx) = mpsc::channel::<Bytes>(net.subscription_queue_depth);
+    let overflow = Arc::new(Notify::new());
+    let mut s = Session {
+        peer,
+        authenticated: !shared.auth.required,
+        shared,
+        mode: WireMode::BinaryJson,
+        watches: HashMap::new(),
+        closing: false,
+        events_tx,
+        overflow: overflow.clone(),
+        ordering: Ordering::default(),
+    };
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let idle = std::time::Duration::from_secs(net.idle_timeout_secs);
+    let mut deadline = Instant::now() + idle;
+    let event_burst = (net.subscription_queue_depth / 2).max(1);
+
+    loop {
+        if s.closing && pending.is_empty() {
+            break;
+        }
+        let can_read = !s.closing && pending.len() < net.max_inflight_per_connection;
+        // Events wait for in-flight responses (so an APPLY's own event follows its response)
+        // unless they are piling up.
+        let events_allowed = pending.is_empty() || events_rx.len() >= event_burst;
+        tokio::select! {
+            biased;
+            changed = stop.changed(), if !s.closing => {
+                // Server shutdown (or the server dropped the sender): answer what was read.
+                let _ = changed;
+                s.closing = true;
+            }
+            _ = overflow.notified() => {
+                tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
+                break;
+            }
+            Some(out) = pending.next(), if !pending.is_empty() => {
+                let close_after = out.close_after;
+                if let Err(e) = write(&mut writer, &out.response, out.mode).await {
+                    tracing::debug!(peer = %s.peer, error = %e, "write failed");
+                    break;
+                }
+                if let Some(w) = out.start_watch {
+                    s.start_forwarding(w);
+                }
+                if let Some(sub) = out.failed_watch {
+                    s.watches.remove(&sub);
+                }
+                if close_after {
+                    break;
+                }
+            }
+            Some(ev) = events_rx.recv(), if events_allowed => {
+                writer.encoder_mut().set_mode(s.mode);
+                if let Err(e) = writer.send(ev).await {
+                    tracing::debug!(peer = %s.peer, error = %e, "event write failed");
+                    break;
+                }
+            }
+            item = reader.next(), if can_read => match item {
+                None => {
+                    // Half-close: answer everything already read, then close.
+                    s.closing = true;
+                }
+                Some(Err(e)) => {
+                    // The byte stream is out of sync; nothing after this can be trusted.
+                    tracing::debug!(peer = %s.peer, error = %e, "framing error; closing");
+                    s.closing = true;
+                    // Answer what was read before the bad frame, then close.
+                }
+                Some(Ok(inbound)) => {
+                    deadline = Instant::now() + idle;
+                    pending.push_back(s.dispatch(inbound));
+                }
+            },
+            _ = tokio::time::sleep_until(deadline), if !s.closing => {
+                tracing::debug!(peer = %s.peer, "idle timeout");
+                break;
+            }
+        }
+    }
+    let _ = SinkExt::<Bytes>::flush(&mut writer).await;
+    for (_, task) in s.watches.drain() {
+        if let Some(t) = task {
+            t.abort();
+        }
+    }
+    tracing::debug!(peer = %s.peer, "client disconnected");
+}
+
+async fn write(
+    writer: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, OutboundCodec>,
+    response: &Response,
+    mode: WireMode,
+) -> std::io::Result<()> {
+    let bytes = match response.to_json_bytes() {
+        Ok(b) => b,
+        Err(e) => {
+            let fallback = Response::error(
+                response.id.clone(),
+                ErrorObject::new(ErrorCode::InternalError, format!("encoding response: {e}")),
+            );
+            fallback.to_json_bytes().map_err(std::io::Error::other)?
+        }
+    };
+    writer.encoder_mut().set_mode(mode);
+    match writer.send(bytes).await {
+        Ok(()) => Ok(()),
+        Err(rstmdb_protocol::FrameError::PayloadTooLarge { len, max }) => {
+            // Never drop a response: say why instead (WAL_READ pages stop well before this).
+            let e = Response::error(
+                response.id.clone(),
+                ErrorObject::new(
+                    ErrorCode::InternalError,
+                    format!("response of {len} bytes exceeds the frame limit of {max}"),
+                ),
+            );
+            let b = e.to_json_bytes().map_err(std::io::Error::other)?;
+            writer.send(b).await.map_err(std::io::Error::other)
+        }
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}
+
+impl Session {
+    fn out(
+        &self,
+        id: Option<String>,
+        result: Result<(Value, Option<u64>), ErrorObject>,
+    ) -> Outgoing {
+        Outgoing {
+            response: respond(id, result),
+            mode: self.mode,
+            close_after: false,
+            start_watch: None,
+            failed_watch: None,
+        }
+    }
+
+    fn dispatch(&mut self, inbound: Inbound) -> Pending {
+        let req = match decode_request(&inbound.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let close = e.closes_connection();
+                if close {
+                    self.closing = true;
+                }
+                return ready(Outgoing {
+                    response: e.to_response().with_meta(meta(None)),
+                    mode: self.mode,
+                    close_after: close,
+                    start_watch: None,
+                    failed_watch: None,
+                });
+            }
+        };
+        let id = Some(req.id);
+        let op = req.command.op();
+        tracing::trace!(peer = %self.peer, ?op, "request");
+        if !self.authenticated && !matches!(op, Op::Hello | Op::Auth | Op::Ping | Op::Bye) {
+            return ready(self.out(
+                id,
+                Err(ErrorObject::new(
+                    ErrorCode::Unauthorized,
+                    "authentication required",
+                )),
+            ));
+        }
+        if handlers::is_data_op(op) {
+            let (waits, done) = self.ordering.admit(scope_of(&req.command));
+            let shared = self.shared.clone();
+            let mode = self.mode;
+            return Box::pin(async move {
+                for w in waits {
+                    w.await;
+                }
+                let result = handlers::execute(shared, req.command).await;
+                drop(done);
+                Outgoing {
+                    response: respond(id, result),
+                    mode,
+                    close_after: false,
+                    start_watch: None,
+                    failed_watch: None,
+                }
+            });
+        }
+        match req.command {
+            Command::Hello(p) => {
+                if p.protocol_version != rstmdb_protocol::PROTOCOL_VERSION {
+                    let e = ErrorObject::new(
+                        ErrorCode::UnsupportedProtocol,
+                        format!("unsupported protocol version: {}", p.protocol_version),
+                    )
+                    .with_detail("supported", json!([rstmdb_protocol::PROTOCOL_VERSION]));
+                    return ready(self.out(id, Err(e)));
+                }
+                self.mode = WireMode::negotiate(&p.wire_modes);
+                let features: Vec<&str> = FEATURES
+                    .iter()
+                    .copied()
+                    .filter(|f| p.features.iter().any(|r| r == f))
+                    .collect();
+                ready(self.out(
+                    id,
+                    Ok((
+                        json!({
+                            "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
+                            "wire_mode": self.mode.as_str(),
+                            "server_name": "rstmdb",
+                            "server_version": env!("CARGO_PKG_VERSION"),
+                            "features": features,
+                        }),
+                        None,
+                    )),
+                ))
+            }
+            Command::Auth(p) => {
+                let r = if p.method != "bearer" {
+                    Err(ErrorObject::new(
+                        ErrorCode::AuthFailed,
+                        format!(
+                            "authentication failed: unsupported auth method: {}",
+                            p.method
+                        ),
+                    ))
+                } else {
+                    match self.shared.auth.check(&p.token) {
+                        Ok(()) => {
+                            self.authenticated = true;
+                            Ok((json!({"authenticated": true}), None))
+                        }
+                        Err(why) => {
+                            tracing::info!(peer = %self.peer, reason = why, "authentication failed");
+                            Err(ErrorObject::new(
+                                ErrorCode::AuthFailed,
+                                format!("authentication failed: {why}"),
+                            ))
+                        }
+                    }
+                };
+                ready(self.out(id, r))
+            }
+            Command::Ping => ready(self.out(id, Ok((json!({"pong": true}), None)))),
+            Command::Bye => {
+                self.closing = true;
+                let mut o = self.out(id, Ok((json!({"goodbye": true}), None)));
+                o.close_after = true;
+                ready(o)
+            }
+            Command::Info => {
+                let cfg = &self.shared.config;
+                ready(self.out(
+                    id,
+                    Ok((
+                        json!({
+                            "server_name": "rstmdb",
+                            "server_version": env!("CARGO_PKG_VERSION"),
+                            "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
+                            "features": FEATURES,
+                            "max_frame_bytes": cfg.network.max_frame_bytes,
+                            "max_batch_ops": cfg.storage.max_batch_ops,
+                            "wal_offset": self.shared.db.last_offset(),
+                        }),
+                        None,
+                    )),
+                ))
+            }
+            Command::WatchInstance(p) => self.watch(id, Target::Instance(p)),
+            Command::WatchAll(p) => self.watch(id, Target::All(p)),
+            Command::Unwatch(p) => {
+                let removed = match self.watches.remove(&p.subscription_id) {
+                    Some(task) => {
+                        if let Some(t) = task {
+                            t.abort();
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                ready(self.out(
+                    id,
+                    Ok((
+                        json!({"subscription_id": p.subscription_id, "removed": removed}),
+                        None,
+                    )),
+                ))
+            }
+            other => ready(self.out(
+                id,
+                Err(bad_request(format!(
+                    "{} cannot be handled here",
+                    other.op().as_str()
+                ))),
+            )),
+        }
+    }
+
+    /// WATCH_INSTANCE / WATCH_ALL. The subscription id is reserved now (so the per-connection
+    /// limit and a pipelined UNWATCH see it); the subscription itself is made once every
+    /// earlier request has finished, so it sees the client's own earlier writes.
+    fn watch(&mut self, id: Option<String>, target: Target) -> Pending {
+        let max = self.shared.config.network.max_subscriptions_per_connection;
+        if self.watches.len() >= max {
+            return ready(self.out(
+                id,
+                Err(bad_request(format!(
+                    "too many subscriptions on this connection (limit {max})"
+                ))),
+            ));
+        }
+        let sub = format!("sub-{}", uuid::Uuid::now_v7());
+        self.watches.insert(sub.clone(), None);
+        let (waits, done) = self.ordering.admit(Scope::Barrier);
+        let shared = self.shared.clone();
+        let mode = self.mode;
+        Box::pin(async move {
+            for w in waits {
+                w.await;
+            }
+            let r = subscribe(&shared, sub.clone(), target);
+            drop(done);
+            match r {
+                Ok((v, w)) => Outgoing {
+                    response: respond(id, Ok((v, None))),
+                    mode,
+                    close_after: false,
+                    start_watch: Some(w),
+                    failed_watch: None,
+                },
+                Err(e) => Outgoing {
+                    response: respond(id, Err(e)),
+                    mode,
+                    close_after: false,
+                    start_watch: None,
+                    failed_watch: Some(sub),
+                },
+            }
+        })
+    }
+
+    fn start_forwarding(&mut self, w: PendingWatch) {
+        // UNWATCHed before its response went out: nothing to start.
+        let Some(slot) = self.watches.get_mut(&w.id) else {
+            return;
+        };
+        let tx = self.events_tx.clone();
+        let overflow = self.overflow.clone();
+        let mut flush = self.shared.flush_epoch.subscribe();
+        let peer = self.peer;
+        *slot = Some(tokio::spawn(async move {
+            let PendingWatch {
+                id,
+                mut stream,
+                filter,
+                include_ctx,
+            } = w;
+            loop {
+                let next = tokio::select! {
+                    r = stream.next() => r,
+                    _ = flush.changed() => return,
+                };
+                match next {
+                    Ok(ev) => {
+                        if !filter.matches(&ev) {
+                            continue;
+                        }
+                        let msg = Event {
+                            subscription_id: id.clone(),
+                            instance_id: ev.instance_id.clone(),
+                            machine: ev.machine.clone(),
+                            version: ev.version,
+                            wal_offset: ev.wal_offset,
+                            from_state: ev.from_state.clone(),
+                            to_state: ev.to_state.clone(),
+                            event: ev.event.clone(),
+                            payload: Value::Object(ev.payload.clone()),
+                            ctx: include_ctx.then(|| Value::Object(ev.ctx.clone())),
+                        };
+                        let Ok(bytes) = msg.to_json_bytes() else {
+                            continue;
+                        };
+                        match tx.try_send(bytes) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                overflow.notify_one();
+                                return;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        }
+                    }
+                    Err(WatchError::Lagged(n)) => {
+                        tracing::warn!(%peer, subscription = %id, missed = n, "subscription lagged");
+                        overflow.notify_one();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, subscription = %id, error = %e, "subscription ended");
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+}
