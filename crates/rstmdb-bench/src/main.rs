@@ -113,10 +113,10 @@ async fn setup(addr: &str, connections: usize, run: usize) {
             json!({"instance_id": id, "machine": "bench", "version": 1}),
         )
         .await;
-        if let Err(e) = r {
-            if !e.contains("INSTANCE_EXISTS") {
-                fail(e);
-            }
+        if let Err(e) = r
+            && !e.contains("INSTANCE_EXISTS")
+        {
+            fail(e);
         }
     }
 }
