@@ -277,6 +277,13 @@ impl LogStage {
                     return;
                 }
                 let seq = self.wal.last_seq();
+                // Counted here, by the stage that counts them, at the moment S is fixed.
+                self.stats
+                    .records_since_checkpoint
+                    .store(0, Ordering::Relaxed);
+                self.stats
+                    .bytes_since_checkpoint
+                    .store(0, Ordering::Relaxed);
                 if let Err(std::sync::mpsc::SendError(ApplyMsg::Checkpoint { reply, .. })) = self
                     .to_apply
                     .send(ApplyMsg::Checkpoint { seq, now_ms, reply })
@@ -770,11 +777,22 @@ impl ApplyStage {
                 counts.machines_removed += 1;
             }
         }
-        for prefix in [keys::IDEM, keys::IDEM_EXPIRY, keys::COUNT] {
-            for item in self.db.scan_prefix(prefix) {
-                let (k, _) = item.map_err(err)?;
+        for item in self.db.scan_prefix(keys::IDEM) {
+            let (k, v) = item.map_err(err)?;
+            let rec: state::IdemRecord = serde_json::from_slice(&v)
+                .map_err(|e| format!("corrupt idempotency record: {e}"))?;
+            if rec.wal_offset < seq {
+                let scope = &k[keys::IDEM.len()..];
+                batch.remove(keys::idem_expiry(
+                    rec.expires_at,
+                    &String::from_utf8_lossy(scope),
+                ));
                 batch.remove(k);
             }
+        }
+        for item in self.db.scan_prefix(keys::COUNT) {
+            let (k, _) = item.map_err(err)?;
+            batch.remove(k);
         }
         self.counts.clear();
         for (k, n) in survivors {
@@ -832,12 +850,6 @@ impl ApplyStage {
         }
         batch.insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq));
         self.db.apply_batch(batch).map_err(err)?;
-        self.stats
-            .records_since_checkpoint
-            .store(0, Ordering::Relaxed);
-        self.stats
-            .bytes_since_checkpoint
-            .store(0, Ordering::Relaxed);
         Ok(CheckpointMark {
             checkpoint_seq,
             tombstones_purged,

@@ -378,7 +378,7 @@ impl Database {
         let mut wal = wal;
         let mut apply = ApplyStage::new(
             db.clone(),
-            config.idempotency_ttl.as_millis() as i64,
+            i64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
             events.clone(),
             stats.clone(),
             wal.publisher(),
@@ -549,6 +549,17 @@ impl Database {
         let bytes = entry
             .to_bytes()
             .map_err(|e| internal(format!("encoding WAL entry: {e}")))?;
+        // Refuse here, alone: an oversized record would fail every write in its group.
+        let max = crate::wal::WalOptions::new("").max_record_bytes as usize;
+        if bytes.len() > max {
+            return Err(Error::bad_request(
+                "",
+                format!(
+                    "the change is {} bytes as a log record, over the limit of {max}; split the batch",
+                    bytes.len()
+                ),
+            ));
+        }
         let (reply, rx) = oneshot::channel();
         self.inner
             .commit_tx
@@ -583,11 +594,85 @@ impl Database {
             })
     }
 
-    // ---- machines ---------------------------------------------------------------------------
+    // ---- writes: public entry points --------------------------------------------------------
+    //
+    // Each write runs to completion in its own task even if the caller stops waiting (a
+    // timeout, a client that disconnects): a dropped future must not release an instance
+    // lock before its change is applied (a second writer would validate against stale
+    // state), nor skip the bookkeeping after it (the machine cache after PUT_MACHINE).
+
+    async fn detached<T, F>(&self, f: impl FnOnce(Database) -> F) -> std::result::Result<T, Error>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(f(self.clone()))
+            .await
+            .map_err(|e| internal(format!("write task failed: {e}")))
+    }
 
     /// PUT_MACHINE: validates and stores a new version; an identical re-put is `created:
     /// false`, a different definition for a stored version is `MACHINE_VERSION_EXISTS`.
     pub async fn put_machine(
+        &self,
+        name: &str,
+        version: u32,
+        definition: &Value,
+    ) -> Result<PutMachineOutcome> {
+        let (name, definition) = (name.to_owned(), definition.clone());
+        self.detached(
+            move |db| async move { db.put_machine_now(&name, version, &definition).await },
+        )
+        .await?
+    }
+
+    /// CREATE_INSTANCE.
+    pub async fn create_instance(&self, req: CreateInstance) -> Result<CreateOutcome> {
+        self.detached(move |db| async move { db.create_instance_now(req).await })
+            .await?
+    }
+
+    /// APPLY_EVENT.
+    pub async fn apply_event(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
+        self.detached(move |db| async move { db.apply_event_now(req).await })
+            .await?
+    }
+
+    /// DELETE_INSTANCE (soft delete; deleting again returns the original offset).
+    pub async fn delete_instance(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
+        self.detached(move |db| async move { db.delete_instance_now(req).await })
+            .await?
+    }
+
+    /// BATCH. Best effort: every op runs on its own and reports its own result. Atomic: all
+    /// ops are validated in order against the effects of the ones before, then written as one
+    /// WAL record; on the first failure nothing is written.
+    pub async fn batch(
+        &self,
+        mode: BatchMode,
+        ops: Vec<BatchOp>,
+    ) -> std::result::Result<Vec<Result<BatchOutput>>, BatchFailure> {
+        self.detached(move |db| async move { db.batch_now(mode, ops).await })
+            .await
+            .map_err(|error| BatchFailure {
+                index: 0,
+                op: "BATCH",
+                error,
+            })?
+    }
+
+    /// FLUSH_ALL: removes every machine, instance and idempotency record (written to the
+    /// WAL, so it survives restart). Refused unless `allow_flush_all` is set.
+    pub async fn flush_all(&self) -> Result<FlushCounts> {
+        self.detached(move |db| async move { db.flush_all_now().await })
+            .await?
+    }
+
+    // ---- machines ---------------------------------------------------------------------------
+
+    /// PUT_MACHINE: validates and stores a new version; an identical re-put is `created:
+    /// false`, a different definition for a stored version is `MACHINE_VERSION_EXISTS`.
+    async fn put_machine_now(
         &self,
         name: &str,
         version: u32,
@@ -886,7 +971,7 @@ impl Database {
     }
 
     /// CREATE_INSTANCE.
-    pub async fn create_instance(&self, req: CreateInstance) -> Result<CreateOutcome> {
+    async fn create_instance_now(&self, req: CreateInstance) -> Result<CreateOutcome> {
         let id = req.instance_id.clone().unwrap_or_else(Self::generated_id);
         let idem_lock = req.idempotency_key.as_ref().map(|k| format!("idem\0{k}"));
         let mut lock_keys = vec![id.as_str()];
@@ -910,7 +995,7 @@ impl Database {
     }
 
     /// APPLY_EVENT.
-    pub async fn apply_event(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
+    async fn apply_event_now(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
         let _guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
         let prepared = self.prepare_apply(&req, &self.staged(), now_ms())?;
         match self.finish(prepared).await? {
@@ -920,7 +1005,7 @@ impl Database {
     }
 
     /// DELETE_INSTANCE (soft delete; deleting again returns the original offset).
-    pub async fn delete_instance(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
+    async fn delete_instance_now(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
         let _guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
         let prepared = self.prepare_delete(&req, &self.staged(), now_ms())?;
         match self.finish(prepared).await? {
@@ -932,7 +1017,7 @@ impl Database {
     /// BATCH. Best effort: every op runs on its own and reports its own result. Atomic: all
     /// ops are validated in order against the effects of the ones before, then written as one
     /// WAL record; on the first failure nothing is written.
-    pub async fn batch(
+    async fn batch_now(
         &self,
         mode: BatchMode,
         ops: Vec<BatchOp>,
@@ -968,9 +1053,9 @@ impl Database {
 
     async fn run_one(&self, op: BatchOp) -> Result<BatchOutput> {
         match op {
-            BatchOp::Create(c) => self.create_instance(c).await.map(BatchOutput::Created),
-            BatchOp::Apply(a) => self.apply_event(a).await.map(BatchOutput::Applied),
-            BatchOp::Delete(d) => self.delete_instance(d).await.map(BatchOutput::Deleted),
+            BatchOp::Create(c) => self.create_instance_now(c).await.map(BatchOutput::Created),
+            BatchOp::Apply(a) => self.apply_event_now(a).await.map(BatchOutput::Applied),
+            BatchOp::Delete(d) => self.delete_instance_now(d).await.map(BatchOutput::Deleted),
             BatchOp::Get { instance_id } => {
                 self.get_instance(&instance_id).map(BatchOutput::Instance)
             }
@@ -1007,12 +1092,29 @@ impl Database {
         let mut entries = Vec::new();
         let mut hints: state::Hints = Vec::new();
         let mut outcomes = Vec::with_capacity(ops.len());
+        // Idempotency records of this batch are not in the store until it commits: a key used
+        // twice in one batch could not be told apart, so it is refused.
+        let mut scopes = std::collections::HashSet::new();
         for (index, (op, id)) in ops.iter().zip(&ids).enumerate() {
             let fail = |error: Error| BatchFailure {
                 index,
                 op: op.name(),
                 error,
             };
+            let scope = match op {
+                BatchOp::Create(c) => c.idempotency_key.as_deref().map(scope::create),
+                BatchOp::Apply(a) => a.idempotency_key.as_deref().map(|k| scope::apply(id, k)),
+                BatchOp::Delete(d) => d.idempotency_key.as_deref().map(|k| scope::delete(id, k)),
+                BatchOp::Get { .. } => None,
+            };
+            if let Some(scope) = scope
+                && !scopes.insert(scope)
+            {
+                return Err(fail(Error::bad_request(
+                    "idempotency_key",
+                    "the same idempotency key is used twice in one atomic batch",
+                )));
+            }
             let prepared = match op {
                 BatchOp::Create(c) => self.prepare_create(c, id, &staged, now),
                 BatchOp::Apply(a) => self.prepare_apply(a, &staged, now),
@@ -1068,7 +1170,7 @@ impl Database {
 
     /// FLUSH_ALL: removes every machine, instance and idempotency record (written to the
     /// WAL, so it survives restart). Refused unless `allow_flush_all` is set.
-    pub async fn flush_all(&self) -> Result<FlushCounts> {
+    async fn flush_all_now(&self) -> Result<FlushCounts> {
         if !self.inner.config.allow_flush_all {
             return Err(Error::bad_request(
                 "",
@@ -1200,13 +1302,11 @@ impl Database {
                 has_more = true;
                 break;
             }
+            // Lists are not snapshots: an instance deleted or moved since the index was read
+            // is left out rather than reported in a state it no longer has.
             match self.staged().load(&id)? {
-                Some(i) if !i.deleted => page.push(i),
-                _ => {
-                    return Err(internal(format!(
-                        "index names instance '{id}' which is not live"
-                    )));
-                }
+                Some(i) if matches(&i) => page.push(i),
+                _ => {}
             }
         }
         Ok(InstancePage {
@@ -1296,10 +1396,12 @@ impl Database {
         // broadcast after this point, so it reaches the receiver.
         let rx = self.inner.events.subscribe();
         let until = self.inner.reader.published_seq();
+        let earliest = self.inner.reader.earliest_seq().unwrap_or(until + 1);
         let replay_from = match from {
             None => until + 1,
+            // 0: from the oldest record still in the log (as WAL_READ).
+            Some(0) => earliest,
             Some(f) => {
-                let earliest = self.inner.reader.earliest_seq().unwrap_or(until + 1);
                 if f < earliest && f <= until {
                     return Err(Error::bad_request(
                         "from_offset",
@@ -1317,6 +1419,7 @@ impl Database {
             backlog: VecDeque::new(),
             next_from: replay_from,
             replay_until: until,
+            min_offset: replay_from,
         })
     }
 
@@ -1510,6 +1613,8 @@ pub struct ChangeStream {
     /// Next WAL offset to replay; replay is over once it passes `replay_until`.
     next_from: u64,
     replay_until: u64,
+    /// Nothing before this offset is delivered (a `from` past the end of the log).
+    min_offset: u64,
 }
 
 impl std::fmt::Debug for ChangeStream {
@@ -1532,6 +1637,9 @@ pub enum WatchError {
     Closed,
     #[error("reading the WAL for replay: {0}")]
     Wal(String),
+    /// Records the stream still had to replay were removed by a checkpoint.
+    #[error("events from offset {from} on were compacted away (earliest retained: {earliest})")]
+    Compacted { from: u64, earliest: u64 },
 }
 
 fn events_of(entry: &WalEntry, seq: u64, out: &mut VecDeque<Arc<ChangeEvent>>) {
@@ -1578,6 +1686,17 @@ impl ChangeStream {
                     .reader
                     .read(self.next_from, 256, 4 * 1024 * 1024)
                     .map_err(|e| WatchError::Wal(e.to_string()))?;
+                // A checkpoint may have removed what we were about to replay: say so rather
+                // than skip it (a gap left by the log itself starts a segment and is fine).
+                if recs.first().is_some_and(|r| r.seq > self.next_from)
+                    && let Some(earliest) = self.reader.earliest_seq()
+                    && earliest > self.next_from
+                {
+                    return Err(WatchError::Compacted {
+                        from: self.next_from,
+                        earliest,
+                    });
+                }
                 let mut progressed = false;
                 for r in recs {
                     if r.seq > self.replay_until {
@@ -1595,7 +1714,9 @@ impl ChangeStream {
                 continue;
             }
             match self.rx.recv().await {
-                Ok(ev) if ev.wal_offset > self.replay_until => return Ok(ev),
+                Ok(ev) if ev.wal_offset > self.replay_until && ev.wal_offset >= self.min_offset => {
+                    return Ok(ev);
+                }
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => return Err(WatchError::Lagged(n)),
                 Err(broadcast::error::RecvError::Closed) => return Err(WatchError::Closed),
