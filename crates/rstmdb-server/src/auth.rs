@@ -3,7 +3,84 @@
 
 use crate::config::AuthConfig;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
+
+/// Failed AUTHs from one address within [`AUTH_FAILURE_WINDOW`] before it is throttled.
+pub const MAX_AUTH_FAILURES_PER_WINDOW: u32 = 10;
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// How long a throttled address gets `RATE_LIMITED` for every AUTH.
+pub const AUTH_THROTTLE: Duration = Duration::from_secs(30);
+/// Addresses tracked at most; beyond it expired entries are dropped (and, if none are, the
+/// oldest), so an attacker cycling addresses cannot grow memory without bound.
+pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
+
+/// Per-address AUTH failure counting (decisions.md: repeated failures are throttled).
+#[derive(Debug, Default)]
+pub struct Throttle {
+    by_addr: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    window_start: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl Throttle {
+    /// `Some(remaining)` while `addr` is throttled.
+    pub fn blocked(&self, addr: IpAddr) -> Option<Duration> {
+        let map = self.by_addr.lock().ok()?;
+        let until = map.get(&addr)?.blocked_until?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    pub fn record_failure(&self, addr: IpAddr) {
+        let Ok(mut map) = self.by_addr.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&addr) {
+            map.retain(|_, f| {
+                now.duration_since(f.window_start) < AUTH_FAILURE_WINDOW
+                    || f.blocked_until.is_some_and(|u| u > now)
+            });
+            if map.len() >= MAX_TRACKED_ADDRESSES
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, f)| f.window_start)
+                    .map(|(a, _)| *a)
+            {
+                map.remove(&oldest);
+            }
+        }
+        let f = map.entry(addr).or_insert(Failures {
+            count: 0,
+            window_start: now,
+            blocked_until: None,
+        });
+        if now.duration_since(f.window_start) >= AUTH_FAILURE_WINDOW {
+            f.count = 0;
+            f.window_start = now;
+        }
+        f.count += 1;
+        if f.count >= MAX_AUTH_FAILURES_PER_WINDOW {
+            f.blocked_until = Some(now + AUTH_THROTTLE);
+            f.count = 0;
+            f.window_start = now;
+        }
+    }
+
+    pub fn record_success(&self, addr: IpAddr) {
+        if let Ok(mut map) = self.by_addr.lock() {
+            map.remove(&addr);
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Auth {
@@ -126,6 +203,22 @@ fn check_permissions(_: &std::path::Path, _: bool) -> Result<(), AuthSetupError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_blocks_after_repeated_failures_and_success_clears_it() {
+        let t = Throttle::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..MAX_AUTH_FAILURES_PER_WINDOW - 1 {
+            t.record_failure(a);
+        }
+        assert!(t.blocked(a).is_none());
+        t.record_failure(a);
+        assert!(t.blocked(a).is_some());
+        let b: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(t.blocked(b).is_none(), "other addresses are not affected");
+        t.record_success(a);
+        assert!(t.blocked(a).is_none());
+    }
 
     fn hash(token: &str) -> String {
         Sha256::digest(token.as_bytes())

@@ -576,7 +576,8 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml") {
                 let c = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-                c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                c.validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 n += 1;
             }
         }

@@ -14,7 +14,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -118,13 +117,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(format!("binding {addr}: {e}")),
     };
     let local = server::local_addr(&listener).unwrap_or(addr);
-    let (flush_epoch, _) = watch::channel(0u64);
-    let shared = Arc::new(Shared {
-        db: db.clone(),
-        config,
-        auth,
-        flush_epoch,
-    });
+    let shared = Arc::new(Shared::new(db.clone(), config, auth));
+    tokio::spawn(reload_on_sighup(shared.clone(), config_path.clone()));
     tracing::info!("Server listening on {local} (plain)");
     server::serve(listener, shared, shutdown_signal()).await;
     match db.close().await {
@@ -133,6 +127,35 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("closing the database: {e}")),
+    }
+}
+
+/// SIGHUP: re-read the config file and the secrets file and swap in the new token hashes.
+/// Existing connections keep their session; the next AUTH uses the new material. A reload
+/// that fails keeps the old material and logs why.
+async fn reload_on_sighup(shared: Arc<Shared>, config_path: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reloads are unavailable");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let env = |k: &str| std::env::var(k).ok();
+        let reloaded = Config::load(config_path.as_deref(), &env)
+            .map_err(|e| e.to_string())
+            .and_then(|c| Auth::from_config(&c.auth).map_err(|e| e.to_string()));
+        match reloaded {
+            Ok(auth) => {
+                shared.set_auth(auth);
+                tracing::info!(result = "ok", "reloaded authentication material on SIGHUP");
+            }
+            Err(e) => {
+                tracing::error!(result = "failed", error = %e, "SIGHUP reload failed; keeping the previous material");
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The listener: accepts connections up to `max_connections`, runs one session task per
 //! connection, and stops them all on shutdown.
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Throttle};
 use crate::config::Config;
 use crate::session;
 use rstmdb_storage::Database;
@@ -17,9 +17,39 @@ use tokio::task::JoinSet;
 pub struct Shared {
     pub db: Database,
     pub config: Config,
-    pub auth: Auth,
+    /// Replaced on SIGHUP; sessions read it per AUTH, so existing ones keep their state and
+    /// the next AUTH uses the new material.
+    auth: std::sync::RwLock<Arc<Auth>>,
+    pub auth_throttle: Throttle,
     /// Bumped by FLUSH_ALL: every subscription ends.
     pub flush_epoch: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn new(db: Database, config: Config, auth: Auth) -> Shared {
+        let (flush_epoch, _) = watch::channel(0u64);
+        Shared {
+            db,
+            config,
+            auth: std::sync::RwLock::new(Arc::new(auth)),
+            auth_throttle: Throttle::default(),
+            flush_epoch,
+        }
+    }
+
+    pub fn auth(&self) -> Arc<Auth> {
+        match self.auth.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_auth(&self, auth: Auth) {
+        match self.auth.write() {
+            Ok(mut a) => *a = Arc::new(auth),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(auth),
+        }
+    }
 }
 
 /// How long shutdown waits for sessions to finish their in-flight requests.

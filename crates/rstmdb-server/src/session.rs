@@ -283,7 +283,7 @@ pub async fn run(
     let overflow = Arc::new(Notify::new());
     let mut s = Session {
         peer,
-        authenticated: !shared.auth.required,
+        authenticated: !shared.auth().required,
         shared,
         mode: WireMode::BinaryJson,
         watches: HashMap::new(),
@@ -293,6 +293,7 @@ pub async fn run(
         ordering: Ordering::default(),
     };
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut flushed = s.shared.flush_epoch.subscribe();
     let idle = std::time::Duration::from_secs(net.idle_timeout_secs);
     let mut deadline = Instant::now() + idle;
     let event_burst = (net.subscription_queue_depth / 2).max(1);
@@ -311,6 +312,19 @@ pub async fn run(
                 // Server shutdown (or the server dropped the sender): answer what was read.
                 let _ = changed;
                 s.closing = true;
+            }
+            changed = flushed.changed() => {
+                if changed.is_ok() {
+                    // FLUSH_ALL: what was watched is gone, so are the subscriptions.
+                    for (_, task) in s.watches.drain() {
+                        if let Some(t) = task {
+                            t.abort();
+                        }
+                    }
+                } else {
+                    // The server is going away; stop polling a closed channel.
+                    flushed = watch::channel(0).1;
+                }
             }
             _ = overflow.notified() => {
                 tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
@@ -506,14 +520,25 @@ impl Session {
                             p.method
                         ),
                     ))
+                } else if let Some(wait) = self.shared.auth_throttle.blocked(self.peer.ip()) {
+                    Err(ErrorObject::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "too many failed authentication attempts from this address; retry in {} s",
+                            wait.as_secs().max(1)
+                        ),
+                    )
+                    .with_detail("retry_after_ms", json!(wait.as_millis() as u64)))
                 } else {
-                    match self.shared.auth.check(&p.token) {
+                    match self.shared.auth().check(&p.token) {
                         Ok(()) => {
                             self.authenticated = true;
+                            self.shared.auth_throttle.record_success(self.peer.ip());
                             Ok((json!({"authenticated": true}), None))
                         }
                         Err(why) => {
                             tracing::info!(peer = %self.peer, reason = why, "authentication failed");
+                            self.shared.auth_throttle.record_failure(self.peer.ip());
                             Err(ErrorObject::new(
                                 ErrorCode::AuthFailed,
                                 format!("authentication failed: {why}"),
@@ -676,8 +701,12 @@ impl Session {
                         overflow.notify_one();
                         return;
                     }
+                    Err(WatchError::Closed) => return,
                     Err(e) => {
-                        tracing::debug!(%peer, subscription = %id, error = %e, "subscription ended");
+                        // No end-of-stream message exists in RCP: close the connection, so
+                        // the client reconnects and its resume attempt reports the cause.
+                        tracing::warn!(%peer, subscription = %id, error = %e, "subscription ended");
+                        overflow.notify_one();
                         return;
                     }
                 }
