@@ -1,0 +1,456 @@
+//! Server configuration and CLI: startup failures, fsync spellings, the shipped example
+//! configs, `--version`/`--help` (operations.md §1, decisions.md "Server, security,
+//! operations").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+/// SHA-256 of "secret".
+const SECRET_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+/// The server must refuse `yaml`: exit status 1, and stderr names `key`.
+fn assert_refused(yaml: &str, key: &str) {
+    match Server::try_start_yaml(yaml) {
+        Ok(s) => panic!(
+            "server started with a bad config ({key}):\n{yaml}\n{}",
+            s.all_logs()
+        ),
+        Err(f) => {
+            let code = f.status.and_then(|s| s.code());
+            assert_eq!(
+                code,
+                Some(1),
+                "exit status 1 expected for {key}\nstdout:\n{}\nstderr:\n{}",
+                f.stdout,
+                f.stderr
+            );
+            assert!(
+                f.stderr.contains(key),
+                "stderr must name {key:?}:\n{}\n(stdout:\n{})",
+                f.stderr,
+                f.stdout
+            );
+        }
+    }
+}
+
+fn minimal(extra: &str) -> String {
+    format!(
+        "network:\n  bind_addr: \"127.0.0.1:0\"\nstorage:\n  data_dir: \"{{tmp}}/data\"\n{extra}"
+    )
+}
+
+#[test]
+fn minimal_config_starts_and_serves() {
+    let s = Server::try_start_yaml(&minimal("")).expect("starts");
+    let mut c = s.connect();
+    c.ping();
+}
+
+#[test]
+fn config_via_rstmdb_config_env_var() {
+    let dir = tempdir();
+    let s = Server::try_start_in(dir, &minimal(""), ConfigVia::Env, &[]).expect("starts");
+    let mut c = s.connect();
+    c.ping();
+    assert!(s.data_dir().join("wal").exists() || s.data_dir().exists());
+}
+
+#[test]
+fn unknown_top_level_key_is_refused() {
+    assert_refused(&minimal("bogus_section:\n  x: 1\n"), "bogus_section");
+}
+
+#[test]
+fn unknown_nested_key_is_refused() {
+    let yaml = "network:\n  bind_addr: \"127.0.0.1:0\"\n  bogus_knob: 3\nstorage:\n  data_dir: \"{tmp}/data\"\n";
+    assert_refused(yaml, "bogus_knob");
+}
+
+#[test]
+fn wrongly_typed_value_is_refused() {
+    let yaml = "network:\n  bind_addr: \"127.0.0.1:0\"\n  max_connections: -1\nstorage:\n  data_dir: \"{tmp}/data\"\n";
+    assert_refused(yaml, "max_connections");
+}
+
+#[test]
+fn unparsable_bind_addr_is_refused() {
+    let yaml = "network:\n  bind_addr: \"not-an-address\"\nstorage:\n  data_dir: \"{tmp}/data\"\n";
+    assert_refused(yaml, "bind_addr");
+}
+
+#[test]
+fn unknown_fsync_policy_is_refused() {
+    assert_refused(
+        "network:\n  bind_addr: \"127.0.0.1:0\"\nstorage:\n  data_dir: \"{tmp}/data\"\n  fsync_policy: sometimes\n",
+        "fsync_policy",
+    );
+}
+
+#[test]
+fn wrongly_typed_boolean_is_refused() {
+    assert_refused(&minimal("auth:\n  required: [true]\n"), "required");
+}
+
+#[test]
+fn missing_config_file_is_refused() {
+    let dir = tempdir();
+    let missing = dir.path().join("nope.yaml");
+    let (st, out, err) = run_to_exit(
+        &["--config", &missing.to_string_lossy()],
+        &[],
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(1),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(err.contains("nope.yaml"), "stderr names the file:\n{err}");
+}
+
+#[test]
+fn unparsable_yaml_is_refused() {
+    match Server::try_start_yaml("network: [unclosed\n") {
+        Ok(_) => panic!("started with broken YAML"),
+        Err(f) => assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}"),
+    }
+}
+
+#[test]
+fn auth_required_without_tokens_is_refused() {
+    match Server::try_start_yaml(&minimal("auth:\n  required: true\n")) {
+        Ok(s) => panic!("started with auth and no tokens\n{}", s.all_logs()),
+        Err(f) => assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}"),
+    }
+}
+
+#[test]
+fn malformed_token_hash_is_refused() {
+    assert_refused(
+        &minimal("auth:\n  required: true\n  token_hashes: [\"not-a-hash\"]\n"),
+        "token_hashes",
+    );
+}
+
+#[test]
+fn fsync_policy_every_n_tag_and_map_spellings_both_load() {
+    for spelling in [
+        "!every_n 100",
+        "{every_n: 100}",
+        "!every_ms 50",
+        "{every_ms: 50}",
+        "never",
+        "every_write",
+    ] {
+        let yaml = format!(
+            "network:\n  bind_addr: \"127.0.0.1:0\"\nstorage:\n  data_dir: \"{{tmp}}/data\"\n  fsync_policy: {spelling}\n"
+        );
+        let s = Server::try_start_yaml(&yaml)
+            .unwrap_or_else(|f| panic!("fsync_policy {spelling} refused: {f:?}"));
+        let mut c = s.connect();
+        put_counter(&mut c, "ctr");
+        create(&mut c, "ctr", "x", json!({}));
+    }
+}
+
+#[test]
+fn empty_sections_use_defaults() {
+    let s = Server::try_start_yaml(&minimal("compaction: {}\nidempotency: {}\nlogging: {}\n"))
+        .expect("starts");
+    let mut c = s.connect();
+    let info = c.ok("INFO", json!({}));
+    assert_eq!(info["max_batch_ops"], 100);
+    assert_eq!(info["max_frame_bytes"], 16777216);
+}
+
+#[test]
+fn json_log_format_still_announces_the_listening_address() {
+    let s = Server::try_start_yaml(&minimal("logging:\n  format: json\n  level: info\n"))
+        .unwrap_or_else(|f| panic!("{f:?}"));
+    let mut c = s.connect();
+    c.ping();
+    let line = s
+        .stdout()
+        .lines()
+        .find(|l| l.contains("Server listening on"))
+        .map(str::to_string)
+        .unwrap();
+    serde_json::from_str::<serde_json::Value>(&line)
+        .unwrap_or_else(|e| panic!("JSON log line expected ({e}): {line}"));
+}
+
+#[test]
+fn secrets_file_readable_by_others_is_refused() {
+    let dir = tempdir();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("{SECRET_HASH}\n")).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let yaml = minimal(&format!(
+        "auth:\n  required: true\n  secrets_file: \"{}\"\n",
+        secrets.display()
+    ));
+    match Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]) {
+        Ok(s) => panic!(
+            "started with a world-readable secrets file\n{}",
+            s.all_logs()
+        ),
+        Err(f) => assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}"),
+    }
+}
+
+#[test]
+fn secrets_file_with_mode_0600_is_used() {
+    let dir = tempdir();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("# ops token\n{SECRET_HASH}\n")).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let yaml = minimal(&format!(
+        "auth:\n  required: true\n  secrets_file: \"{}\"\n",
+        secrets.display()
+    ));
+    let s =
+        Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]).unwrap_or_else(|f| panic!("{f:?}"));
+    let mut c = s.connect();
+    c.err_code("INFO", json!({}), "UNAUTHORIZED");
+    c.ok("AUTH", json!({"method": "bearer", "token": "secret"}));
+    c.ok("INFO", json!({}));
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let dir = tempdir();
+    let (st, out, err) = run_to_exit(&["--version"], &[], dir.path(), Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{out}{err}");
+    assert!(out.starts_with("rstmdb "), "{out:?}");
+    let v = out.trim().trim_start_matches("rstmdb ").trim();
+    assert!(
+        v.split('.').count() >= 3 && v.split('.').all(|p| !p.is_empty()),
+        "semver: {v:?}"
+    );
+}
+
+#[test]
+fn help_flag_prints_usage() {
+    let dir = tempdir();
+    let (st, out, err) = run_to_exit(&["--help"], &[], dir.path(), Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{out}{err}");
+    assert!(out.contains("--config"), "{out}");
+    assert!(out.to_lowercase().contains("usage"), "{out}");
+}
+
+/// Every example config under config/ starts (bind address, data dir and secrets file
+/// redirected into a temp dir), serves requests and shuts down cleanly.
+#[test]
+fn every_example_config_file_loads() {
+    let cfg_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let mut files: Vec<_> = match std::fs::read_dir(&cfg_dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    if files.is_empty() {
+        eprintln!("no config/*.yaml yet: nothing to load");
+        return;
+    }
+    for path in files {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut doc: serde_yaml::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: not YAML: {e}"));
+        let dir = tempdir();
+        let root = doc
+            .as_mapping_mut()
+            .unwrap_or_else(|| panic!("{name}: top level must be a mapping"));
+        let section = |root: &mut serde_yaml::Mapping, k: &str| -> serde_yaml::Mapping {
+            root.get(k)
+                .and_then(|v| v.as_mapping())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mut network = section(root, "network");
+        network.insert("bind_addr".into(), "127.0.0.1:0".into());
+        root.insert("network".into(), network.into());
+        let mut storage = section(root, "storage");
+        storage.insert(
+            "data_dir".into(),
+            dir.path().join("data").to_string_lossy().to_string().into(),
+        );
+        root.insert("storage".into(), storage.into());
+        let mut auth = section(root, "auth");
+        let auth_required = auth.get("required").and_then(|v| v.as_bool()) == Some(true);
+        if auth.contains_key("secrets_file") {
+            let secrets = dir.path().join("secrets");
+            std::fs::write(&secrets, format!("{SECRET_HASH}\n")).unwrap();
+            std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+            auth.insert(
+                "secrets_file".into(),
+                secrets.to_string_lossy().to_string().into(),
+            );
+            root.insert("auth".into(), auth.into());
+        } else if auth_required {
+            let mut hashes = auth
+                .get("token_hashes")
+                .and_then(|v| v.as_sequence())
+                .cloned()
+                .unwrap_or_default();
+            hashes.push(SECRET_HASH.into());
+            auth.insert("token_hashes".into(), hashes.into());
+            root.insert("auth".into(), auth.into());
+        }
+        let yaml = serde_yaml::to_string(&doc).unwrap();
+        let mut s = Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]).unwrap_or_else(|f| {
+            panic!(
+                "{name} does not start: {:?}\n--- effective file\n{yaml}\n--- stdout\n{}\n--- stderr\n{}",
+                f.status, f.stdout, f.stderr
+            )
+        });
+        let mut c = s.connect();
+        c.ping();
+        if auth_required {
+            c.err_code("INFO", json!({}), "UNAUTHORIZED");
+            c.ok("AUTH", json!({"method": "bearer", "token": "secret"}));
+        }
+        let info = c.ok("INFO", json!({}));
+        assert_eq!(info["server_name"], "rstmdb", "{name}");
+        put_counter(&mut c, "ctr");
+        create(&mut c, "ctr", "x", json!({}));
+        drop(c);
+        let st = s.terminate();
+        assert!(
+            st.success(),
+            "{name}: SIGTERM exit {st:?}\n{}",
+            s.all_logs()
+        );
+        eprintln!("{name}: loaded, served, stopped");
+    }
+}
+
+#[test]
+fn env_booleans_accept_yes() {
+    // decisions.md: env booleans accept 1/0, true/false, yes/no, on/off.
+    let dir = tempdir();
+    let s = Server::try_start_in(
+        dir,
+        &minimal(""),
+        ConfigVia::Flag,
+        &[
+            ("RSTMDB_AUTH_REQUIRED", "yes"),
+            ("RSTMDB_AUTH_TOKEN_HASH", SECRET_HASH),
+        ],
+    )
+    .unwrap_or_else(|f| panic!("{f:?}"));
+    let mut c = s.connect();
+    c.err_code("INFO", json!({}), "UNAUTHORIZED");
+    c.ok("AUTH", json!({"method": "bearer", "token": "secret"}));
+    c.ok("INFO", json!({}));
+}
+
+#[test]
+fn env_overrides_the_file() {
+    // operations.md §1.4 precedence env > file: RSTMDB_DATA moves the data directory.
+    let dir = tempdir();
+    let other = dir.path().join("elsewhere");
+    let other_s = other.to_string_lossy().to_string();
+    let s = Server::try_start_in(
+        dir,
+        &minimal(""),
+        ConfigVia::Flag,
+        &[("RSTMDB_DATA", other_s.as_str())],
+    )
+    .unwrap_or_else(|f| panic!("{f:?}"));
+    let mut c = s.connect();
+    put_counter(&mut c, "ctr");
+    assert!(other.join("wal").is_dir(), "WAL under RSTMDB_DATA");
+    assert!(
+        !s.data_dir().join("wal").exists(),
+        "file's data_dir not used"
+    );
+}
+
+#[test]
+fn bad_env_boolean_is_refused_naming_the_variable() {
+    // docs/configuration.md: anything else is a startup error naming the variable.
+    let dir = tempdir();
+    match Server::try_start_in(
+        dir,
+        &minimal(""),
+        ConfigVia::Flag,
+        &[("RSTMDB_AUTH_REQUIRED", "maybe")],
+    ) {
+        Ok(s) => panic!("started with RSTMDB_AUTH_REQUIRED=maybe\n{}", s.all_logs()),
+        Err(f) => {
+            assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}");
+            assert!(f.stderr.contains("RSTMDB_AUTH_REQUIRED"), "{f:?}");
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_token_hashes_from_the_secrets_file() {
+    // decisions.md: SIGHUP reloads the token hashes; existing connections keep their
+    // session, new ones use the new material.
+    let dir = tempdir();
+    let secrets = dir.path().join("secrets");
+    std::fs::write(&secrets, format!("{SECRET_HASH}\n")).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let yaml = minimal(&format!(
+        "auth:\n  required: true\n  secrets_file: \"{}\"\n",
+        secrets.display()
+    ));
+    let mut s =
+        Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]).unwrap_or_else(|f| panic!("{f:?}"));
+    let mut old = s.connect();
+    old.ok("AUTH", json!({"method": "bearer", "token": "secret"}));
+    // Replace the secret by sha256("rotated").
+    let rotated = sha256_hex(b"rotated");
+    std::fs::write(&secrets, format!("{rotated}\n")).unwrap();
+    s.signal("HUP");
+    std::thread::sleep(Duration::from_millis(200));
+    if let Some(st) = s.wait_exit(Duration::from_millis(1)) {
+        panic!(
+            "SIGHUP must reload, not stop the server: it exited with {st:?}\n{}",
+            s.all_logs()
+        );
+    }
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        let mut c = s.connect();
+        let r = c.request("AUTH", json!({"method": "bearer", "token": "rotated"}));
+        (r["status"] == "ok").then_some(())
+    });
+    assert!(
+        s.is_running(),
+        "SIGHUP must not stop the server\n{}",
+        s.all_logs()
+    );
+    assert!(
+        reloaded.is_some(),
+        "new token accepted after SIGHUP\n{}",
+        s.all_logs()
+    );
+    let mut c = s.connect();
+    c.err_code(
+        "AUTH",
+        json!({"method": "bearer", "token": "secret"}),
+        "AUTH_FAILED",
+    );
+    // The connection authenticated before the reload keeps its session.
+    old.ok("INFO", json!({}));
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(data))
+}

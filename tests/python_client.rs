@@ -1,0 +1,127 @@
+//! Cross-check with the published Python client: `rstmdb==0.2.1` from PyPI, installed in a
+//! venv under `target/py-venv`, runs `tests/python/session.py` against a real server.
+//! If the client cannot be installed (no python3, no PyPI) the test FAILS: a silently
+//! skipped compatibility check is worse than a red one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const CLIENT: &str = "rstmdb==0.2.1";
+
+/// Run to completion with a deadline; returns (success, combined output).
+fn run(cmd: &mut Command, timeout: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let ho = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let he = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        ho.join().unwrap_or_default(),
+        he.join().unwrap_or_default()
+    );
+    match status {
+        Some(st) => (st.success(), format!("exit {st}\n{text}")),
+        None => (false, format!("timed out after {timeout:?}\n{text}")),
+    }
+}
+
+fn venv_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is <target>/tmp; the venv lives beside it: <target>/py-venv.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("py-venv")
+}
+
+/// The venv's python with the client installed.
+fn python_with_client() -> PathBuf {
+    let venv = venv_dir();
+    let python = venv.join("bin").join("python");
+    if !python.exists() {
+        let (ok, out) = run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            Duration::from_secs(120),
+        );
+        assert!(
+            ok,
+            "could not create the Python venv at {} (python3 -m venv): {out}",
+            venv.display()
+        );
+    }
+    let (ok, out) = run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                CLIENT,
+            ])
+            .env("PIP_NO_INPUT", "1"),
+        Duration::from_secs(300),
+    );
+    assert!(
+        ok,
+        "pip could not install {CLIENT} into {} — is PyPI reachable? This test needs the \
+         published client and fails rather than skip.\n{out}",
+        venv.display()
+    );
+    python
+}
+
+#[test]
+fn published_python_client_session() {
+    let python = python_with_client();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/session.py");
+    assert!(script.exists(), "{} missing", script.display());
+    let s = Server::start();
+    let addr = s.addr();
+    let (ok, out) = run(
+        Command::new(&python)
+            .arg(&script)
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        Duration::from_secs(120),
+    );
+    assert!(
+        ok,
+        "Python client session failed: {out}\n--- server log\n{}",
+        s.all_logs()
+    );
+    assert!(out.contains("python client session: OK"), "{out}");
+}
