@@ -1644,33 +1644,12 @@ pub enum WatchError {
 
 fn events_of(entry: &WalEntry, seq: u64, out: &mut VecDeque<Arc<ChangeEvent>>) {
     match entry {
-        WalEntry::ApplyEvent {
-            instance_id,
-            machine,
-            version,
-            event,
-            from_state,
-            to_state,
-            payload,
-            ctx,
-            ..
-        } => out.push_back(Arc::new(ChangeEvent {
-            wal_offset: seq,
-            instance_id: instance_id.clone(),
-            machine: machine.clone(),
-            version: *version,
-            event: event.clone(),
-            from_state: from_state.clone(),
-            to_state: to_state.clone(),
-            payload: payload.clone(),
-            ctx: ctx.clone(),
-        })),
         WalEntry::Batch { entries } => {
             for e in entries {
                 events_of(e, seq, out);
             }
         }
-        _ => {}
+        other => out.extend(ChangeEvent::of_apply(other, seq).map(Arc::new)),
     }
 }
 

@@ -187,6 +187,37 @@ pub struct ChangeEvent {
     pub ctx: Map<String, Value>,
 }
 
+impl ChangeEvent {
+    /// The event an `apply_event` entry at `seq` produces (`None` for other entries). Live
+    /// commits and WAL replay for watchers both build events here, so they cannot differ.
+    pub(crate) fn of_apply(entry: &WalEntry, seq: u64) -> Option<ChangeEvent> {
+        match entry {
+            WalEntry::ApplyEvent {
+                instance_id,
+                machine,
+                version,
+                event,
+                from_state,
+                to_state,
+                payload,
+                ctx,
+                ..
+            } => Some(ChangeEvent {
+                wal_offset: seq,
+                instance_id: instance_id.clone(),
+                machine: machine.clone(),
+                version: *version,
+                event: event.clone(),
+                from_state: from_state.clone(),
+                to_state: to_state.clone(),
+                payload: payload.clone(),
+                ctx: ctx.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Counts removed by a FLUSH_ALL.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushCounts {
@@ -415,8 +446,6 @@ impl Planner<'_> {
             }
             WalEntry::ApplyEvent {
                 instance_id,
-                machine,
-                version,
                 event,
                 from_state,
                 to_state,
@@ -425,6 +454,7 @@ impl Planner<'_> {
                 event_id,
                 idempotency_key,
                 updated_at,
+                ..
             } => {
                 let Some(Some(old)) = self.instance_to_change(instance_id)? else {
                     return Ok(());
@@ -460,17 +490,9 @@ impl Planner<'_> {
                     let fp = apply_fingerprint(event, payload);
                     self.remember(scope::apply(instance_id, key), fp, result, *updated_at)?;
                 }
-                self.plan.events.push(Arc::new(ChangeEvent {
-                    wal_offset: self.seq,
-                    instance_id: instance_id.clone(),
-                    machine: machine.clone(),
-                    version: *version,
-                    event: event.clone(),
-                    from_state: from_state.clone(),
-                    to_state: to_state.clone(),
-                    payload: payload.clone(),
-                    ctx: ctx.clone(),
-                }));
+                if let Some(ev) = ChangeEvent::of_apply(entry, self.seq) {
+                    self.plan.events.push(Arc::new(ev));
+                }
             }
             WalEntry::DeleteInstance {
                 instance_id,
