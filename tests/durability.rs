@@ -534,3 +534,15 @@ fn compaction_deletes_old_segments_but_keeps_every_instance() {
     }
     assert_eq!(c.ok("LIST_INSTANCES", json!({}))["total"], 40);
 }
+
+#[test]
+fn sigterm_right_after_startup_is_a_clean_shutdown() {
+    // The handlers are installed before the server announces itself: a SIGTERM that follows
+    // the listening line immediately must drain and exit 0, never meet the default action.
+    let mut s = Server::start();
+    for _ in 0..5 {
+        let status = s.terminate();
+        assert!(status.success(), "exit status {status:?}\n{}", s.all_logs());
+        s.restart();
+    }
+}

@@ -89,6 +89,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
+    // Every handler is installed first: a signal that arrives during startup or right after
+    // the server says it is listening must never meet the default action (which kills the
+    // process); one that comes early is handled once serving starts.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int, hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return fail(format!("installing signal handlers: {e}"));
+        }
+    };
     let auth = match Auth::from_config(&config.auth) {
         Ok(a) => a,
         Err(e) => return fail(e),
@@ -118,9 +132,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     };
     let local = server::local_addr(&listener).unwrap_or(addr);
     let shared = Arc::new(Shared::new(db.clone(), config, auth));
-    tokio::spawn(reload_on_sighup(shared.clone(), config_path.clone()));
+    tokio::spawn(reload_on_sighup(shared.clone(), config_path.clone(), hup));
     tracing::info!("Server listening on {local} (plain)");
-    server::serve(listener, shared, shutdown_signal()).await;
+    server::serve(listener, shared, shutdown_signal(term, int)).await;
     match db.close().await {
         Ok(()) => {
             tracing::info!("server stopped");
@@ -133,15 +147,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
 /// SIGHUP: re-read the config file and the secrets file and swap in the new token hashes.
 /// Existing connections keep their session; the next AUTH uses the new material. A reload
 /// that fails keeps the old material and logs why.
-async fn reload_on_sighup(shared: Arc<Shared>, config_path: Option<PathBuf>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGHUP handler; reloads are unavailable");
-            return;
-        }
-    };
+async fn reload_on_sighup(
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         let env = |k: &str| std::env::var(k).ok();
         let reloaded = Config::load(config_path.as_deref(), &env)
@@ -160,23 +170,12 @@ async fn reload_on_sighup(shared: Arc<Shared>, config_path: Option<PathBuf>) {
 }
 
 /// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGTERM handler");
-            return std::future::pending().await;
-        }
-    };
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
-        r = tokio::signal::ctrl_c() => {
-            if r.is_ok() {
-                tracing::info!("received SIGINT, shutting down");
-            } else {
-                std::future::pending::<()>().await;
-            }
-        }
+        _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
     }
 }
