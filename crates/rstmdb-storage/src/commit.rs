@@ -41,6 +41,9 @@ pub(crate) struct CommitRequest {
     pub bytes: Vec<u8>,
     /// See [`state::Hints`].
     pub hints: state::Hints,
+    /// The submitter's instance locks: released when the request is dropped, i.e. after the
+    /// change is applied and acknowledged (or failed), whether or not anyone still waits.
+    pub _guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
     pub reply: oneshot::Sender<Result<CommitOutcome, CommitError>>,
 }
 

@@ -545,7 +545,12 @@ impl Database {
         &self.inner.stats
     }
 
-    async fn commit(&self, entry: WalEntry, hints: state::Hints) -> Result<CommitOutcome> {
+    async fn commit(
+        &self,
+        entry: WalEntry,
+        hints: state::Hints,
+        guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<CommitOutcome> {
         let bytes = entry
             .to_bytes()
             .map_err(|e| internal(format!("encoding WAL entry: {e}")))?;
@@ -567,6 +572,7 @@ impl Database {
                 entry,
                 bytes,
                 hints,
+                _guards: guards,
                 reply,
             }))
             .await
@@ -594,12 +600,13 @@ impl Database {
             })
     }
 
-    // ---- writes: public entry points --------------------------------------------------------
+    // ---- cancellation ----------------------------------------------------------------------
     //
-    // Each write runs to completion in its own task even if the caller stops waiting (a
-    // timeout, a client that disconnects): a dropped future must not release an instance
-    // lock before its change is applied (a second writer would validate against stale
-    // state), nor skip the bookkeeping after it (the machine cache after PUT_MACHINE).
+    // A caller may stop waiting at any await (a timeout, a client that disconnects). Instance
+    // writes hand their lock guards to the commit pipeline with the record, so a lock is never
+    // released before its change is applied (a second writer would validate against stale
+    // state). PUT_MACHINE and FLUSH_ALL also have bookkeeping after the commit (the machine
+    // cache), so they run to completion in their own task.
 
     async fn detached<T, F>(&self, f: impl FnOnce(Database) -> F) -> std::result::Result<T, Error>
     where
@@ -624,41 +631,6 @@ impl Database {
             move |db| async move { db.put_machine_now(&name, version, &definition).await },
         )
         .await?
-    }
-
-    /// CREATE_INSTANCE.
-    pub async fn create_instance(&self, req: CreateInstance) -> Result<CreateOutcome> {
-        self.detached(move |db| async move { db.create_instance_now(req).await })
-            .await?
-    }
-
-    /// APPLY_EVENT.
-    pub async fn apply_event(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
-        self.detached(move |db| async move { db.apply_event_now(req).await })
-            .await?
-    }
-
-    /// DELETE_INSTANCE (soft delete; deleting again returns the original offset).
-    pub async fn delete_instance(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
-        self.detached(move |db| async move { db.delete_instance_now(req).await })
-            .await?
-    }
-
-    /// BATCH. Best effort: every op runs on its own and reports its own result. Atomic: all
-    /// ops are validated in order against the effects of the ones before, then written as one
-    /// WAL record; on the first failure nothing is written.
-    pub async fn batch(
-        &self,
-        mode: BatchMode,
-        ops: Vec<BatchOp>,
-    ) -> std::result::Result<Vec<Result<BatchOutput>>, BatchFailure> {
-        self.detached(move |db| async move { db.batch_now(mode, ops).await })
-            .await
-            .map_err(|error| BatchFailure {
-                index: 0,
-                op: "BATCH",
-                error,
-            })?
     }
 
     /// FLUSH_ALL: removes every machine, instance and idempotency record (written to the
@@ -719,6 +691,7 @@ impl Database {
                 definition_hash: machine.checksum().to_owned(),
                 definition: machine.canonical_json(),
             },
+            Vec::new(),
             Vec::new(),
         )
         .await?;
@@ -943,7 +916,11 @@ impl Database {
     }
 
     /// Commits a prepared single write and returns its outcome.
-    async fn finish(&self, prepared: Prepared) -> Result<BatchOutput> {
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<BatchOutput> {
         match prepared {
             Prepared::Done(out) => Ok(out),
             Prepared::Write {
@@ -952,7 +929,7 @@ impl Database {
                 previous,
                 ..
             } => {
-                let c = self.commit(entry, vec![previous]).await?;
+                let c = self.commit(entry, vec![previous], guards).await?;
                 set_offset(&mut outcome, c.seq);
                 Ok(outcome)
             }
@@ -971,14 +948,14 @@ impl Database {
     }
 
     /// CREATE_INSTANCE.
-    async fn create_instance_now(&self, req: CreateInstance) -> Result<CreateOutcome> {
+    pub async fn create_instance(&self, req: CreateInstance) -> Result<CreateOutcome> {
         let id = req.instance_id.clone().unwrap_or_else(Self::generated_id);
         let idem_lock = req.idempotency_key.as_ref().map(|k| format!("idem\0{k}"));
         let mut lock_keys = vec![id.as_str()];
         lock_keys.extend(idem_lock.as_deref());
-        let _guards = self.inner.locks.lock_all(&lock_keys).await;
+        let guards = self.inner.locks.lock_all(&lock_keys).await;
         let prepared = self.prepare_create(&req, &id, &self.staged(), now_ms())?;
-        match self.finish(prepared).await? {
+        match self.finish(prepared, guards).await? {
             BatchOutput::Created(c) => Ok(c),
             _ => Err(internal("create produced another outcome")),
         }
@@ -995,20 +972,20 @@ impl Database {
     }
 
     /// APPLY_EVENT.
-    async fn apply_event_now(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
-        let _guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
+    pub async fn apply_event(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
+        let guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
         let prepared = self.prepare_apply(&req, &self.staged(), now_ms())?;
-        match self.finish(prepared).await? {
+        match self.finish(prepared, guards).await? {
             BatchOutput::Applied(a) => Ok(a),
             _ => Err(internal("apply produced another outcome")),
         }
     }
 
     /// DELETE_INSTANCE (soft delete; deleting again returns the original offset).
-    async fn delete_instance_now(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
-        let _guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
+    pub async fn delete_instance(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
+        let guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
         let prepared = self.prepare_delete(&req, &self.staged(), now_ms())?;
-        match self.finish(prepared).await? {
+        match self.finish(prepared, guards).await? {
             BatchOutput::Deleted(d) => Ok(d),
             _ => Err(internal("delete produced another outcome")),
         }
@@ -1017,7 +994,7 @@ impl Database {
     /// BATCH. Best effort: every op runs on its own and reports its own result. Atomic: all
     /// ops are validated in order against the effects of the ones before, then written as one
     /// WAL record; on the first failure nothing is written.
-    async fn batch_now(
+    pub async fn batch(
         &self,
         mode: BatchMode,
         ops: Vec<BatchOp>,
@@ -1053,9 +1030,9 @@ impl Database {
 
     async fn run_one(&self, op: BatchOp) -> Result<BatchOutput> {
         match op {
-            BatchOp::Create(c) => self.create_instance_now(c).await.map(BatchOutput::Created),
-            BatchOp::Apply(a) => self.apply_event_now(a).await.map(BatchOutput::Applied),
-            BatchOp::Delete(d) => self.delete_instance_now(d).await.map(BatchOutput::Deleted),
+            BatchOp::Create(c) => self.create_instance(c).await.map(BatchOutput::Created),
+            BatchOp::Apply(a) => self.apply_event(a).await.map(BatchOutput::Applied),
+            BatchOp::Delete(d) => self.delete_instance(d).await.map(BatchOutput::Deleted),
             BatchOp::Get { instance_id } => {
                 self.get_instance(&instance_id).map(BatchOutput::Instance)
             }
@@ -1085,7 +1062,7 @@ impl Database {
             .collect();
         let mut lock_keys: Vec<&str> = ids.iter().map(String::as_str).collect();
         lock_keys.extend(idem_locks.iter().map(String::as_str));
-        let _guards = self.inner.locks.lock_all(&lock_keys).await;
+        let guards = self.inner.locks.lock_all(&lock_keys).await;
 
         let now = now_ms();
         let mut staged = self.staged();
@@ -1150,7 +1127,7 @@ impl Database {
             return Ok(outcomes.into_iter().map(|(o, _)| o).collect());
         }
         let commit = self
-            .commit(WalEntry::Batch { entries }, hints)
+            .commit(WalEntry::Batch { entries }, hints, guards)
             .await
             .map_err(|error| BatchFailure {
                 index: 0,
@@ -1180,13 +1157,14 @@ impl Database {
         let _machines = self.inner.machine_lock.lock().await;
         // Every instance lock: no write may be between reading an instance and committing
         // while everything disappears (its hint would resurrect a flushed instance).
-        let _instances = self.inner.locks.lock_every_shard().await;
+        let instances = self.inner.locks.lock_every_shard().await;
         let c = self
             .commit(
                 WalEntry::FlushAll {
                     timestamp: now_ms(),
                 },
                 Vec::new(),
+                instances,
             )
             .await?;
         self.inner

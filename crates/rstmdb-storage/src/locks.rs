@@ -8,21 +8,22 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use tokio::sync::{Mutex, MutexGuard};
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Number of lock shards. Far above the number of concurrent writers we expect, so that
 /// false sharing between unrelated instances is rare.
 pub(crate) const LOCK_SHARDS: usize = 4096;
 
 pub(crate) struct LockTable {
-    shards: Vec<Mutex<()>>,
+    shards: Vec<Arc<Mutex<()>>>,
     hasher: RandomState,
 }
 
 impl LockTable {
     pub fn new() -> Self {
         LockTable {
-            shards: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
+            shards: (0..LOCK_SHARDS).map(|_| Arc::new(Mutex::new(()))).collect(),
             hasher: RandomState::new(),
         }
     }
@@ -32,24 +33,26 @@ impl LockTable {
     }
 
     /// Locks every shard, in order (FLUSH_ALL: nothing else may be mid-write).
-    pub async fn lock_every_shard(&self) -> Vec<MutexGuard<'_, ()>> {
+    pub async fn lock_every_shard(&self) -> Vec<OwnedMutexGuard<()>> {
         let mut guards = Vec::with_capacity(self.shards.len());
         for m in &self.shards {
-            guards.push(m.lock().await);
+            guards.push(m.clone().lock_owned().await);
         }
         guards
     }
 
     /// Locks the shards of all `keys`, in shard order so that two multi-key lockers cannot
-    /// deadlock.
-    pub async fn lock_all(&self, keys: &[&str]) -> Vec<MutexGuard<'_, ()>> {
+    /// deadlock. The guards are owned so that a write can hand them to the commit pipeline,
+    /// which releases them only once the change is applied — even if the writer's caller has
+    /// stopped waiting.
+    pub async fn lock_all(&self, keys: &[&str]) -> Vec<OwnedMutexGuard<()>> {
         let mut idx: Vec<usize> = keys.iter().map(|k| self.shard(k)).collect();
         idx.sort_unstable();
         idx.dedup();
         let mut guards = Vec::with_capacity(idx.len());
         for i in idx {
             if let Some(m) = self.shards.get(i) {
-                guards.push(m.lock().await);
+                guards.push(m.clone().lock_owned().await);
             }
         }
         guards
