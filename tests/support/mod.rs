@@ -675,11 +675,51 @@ pub enum ReadError {
 // Client
 // ---------------------------------------------------------------------------------------------
 
+/// A client's byte stream: plain TCP or TLS over TCP.
+#[derive(Debug)]
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A blocking RCP client for tests. Requests go out as CRC'd binary frames unless a `_line`
 /// method is used; incoming frames and JSON lines are both understood (auto-detected).
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
+    stream: Conn,
     buf: Vec<u8>,
     next_id: u64,
     /// Events that arrived while waiting for a response, oldest first.
@@ -692,7 +732,7 @@ impl Client {
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         let _ = stream.set_nodelay(true);
         Client {
-            stream,
+            stream: Conn::Plain(stream),
             buf: Vec::new(),
             next_id: 0,
             events: VecDeque::new(),
@@ -700,7 +740,41 @@ impl Client {
     }
 
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
+    }
+
+    /// A TLS connection; the handshake completes (or fails) before this returns.
+    pub fn try_connect_tls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<Client> {
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        let _ = sock.set_nodelay(true);
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(io::Error::other)?;
+        let mut conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        // TLS 1.3: the server checks the client certificate after the client's handshake
+        // ends, so a refusal arrives as an alert on the first read. A PING round trip makes
+        // every refusal show up here.
+        let mut c = Client {
+            stream: Conn::Tls(Box::new(rustls::StreamOwned::new(conn, sock))),
+            buf: Vec::new(),
+            next_id: 0,
+            events: VecDeque::new(),
+        };
+        let id = c.fresh_id();
+        let req = request_json(&id, "PING", None);
+        c.try_send_raw(&frame(&serde_json::to_vec(&req).map_err(io::Error::other)?))?;
+        match c.try_read_message(Duration::from_secs(10)) {
+            Ok(_) => Ok(c),
+            Err(ReadError::Reset(e)) => Err(e),
+            Err(other) => Err(io::Error::other(format!("{other:?}"))),
+        }
     }
 
     pub fn fresh_id(&mut self) -> String {
@@ -756,7 +830,7 @@ impl Client {
     }
 
     pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream.tcp().shutdown(Shutdown::Write);
     }
 
     // ----- receiving
@@ -768,6 +842,7 @@ impl Client {
         }
         let wait = (deadline - now).max(Duration::from_millis(1));
         self.stream
+            .tcp()
             .set_read_timeout(Some(wait))
             .map_err(ReadError::Reset)?;
         let mut tmp = [0u8; 65536];

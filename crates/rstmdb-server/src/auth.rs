@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+use zeroize::Zeroize;
 
 /// Failed AUTHs from one address within [`AUTH_FAILURE_WINDOW`] before it is throttled.
 pub const MAX_AUTH_FAILURES_PER_WINDOW: u32 = 10;
@@ -82,10 +83,112 @@ impl Throttle {
     }
 }
 
+/// What a principal may do. Each role includes the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// GET/LIST, WATCH, WAL_READ, WAL_STATS, INFO.
+    Read,
+    /// + CREATE_INSTANCE, APPLY_EVENT, DELETE_INSTANCE, BATCH, SNAPSHOT_INSTANCE.
+    Write,
+    /// + PUT_MACHINE, COMPACT, FLUSH_ALL.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Who a connection is, once authenticated: a token's name (or a certificate's CN), its role
+/// and the machines it may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// For logs and the audit trail; never the token.
+    pub name: String,
+    pub role: Role,
+    /// Empty: every machine. Otherwise a machine must match one glob (`*` any run, `?` one
+    /// character).
+    pub machines: Vec<String>,
+}
+
+impl Principal {
+    /// Everyone, when `auth.required` is off.
+    pub fn anonymous() -> Principal {
+        Principal {
+            name: "anonymous".into(),
+            role: Role::Admin,
+            machines: Vec::new(),
+        }
+    }
+
+    pub fn restricted(&self) -> bool {
+        !self.machines.is_empty()
+    }
+
+    pub fn allows_machine(&self, machine: &str) -> bool {
+        self.machines.is_empty() || self.machines.iter().any(|g| glob_match(g, machine))
+    }
+}
+
+/// `*` matches any run of characters (also none), `?` exactly one; everything else itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative matcher with one backtrack point: linear in practice, never exponential.
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    hash: [u8; 32],
+    principal: Principal,
+}
+
+/// The configured credentials: token hashes with their principals, and the certificate
+/// identities accepted with mTLS.
 #[derive(Debug, Clone)]
 pub struct Auth {
     pub required: bool,
-    hashes: Vec<[u8; 32]>,
+    entries: Vec<Entry>,
+    /// Certificate CN → principal (`auth.identity_from_cert`).
+    cert_identities: Vec<(String, Principal)>,
+    pub identity_from_cert: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,17 +198,20 @@ pub enum AuthSetupError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("auth.secrets_file {path} line {line}: expected a SHA-256 hex hash")]
+    #[error("auth.secrets_file {path} line {line}: {message}")]
     BadLine {
         path: std::path::PathBuf,
         line: usize,
+        message: String,
     },
     #[error(
         "auth.secrets_file {path} is readable by group or others; chmod 600 it or set auth.allow_insecure_secrets_file: true"
     )]
     Insecure { path: std::path::PathBuf },
-    #[error("auth.required is true but no token hashes are configured")]
+    #[error("auth.required is true but no token hashes (or certificate identities) are configured")]
     NoTokens,
+    #[error("auth.cert_identities.{cn}: {message}")]
+    BadCertIdentity { cn: String, message: String },
 }
 
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
@@ -120,12 +226,52 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// `<role>[,<machine-glob>…]`, as in a secrets-file line or `auth.cert_identities`.
+fn parse_grant(name: &str, grant: &str) -> Result<Principal, String> {
+    let mut parts = grant.split(',');
+    let role_s = parts.next().unwrap_or("").trim();
+    let role = Role::parse(role_s)
+        .ok_or_else(|| format!("unknown role {role_s:?}; expected read, write or admin"))?;
+    let mut machines = Vec::new();
+    for g in parts {
+        let g = g.trim();
+        if g.is_empty() {
+            return Err("empty machine glob".into());
+        }
+        machines.push(g.to_owned());
+    }
+    Ok(Principal {
+        name: name.to_owned(),
+        role,
+        machines,
+    })
+}
+
+/// A short, non-secret label for a bare hash: its first 8 hex digits. A hash prefix says
+/// nothing useful about the token (it is a one-way function of it) and lets an operator tell
+/// entries apart in the audit log.
+fn label_for(hash: &[u8; 32]) -> String {
+    format!(
+        "token-{:02x}{:02x}{:02x}{:02x}",
+        hash[0], hash[1], hash[2], hash[3]
+    )
+}
+
 impl Auth {
     pub fn from_config(cfg: &AuthConfig) -> Result<Auth, AuthSetupError> {
-        let mut hashes: Vec<[u8; 32]> = cfg
+        let admin = |hash: &[u8; 32]| Principal {
+            name: label_for(hash),
+            role: Role::Admin,
+            machines: Vec::new(),
+        };
+        let mut entries: Vec<Entry> = cfg
             .token_hashes
             .iter()
             .filter_map(|h| decode_hex32(h))
+            .map(|hash| Entry {
+                principal: admin(&hash),
+                hash,
+            })
             .collect();
         if let Some(path) = &cfg.secrets_file {
             check_permissions(path, cfg.allow_insecure_secrets_file)?;
@@ -138,45 +284,97 @@ impl Auth {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                // `<hash> [name role…]`: the hash is the first field.
-                let first = line.split_whitespace().next().unwrap_or("");
-                let h = decode_hex32(first).ok_or(AuthSetupError::BadLine {
+                let bad = |message: String| AuthSetupError::BadLine {
                     path: path.clone(),
                     line: n + 1,
-                })?;
-                hashes.push(h);
+                    message,
+                };
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let hash = fields
+                    .first()
+                    .and_then(|f| decode_hex32(f))
+                    .ok_or_else(|| bad("expected a SHA-256 hex hash first".into()))?;
+                let principal = match fields.as_slice() {
+                    [_] => admin(&hash),
+                    [_, name, grant] => parse_grant(name, grant).map_err(bad)?,
+                    _ => {
+                        return Err(bad(
+                            "expected `<hash>` or `<hash> <name> <role>[,<machine-glob>...]`"
+                                .into(),
+                        ));
+                    }
+                };
+                entries.push(Entry { hash, principal });
             }
         }
-        if cfg.required && hashes.is_empty() {
+        let mut cert_identities = Vec::new();
+        for (cn, grant) in &cfg.cert_identities {
+            let p = parse_grant(cn, grant).map_err(|message| AuthSetupError::BadCertIdentity {
+                cn: cn.clone(),
+                message,
+            })?;
+            cert_identities.push((cn.clone(), p));
+        }
+        if cfg.required && entries.is_empty() && cert_identities.is_empty() {
             return Err(AuthSetupError::NoTokens);
         }
         Ok(Auth {
             required: cfg.required,
-            hashes,
+            entries,
+            cert_identities,
+            identity_from_cert: cfg.identity_from_cert,
         })
     }
 
-    /// Checks a bearer token. When auth is not required any non-empty token is accepted
-    /// (as the reference does).
-    pub fn check(&self, token: &str) -> Result<(), &'static str> {
+    /// Number of configured token hashes (for the startup log).
+    pub fn token_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Checks a bearer token and wipes it. When auth is not required any non-empty token is
+    /// accepted (as the reference does) and the principal is anonymous.
+    pub fn check(&self, token: &mut String) -> Result<Principal, &'static str> {
+        let mut digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let empty = token.is_empty();
+        token.zeroize();
         if !self.required {
-            return if token.is_empty() {
+            digest.zeroize();
+            return if empty {
                 Err("empty token")
             } else {
-                Ok(())
+                Ok(Principal::anonymous())
             };
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // Compare against every hash, without stopping early, in constant time.
+        // Compare against every hash without stopping early; which entry matched is picked
+        // with constant-time selects, so timing says nothing about the position either.
         let mut matched = subtle::Choice::from(0u8);
-        for h in &self.hashes {
-            matched |= h.ct_eq(&digest);
+        let mut index = 0u64;
+        for (i, e) in self.entries.iter().enumerate() {
+            let eq = e.hash.ct_eq(&digest);
+            index = u64::conditional_select(&index, &(i as u64), eq & !matched);
+            matched |= eq;
         }
+        digest.zeroize();
         if bool::from(matched) {
-            Ok(())
+            self.entries
+                .get(index as usize)
+                .map(|e| e.principal.clone())
+                .ok_or("invalid token")
         } else {
             Err("invalid token")
         }
+    }
+
+    /// The principal of a verified client certificate's CN, when `identity_from_cert` is on
+    /// and the CN is listed in `auth.cert_identities`.
+    pub fn principal_for_cert(&self, cn: &str) -> Option<Principal> {
+        if !self.identity_from_cert {
+            return None;
+        }
+        self.cert_identities
+            .iter()
+            .find(|(c, _)| c == cn)
+            .map(|(_, p)| p.clone())
     }
 }
 
@@ -220,6 +418,13 @@ mod tests {
         assert!(t.blocked(a).is_none());
     }
 
+    fn chk(auth: &Auth, token: &str) -> Result<Principal, &'static str> {
+        let mut t = token.to_string();
+        let r = auth.check(&mut t);
+        assert!(t.is_empty(), "the token is wiped after the check");
+        r
+    }
+
     fn hash(token: &str) -> String {
         Sha256::digest(token.as_bytes())
             .iter()
@@ -235,16 +440,16 @@ mod tests {
             ..Default::default()
         };
         let auth = Auth::from_config(&cfg).unwrap();
-        assert!(auth.check("secret").is_ok());
-        assert_eq!(auth.check("Secret"), Err("invalid token"));
-        assert_eq!(auth.check(""), Err("invalid token"));
+        assert_eq!(chk(&auth, "secret").unwrap().role, Role::Admin);
+        assert_eq!(chk(&auth, "Secret"), Err("invalid token"));
+        assert_eq!(chk(&auth, ""), Err("invalid token"));
     }
 
     #[test]
     fn without_auth_any_non_empty_token_passes() {
         let auth = Auth::from_config(&AuthConfig::default()).unwrap();
-        assert!(auth.check("x").is_ok());
-        assert_eq!(auth.check(""), Err("empty token"));
+        assert_eq!(chk(&auth, "x").unwrap(), Principal::anonymous());
+        assert_eq!(chk(&auth, ""), Err("empty token"));
     }
 
     #[test]
@@ -276,12 +481,94 @@ mod tests {
             Err(AuthSetupError::Insecure { .. })
         ));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(Auth::from_config(&cfg).unwrap().check("t").is_ok());
+        assert!(chk(&Auth::from_config(&cfg).unwrap(), "t").is_ok());
         std::fs::write(&p, "not-a-hash\n").unwrap();
         cfg.allow_insecure_secrets_file = true;
         assert!(matches!(
             Auth::from_config(&cfg),
             Err(AuthSetupError::BadLine { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn secrets_file_lines_carry_name_role_and_globs() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secrets");
+        std::fs::write(
+            &p,
+            format!(
+                "# comment\n{}\n{} reporter read\n{} orders-svc write,order*,invoice\n",
+                hash("root"),
+                hash("ro"),
+                hash("svc")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = AuthConfig {
+            required: true,
+            secrets_file: Some(p.clone()),
+            ..Default::default()
+        };
+        let auth = Auth::from_config(&cfg).unwrap();
+        assert_eq!(auth.token_count(), 3);
+        let root = chk(&auth, "root").unwrap();
+        assert_eq!(root.role, Role::Admin);
+        assert!(root.name.starts_with("token-"), "{}", root.name);
+        assert!(!root.restricted());
+        let ro = chk(&auth, "ro").unwrap();
+        assert_eq!((ro.name.as_str(), ro.role), ("reporter", Role::Read));
+        let svc = chk(&auth, "svc").unwrap();
+        assert_eq!((svc.name.as_str(), svc.role), ("orders-svc", Role::Write));
+        assert!(svc.allows_machine("order"));
+        assert!(svc.allows_machine("orders-v2"));
+        assert!(svc.allows_machine("invoice"));
+        assert!(!svc.allows_machine("invoices"));
+        assert!(!svc.allows_machine("payment"));
+        for bad in ["x reporter", "HASH n superuser", "HASH n read,", "HASH a b c"] {
+            std::fs::write(&p, bad.replace("HASH", &hash("t"))).unwrap();
+            let e = Auth::from_config(&cfg).unwrap_err();
+            assert!(
+                matches!(e, AuthSetupError::BadLine { line: 1, .. }),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("order*", "order"));
+        assert!(glob_match("o?der", "order"));
+        assert!(glob_match("*-v?", "order-v2"));
+        assert!(!glob_match("*-v?", "order-v22"));
+        assert!(glob_match("a*b*c", "aXXbYYbc"));
+        assert!(!glob_match("a*b*c", "aXXbYYb"));
+        assert!(!glob_match("order", "orders"));
+        // A pathological pattern stays fast (no exponential backtracking).
+        let long = "a".repeat(10_000);
+        assert!(!glob_match("*a*a*a*a*a*a*a*b", &long));
+    }
+
+    #[test]
+    fn cert_identities_need_identity_from_cert() {
+        let mut cfg = AuthConfig {
+            required: true,
+            cert_identities: [("svc-a".to_string(), "write,order*".to_string())].into(),
+            ..Default::default()
+        };
+        let auth = Auth::from_config(&cfg).unwrap();
+        assert_eq!(auth.principal_for_cert("svc-a"), None);
+        cfg.identity_from_cert = true;
+        let auth = Auth::from_config(&cfg).unwrap();
+        let p = auth.principal_for_cert("svc-a").unwrap();
+        assert_eq!((p.name.as_str(), p.role), ("svc-a", Role::Write));
+        assert_eq!(auth.principal_for_cert("svc-b"), None);
+        cfg.cert_identities = [("x".to_string(), "root".to_string())].into();
+        assert!(matches!(
+            Auth::from_config(&cfg),
+            Err(AuthSetupError::BadCertIdentity { .. })
         ));
     }
 }

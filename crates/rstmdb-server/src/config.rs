@@ -192,9 +192,15 @@ pub struct AuthConfig {
     pub required: bool,
     /// Lowercase or uppercase SHA-256 hex of accepted tokens.
     pub token_hashes: Vec<String>,
-    /// One hash per line (blank lines and `#` comments ignored).
+    /// One entry per line: `<hash>` (admin) or `<hash> <name> <role>[,<machine-glob>…]`
+    /// (blank lines and `#` comments ignored).
     pub secrets_file: Option<PathBuf>,
     pub allow_insecure_secrets_file: bool,
+    /// With mTLS: a verified client certificate whose subject CN is listed in
+    /// `cert_identities` authenticates the connection without AUTH.
+    pub identity_from_cert: bool,
+    /// Certificate CN → `<role>[,<machine-glob>…]`.
+    pub cert_identities: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -364,6 +370,24 @@ impl Config {
         if let Some(v) = env("RSTMDB_TLS_ENABLED") {
             self.tls.enabled = boolean("RSTMDB_TLS_ENABLED", &v)?;
         }
+        if let Some(v) = env("RSTMDB_TLS_CERT") {
+            self.tls.cert_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("RSTMDB_TLS_KEY") {
+            self.tls.key_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("RSTMDB_TLS_REQUIRE_CLIENT_CERT") {
+            self.tls.require_client_cert = boolean("RSTMDB_TLS_REQUIRE_CLIENT_CERT", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_TLS_CLIENT_CA") {
+            self.tls.client_ca_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("RSTMDB_AUDIT_ENABLED") {
+            self.audit.enabled = boolean("RSTMDB_AUDIT_ENABLED", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_AUDIT_PATH") {
+            self.audit.path = Some(PathBuf::from(v));
+        }
         if let Some(v) = env("RSTMDB_METRICS_ENABLED") {
             self.metrics.enabled = boolean("RSTMDB_METRICS_ENABLED", &v)?;
         }
@@ -470,22 +494,16 @@ impl Config {
                 ));
             }
         }
-        if self.tls.enabled {
+        if self.auth.identity_from_cert && !(self.tls.enabled && self.tls.require_client_cert) {
             return Err(invalid(
-                "tls.enabled",
-                "TLS is not available in this build yet; run without TLS or terminate TLS in front of rstmdb".into(),
+                "auth.identity_from_cert",
+                "needs tls.enabled and tls.require_client_cert (the identity comes from a verified client certificate)".into(),
             ));
         }
         if self.metrics.enabled {
             return Err(invalid(
                 "metrics.enabled",
                 "the metrics endpoint is not available in this build yet".into(),
-            ));
-        }
-        if self.audit.enabled {
-            return Err(invalid(
-                "audit.enabled",
-                "the audit log is not available in this build yet".into(),
             ));
         }
         Ok(())

@@ -6,9 +6,11 @@
 //! ```
 
 use clap::{Parser, Subcommand};
+use rstmdb_server::audit::AuditLog;
 use rstmdb_server::auth::Auth;
 use rstmdb_server::config::{Config, LogFormat};
 use rstmdb_server::server::{self, Shared};
+use rstmdb_server::tls;
 use rstmdb_storage::Database;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -111,6 +113,25 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
+    let acceptor = if config.tls.enabled {
+        match tls::load(&config.tls) {
+            Ok(a) => Some(a),
+            Err(e) => return fail(format!("TLS configuration: {e}")),
+        }
+    } else {
+        None
+    };
+    let audit = if config.audit.enabled {
+        match AuditLog::start(config.audit.path.clone()) {
+            Ok(a) => Some(a),
+            Err(e) => return fail(e),
+        }
+    } else {
+        None
+    };
+    if let Err(e) = prepare_data_dir(&config.storage.data_dir) {
+        return fail(e);
+    }
     if let Some(p) = &config_path {
         tracing::info!(path = %p.display(), "loaded config");
     }
@@ -119,6 +140,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         data_dir = %config.storage.data_dir.display(),
         fsync_policy = ?config.storage.fsync_policy,
         auth_required = auth.required,
+        tokens = auth.token_count(),
+        tls = config.tls.enabled,
+        mtls = config.tls.enabled && config.tls.require_client_cert,
+        audit = config.audit.enabled,
         "starting rstmdb {}",
         env!("CARGO_PKG_VERSION")
     );
@@ -131,10 +156,14 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(format!("binding {addr}: {e}")),
     };
     let local = server::local_addr(&listener).unwrap_or(addr);
-    let shared = Arc::new(Shared::new(db.clone(), config, auth));
+    let mode = if acceptor.is_some() { "TLS" } else { "plain" };
+    let shared = Arc::new(Shared::new(db.clone(), config, auth, acceptor, audit));
     tokio::spawn(reload_on_sighup(shared.clone(), config_path.clone(), hup));
-    tracing::info!("Server listening on {local} (plain)");
-    server::serve(listener, shared, shutdown_signal(term, int)).await;
+    tracing::info!("Server listening on {local} ({mode})");
+    server::serve(listener, shared.clone(), shutdown_signal(term, int)).await;
+    if let Some(a) = &shared.audit {
+        a.sync();
+    }
     match db.close().await {
         Ok(()) => {
             tracing::info!("server stopped");
@@ -144,28 +173,73 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// SIGHUP: re-read the config file and the secrets file and swap in the new token hashes.
-/// Existing connections keep their session; the next AUTH uses the new material. A reload
-/// that fails keeps the old material and logs why.
+/// SIGHUP: re-read the config file, the secrets file and (with TLS on) the certificate, key
+/// and client CA; swap them in only if all of it loads. Existing connections keep their
+/// session; the next AUTH and the next handshake use the new material. A reload that fails
+/// keeps the old material and logs why. The audit log file is reopened (log rotation).
+/// Settings other than these take effect at the next restart.
 async fn reload_on_sighup(
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
     mut hup: tokio::signal::unix::Signal,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     while hup.recv().await.is_some() {
+        if let Some(a) = &shared.audit {
+            a.reopen();
+        }
         let env = |k: &str| std::env::var(k).ok();
+        let tls_on = shared.config.tls.enabled;
         let reloaded = Config::load(config_path.as_deref(), &env)
             .map_err(|e| e.to_string())
-            .and_then(|c| Auth::from_config(&c.auth).map_err(|e| e.to_string()));
+            .and_then(|c| {
+                let auth = Auth::from_config(&c.auth).map_err(|e| e.to_string())?;
+                let acceptor = if tls_on {
+                    if !c.tls.enabled {
+                        return Err("tls.enabled cannot be turned off by a reload; restart instead".into());
+                    }
+                    Some(tls::load(&c.tls).map_err(|e| format!("TLS: {e}"))?)
+                } else {
+                    None
+                };
+                Ok((auth, acceptor))
+            });
         match reloaded {
-            Ok(auth) => {
+            Ok((auth, acceptor)) => {
+                let tokens = auth.token_count();
                 shared.set_auth(auth);
-                tracing::info!(result = "ok", "reloaded authentication material on SIGHUP");
+                if let Some(a) = acceptor {
+                    shared.set_tls(a);
+                }
+                let n = shared.counters.reloads_ok.fetch_add(1, Relaxed) + 1;
+                tracing::info!(result = "ok", tokens, tls = tls_on, reloads_ok = n, "reloaded authentication and TLS material on SIGHUP");
             }
             Err(e) => {
-                tracing::error!(result = "failed", error = %e, "SIGHUP reload failed; keeping the previous material");
+                let n = shared.counters.reloads_failed.fetch_add(1, Relaxed) + 1;
+                tracing::error!(result = "failed", error = %e, reloads_failed = n, "SIGHUP reload failed; keeping the previous material");
             }
         }
+    }
+}
+
+/// Creates the data directory 0700 if it does not exist; warns when an existing one is open
+/// to group or others (the operator may have reasons, e.g. a backup group).
+fn prepare_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %dir.display(), mode = format!("{mode:o}"), "the data directory is accessible to group or others; chmod 700 it");
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("creating the data directory {}: {e}", dir.display())),
+        Err(e) => Err(format!("reading the data directory {}: {e}", dir.display())),
     }
 }
 

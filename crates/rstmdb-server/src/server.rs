@@ -1,9 +1,11 @@
 //! The listener: accepts connections up to `max_connections`, runs one session task per
 //! connection, and stops them all on shutdown.
 
+use crate::audit::AuditLog;
 use crate::auth::{Auth, Throttle};
 use crate::config::Config;
-use crate::session;
+use crate::session::{self, ConnInfo};
+use crate::tls;
 use rstmdb_storage::Database;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 /// What every session shares.
 #[derive(Debug)]
@@ -23,10 +27,29 @@ pub struct Shared {
     pub auth_throttle: Throttle,
     /// Bumped by FLUSH_ALL: every subscription ends.
     pub flush_epoch: watch::Sender<u64>,
+    /// `Some` when TLS is on; replaced on SIGHUP, read once per handshake.
+    tls: std::sync::RwLock<Option<Arc<ServerConfig>>>,
+    pub audit: Option<AuditLog>,
+    pub counters: Counters,
+}
+
+/// Event counts kept for the logs now and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reloads_ok: std::sync::atomic::AtomicU64,
+    pub reloads_failed: std::sync::atomic::AtomicU64,
+    pub auth_failures: std::sync::atomic::AtomicU64,
+    pub tls_handshake_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    pub fn new(db: Database, config: Config, auth: Auth) -> Shared {
+    pub fn new(
+        db: Database,
+        config: Config,
+        auth: Auth,
+        tls: Option<Arc<ServerConfig>>,
+        audit: Option<AuditLog>,
+    ) -> Shared {
         let (flush_epoch, _) = watch::channel(0u64);
         Shared {
             db,
@@ -34,6 +57,24 @@ impl Shared {
             auth: std::sync::RwLock::new(Arc::new(auth)),
             auth_throttle: Throttle::default(),
             flush_epoch,
+            tls: std::sync::RwLock::new(tls),
+            audit,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        let cfg = match self.tls.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        cfg.map(TlsAcceptor::from)
+    }
+
+    pub fn set_tls(&self, cfg: Arc<ServerConfig>) {
+        match self.tls.write() {
+            Ok(mut t) => *t = Some(cfg),
+            Err(poisoned) => *poisoned.into_inner() = Some(cfg),
         }
     }
 
@@ -88,7 +129,7 @@ pub async fn serve(
                 let shared = shared.clone();
                 let stop = stop_rx.clone();
                 sessions.spawn(async move {
-                    session::run(stream, peer, shared, stop).await;
+                    connection(stream, peer, shared, stop).await;
                     drop(permit);
                 });
             }
@@ -106,6 +147,58 @@ pub async fn serve(
         tracing::warn!("sessions did not drain in time; closing them");
         sessions.shutdown().await;
     }
+}
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One accepted connection: TLS handshake if TLS is on, then the session.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(acceptor) = shared.tls() else {
+        tracing::debug!(%peer, "client connected");
+        let (rd, wr) = stream.into_split();
+        let info = ConnInfo {
+            peer,
+            tls: false,
+            cert_cn: None,
+        };
+        session::run(rd, wr, info, shared, stop).await;
+        return;
+    };
+    let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared
+                .counters
+                .tls_handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared
+                .counters
+                .tls_handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let cert_cn = tls::peer_common_name(tls_stream.get_ref().1.peer_certificates());
+    tracing::debug!(%peer, client_cn = cert_cn.as_deref(), "client connected (TLS)");
+    let (rd, wr) = tokio::io::split(tls_stream);
+    let info = ConnInfo {
+        peer,
+        tls: true,
+        cert_cn,
+    };
+    session::run(rd, wr, info, shared, stop).await;
 }
 
 pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {

@@ -15,6 +15,9 @@
 //! subscriber that falls further behind is disconnected rather than slowing writers or
 //! growing memory), `idle_timeout_secs` without a request.
 
+use crate::audit::Record;
+use crate::auth::{Principal, glob_match};
+use crate::authz;
 use crate::error::bad_request;
 use crate::handlers;
 use crate::server::Shared;
@@ -34,7 +37,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -127,6 +130,8 @@ struct PendingWatch {
     stream: ChangeStream,
     filter: Filter,
     include_ctx: bool,
+    /// A principal limited to some machines sees only their events.
+    machine_globs: Vec<String>,
 }
 
 enum Filter {
@@ -135,7 +140,10 @@ enum Filter {
 }
 
 impl Filter {
-    fn matches(&self, ev: &ChangeEvent) -> bool {
+    fn matches(&self, ev: &ChangeEvent, machine_globs: &[String]) -> bool {
+        if !machine_globs.is_empty() && !machine_globs.iter().any(|g| glob_match(g, &ev.machine)) {
+            return false;
+        }
         fn any(list: &[String], v: &str) -> bool {
             list.is_empty() || list.iter().any(|x| x == v)
         }
@@ -211,6 +219,7 @@ fn subscribe(
     shared: &Shared,
     sub: String,
     target: Target,
+    machine_globs: Vec<String>,
 ) -> Result<(Value, PendingWatch), ErrorObject> {
     let db = &shared.db;
     let wire = |e: rstmdb_core::Error| crate::error::to_wire(&e);
@@ -230,6 +239,7 @@ fn subscribe(
                     stream,
                     filter: Filter::Instance(p.instance_id),
                     include_ctx: p.include_ctx,
+                    machine_globs,
                 },
             ))
         }
@@ -242,16 +252,27 @@ fn subscribe(
                     stream,
                     include_ctx: p.include_ctx,
                     filter: Filter::All(p),
+                    machine_globs,
                 },
             ))
         }
     }
 }
 
+/// What the listener knows about a connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Subject CN of a verified client certificate (mTLS).
+    pub cert_cn: Option<String>,
+}
+
 struct Session {
     peer: SocketAddr,
     shared: Arc<Shared>,
-    authenticated: bool,
+    /// `None` until authenticated (always `Some` when auth is off).
+    principal: Option<Arc<Principal>>,
     mode: WireMode,
     /// Subscription id → forwarding task (`None` until its WATCH response is written).
     watches: HashMap<String, Option<JoinHandle<()>>>,
@@ -262,15 +283,26 @@ struct Session {
 }
 
 /// Runs a connection until it closes, the client says BYE, it idles out, or `stop` fires.
-pub async fn run(
-    stream: TcpStream,
-    peer: SocketAddr,
+pub async fn run<R, W>(
+    rd: R,
+    wr: W,
+    info: ConnInfo,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let net = shared.config.network.clone();
-    tracing::debug!(%peer, "client connected");
-    let (rd, wr) = stream.into_split();
+    let peer = info.peer;
+    let auth = shared.auth();
+    // A verified client certificate listed in auth.cert_identities is an identity of its own;
+    // otherwise, with auth off, everyone is the anonymous admin.
+    let principal = match info.cert_cn.as_deref().and_then(|cn| auth.principal_for_cert(cn)) {
+        Some(p) => Some(Arc::new(p)),
+        None if !auth.required => Some(Arc::new(Principal::anonymous())),
+        None => None,
+    };
     let mut reader = FramedRead::new(
         rd,
         InboundCodec::with_max_payload_bytes(net.max_frame_bytes),
@@ -283,7 +315,7 @@ pub async fn run(
     let overflow = Arc::new(Notify::new());
     let mut s = Session {
         peer,
-        authenticated: !shared.auth().required,
+        principal,
         shared,
         mode: WireMode::BinaryJson,
         watches: HashMap::new(),
@@ -384,8 +416,8 @@ pub async fn run(
     tracing::debug!(peer = %s.peer, "client disconnected");
 }
 
-async fn write(
-    writer: &mut FramedWrite<tokio::net::tcp::OwnedWriteHalf, OutboundCodec>,
+async fn write<W: AsyncWrite + Unpin>(
+    writer: &mut FramedWrite<W, OutboundCodec>,
     response: &Response,
     mode: WireMode,
 ) -> std::io::Result<()> {
@@ -433,8 +465,48 @@ impl Session {
         }
     }
 
+    /// Runs one request; with the audit log on, its outcome is recorded when it completes.
     fn dispatch(&mut self, inbound: Inbound) -> Pending {
-        let req = match decode_request(&inbound.payload) {
+        let decoded = decode_request(&inbound.payload);
+        let Some(audit) = self.shared.audit.clone() else {
+            return self.dispatch_inner(decoded, inbound.payload);
+        };
+        let start = std::time::Instant::now();
+        let fields = match &decoded {
+            Ok(r) => AuditFields::of(&r.command),
+            Err(_) => AuditFields::default(),
+        };
+        let pending = self.dispatch_inner(decoded, inbound.payload);
+        let identity = self.principal.as_ref().map(|p| p.name.clone());
+        let client_addr = self.peer.to_string();
+        Box::pin(async move {
+            let out = pending.await;
+            let error_code = match &out.response.body {
+                rstmdb_protocol::ResponseBody::Ok(_) => None,
+                rstmdb_protocol::ResponseBody::Err(e) => Some(e.code.as_str()),
+            };
+            audit.record(Record {
+                timestamp: rfc3339_now(),
+                client_addr,
+                identity,
+                op: fields.op,
+                instance_id: fields.instance_id,
+                machine: fields.machine,
+                event: fields.event,
+                status: if error_code.is_some() { "error" } else { "ok" },
+                error_code,
+                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+            });
+            out
+        })
+    }
+
+    fn dispatch_inner(
+        &mut self,
+        decoded: Result<rstmdb_protocol::Request, rstmdb_protocol::RequestError>,
+        payload: Bytes,
+    ) -> Pending {
+        let req = match decoded {
             Ok(r) => r,
             Err(e) => {
                 let close = e.closes_connection();
@@ -450,17 +522,32 @@ impl Session {
                 });
             }
         };
+        if req.command.op() == Op::Auth {
+            // Best effort: the request bytes holding the token are wiped once decoded (the
+            // decoded token is wiped after hashing, in `Auth::check`).
+            if let Ok(mut buf) = payload.try_into_mut() {
+                zeroize::Zeroize::zeroize(buf.as_mut());
+            }
+        }
         let id = Some(req.id);
         let op = req.command.op();
         tracing::trace!(peer = %self.peer, ?op, "request");
-        if !self.authenticated && !matches!(op, Op::Hello | Op::Auth | Op::Ping | Op::Bye) {
-            return ready(self.out(
-                id,
-                Err(ErrorObject::new(
-                    ErrorCode::Unauthorized,
-                    "authentication required",
-                )),
-            ));
+        let exempt = matches!(op, Op::Hello | Op::Auth | Op::Ping | Op::Bye);
+        let principal = match &self.principal {
+            Some(p) => p.clone(),
+            None if exempt => Arc::new(Principal::anonymous()),
+            None => {
+                return ready(self.out(
+                    id,
+                    Err(ErrorObject::new(
+                        ErrorCode::Unauthorized,
+                        "authentication required",
+                    )),
+                ));
+            }
+        };
+        if !exempt && let Err(e) = authz::check_command(&principal, &req.command) {
+            return ready(self.out(id, Err(e)));
         }
         if handlers::is_data_op(op) {
             let (waits, done) = self.ordering.admit(scope_of(&req.command));
@@ -470,7 +557,13 @@ impl Session {
                 for w in waits {
                     w.await;
                 }
-                let result = handlers::execute(shared, req.command).await;
+                let result = match authz::check_instances(&shared, &principal, &req.command) {
+                    Ok(()) => handlers::execute(shared, req.command).await.map(|(mut v, off)| {
+                        authz::filter_result(&principal, op, &mut v);
+                        (v, off)
+                    }),
+                    Err(e) => Err(e),
+                };
                 drop(done);
                 Outgoing {
                     response: respond(id, result),
@@ -511,7 +604,7 @@ impl Session {
                     )),
                 ))
             }
-            Command::Auth(p) => {
+            Command::Auth(mut p) => {
                 let r = if p.method != "bearer" {
                     Err(ErrorObject::new(
                         ErrorCode::AuthFailed,
@@ -530,14 +623,18 @@ impl Session {
                     )
                     .with_detail("retry_after_ms", json!(wait.as_millis() as u64)))
                 } else {
-                    match self.shared.auth().check(&p.token) {
-                        Ok(()) => {
-                            self.authenticated = true;
+                    match self.shared.auth().check(&mut p.token) {
+                        Ok(principal) => {
+                            self.principal = Some(Arc::new(principal));
                             self.shared.auth_throttle.record_success(self.peer.ip());
                             Ok((json!({"authenticated": true}), None))
                         }
                         Err(why) => {
                             tracing::info!(peer = %self.peer, reason = why, "authentication failed");
+                            self.shared
+                                .counters
+                                .auth_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.shared.auth_throttle.record_failure(self.peer.ip());
                             Err(ErrorObject::new(
                                 ErrorCode::AuthFailed,
@@ -573,8 +670,8 @@ impl Session {
                     )),
                 ))
             }
-            Command::WatchInstance(p) => self.watch(id, Target::Instance(p)),
-            Command::WatchAll(p) => self.watch(id, Target::All(p)),
+            Command::WatchInstance(p) => self.watch(id, Target::Instance(p), principal),
+            Command::WatchAll(p) => self.watch(id, Target::All(p), principal),
             Command::Unwatch(p) => {
                 let removed = match self.watches.remove(&p.subscription_id) {
                     Some(task) => {
@@ -606,7 +703,7 @@ impl Session {
     /// WATCH_INSTANCE / WATCH_ALL. The subscription id is reserved now (so the per-connection
     /// limit and a pipelined UNWATCH see it); the subscription itself is made once every
     /// earlier request has finished, so it sees the client's own earlier writes.
-    fn watch(&mut self, id: Option<String>, target: Target) -> Pending {
+    fn watch(&mut self, id: Option<String>, target: Target, principal: Arc<Principal>) -> Pending {
         let max = self.shared.config.network.max_subscriptions_per_connection;
         if self.watches.len() >= max {
             return ready(self.out(
@@ -625,7 +722,22 @@ impl Session {
             for w in waits {
                 w.await;
             }
-            let r = subscribe(&shared, sub.clone(), target);
+            let checked = match &target {
+                Target::Instance(p) if principal.restricted() => shared
+                    .db
+                    .get_instance(&p.instance_id)
+                    .ok()
+                    .filter(|i| !principal.allows_machine(&i.machine))
+                    .map_or(Ok(()), |i| {
+                        Err(ErrorObject::new(
+                            ErrorCode::Unauthorized,
+                            format!("{} may not access machine {:?}", principal.name, i.machine),
+                        ))
+                    }),
+                _ => Ok(()),
+            };
+            let r = checked
+                .and_then(|()| subscribe(&shared, sub.clone(), target, principal.machines.clone()));
             drop(done);
             match r {
                 Ok((v, w)) => Outgoing {
@@ -661,6 +773,7 @@ impl Session {
                 mut stream,
                 filter,
                 include_ctx,
+                machine_globs,
             } = w;
             loop {
                 let next = tokio::select! {
@@ -669,7 +782,7 @@ impl Session {
                 };
                 match next {
                     Ok(ev) => {
-                        if !filter.matches(&ev) {
+                        if !filter.matches(&ev, &machine_globs) {
                             continue;
                         }
                         let msg = Event {
@@ -712,5 +825,43 @@ impl Session {
                 }
             }
         }));
+    }
+}
+
+/// The request fields the audit log records: which op, on what. Never a param that could
+/// carry a secret or the instance data.
+#[derive(Debug, Default)]
+struct AuditFields {
+    op: Option<&'static str>,
+    instance_id: Option<String>,
+    machine: Option<String>,
+    event: Option<String>,
+}
+
+impl AuditFields {
+    fn of(cmd: &Command) -> AuditFields {
+        let mut f = AuditFields {
+            op: Some(cmd.op().as_str()),
+            ..Default::default()
+        };
+        match cmd {
+            Command::PutMachine(p) => f.machine = Some(p.machine.clone()),
+            Command::GetMachine(p) => f.machine = Some(p.machine.clone()),
+            Command::CreateInstance(p) => {
+                f.machine = Some(p.machine.clone());
+                f.instance_id = p.instance_id.clone();
+            }
+            Command::GetInstance(p) => f.instance_id = Some(p.instance_id.clone()),
+            Command::DeleteInstance(p) => f.instance_id = Some(p.instance_id.clone()),
+            Command::SnapshotInstance(p) => f.instance_id = Some(p.instance_id.clone()),
+            Command::WatchInstance(p) => f.instance_id = Some(p.instance_id.clone()),
+            Command::ApplyEvent(p) => {
+                f.instance_id = Some(p.instance_id.clone());
+                f.event = Some(p.event.clone());
+            }
+            Command::ListInstances(p) => f.machine = p.machine.clone(),
+            _ => {}
+        }
+        f
     }
 }

@@ -1,0 +1,236 @@
+//! TLS and mTLS (tokio-rustls, ring provider, TLS 1.2 and 1.3 only).
+//!
+//! [`load`] reads the certificate chain, the private key (PKCS#8, PKCS#1 or SEC1) and, for
+//! mTLS, the client CA bundle, all PEM via rustls-pki-types' `PemObject`, and checks that the
+//! key matches the certificate. Every failure names the file and what is wrong with it (the
+//! messages follow operations.md §3.3). The server keeps the result behind a lock so that
+//! SIGHUP can swap it: handshakes already done keep their session, new ones use the new
+//! material.
+
+use crate::config::TlsConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS enabled but cert_path not set")]
+    NoCertPath,
+    #[error("TLS enabled but key_path not set")]
+    NoKeyPath,
+    #[error("mTLS enabled but client_ca_path not set")]
+    NoClientCaPath,
+    #[error("cannot open cert file {path:?}: {source}")]
+    OpenCert {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid cert file {path:?}: {message}")]
+    BadCert { path: PathBuf, message: String },
+    #[error("cannot open key file {path:?}: {source}")]
+    OpenKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid key file {path:?}: {message}")]
+    BadKey { path: PathBuf, message: String },
+    #[error("no private key found in {0:?}")]
+    NoKey(PathBuf),
+    #[error("cannot open client CA file {path:?}: {source}")]
+    OpenCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid client CA cert: {0}")]
+    BadCa(String),
+    #[error("failed to build client verifier: {0}")]
+    Verifier(String),
+    #[error("invalid server cert/key: {0}")]
+    CertKey(String),
+}
+
+fn read(path: &Path, open: impl Fn(std::io::Error) -> TlsError) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(open)
+}
+
+fn certs(
+    path: &Path,
+    bytes: &[u8],
+    bad: impl Fn(String) -> TlsError,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("{e} in {}", path.display())))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server configuration from `cfg` (which must have `enabled: true`).
+pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_path = cfg.cert_path.as_deref().ok_or(TlsError::NoCertPath)?;
+    let key_path = cfg.key_path.as_deref().ok_or(TlsError::NoKeyPath)?;
+    let ca_path = if cfg.require_client_cert {
+        Some(cfg.client_ca_path.as_deref().ok_or(TlsError::NoClientCaPath)?)
+    } else {
+        None
+    };
+
+    let cert_bytes = read(cert_path, |source| TlsError::OpenCert {
+        path: cert_path.to_path_buf(),
+        source,
+    })?;
+    let chain = certs(cert_path, &cert_bytes, |message| TlsError::BadCert {
+        path: cert_path.to_path_buf(),
+        message,
+    })?;
+    if chain.is_empty() {
+        return Err(TlsError::BadCert {
+            path: cert_path.to_path_buf(),
+            message: "no CERTIFICATE block found".into(),
+        });
+    }
+
+    let key_bytes = read(key_path, |source| TlsError::OpenKey {
+        path: key_path.to_path_buf(),
+        source,
+    })?;
+    let key = match PrivateKeyDer::from_pem_slice(&key_bytes) {
+        Ok(k) => k,
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            return Err(TlsError::NoKey(key_path.to_path_buf()));
+        }
+        Err(e) => {
+            return Err(TlsError::BadKey {
+                path: key_path.to_path_buf(),
+                message: e.to_string(),
+            });
+        }
+    };
+
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::CertKey(e.to_string()))?;
+    let builder = match ca_path {
+        None => builder.with_no_client_auth(),
+        Some(ca_path) => {
+            let ca_bytes = read(ca_path, |source| TlsError::OpenCa {
+                path: ca_path.to_path_buf(),
+                source,
+            })?;
+            let cas = certs(ca_path, &ca_bytes, TlsError::BadCa)?;
+            let mut roots = RootCertStore::empty();
+            for ca in cas {
+                roots
+                    .add(ca)
+                    .map_err(|e| TlsError::BadCa(e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::CertKey(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// The subject CN of the first (leaf) certificate the client presented, if any.
+pub fn peer_common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    let leaf = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    struct Pair {
+        cert: String,
+        key: String,
+    }
+
+    fn self_signed(cn: &str) -> Pair {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn cfg(cert: Option<PathBuf>, key: Option<PathBuf>) -> TlsConfig {
+        TlsConfig {
+            enabled: true,
+            cert_path: cert,
+            key_path: key,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn loads_a_good_pair_and_reports_each_kind_of_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = self_signed("a");
+        let b = self_signed("b");
+        let cert = write(d, "cert.pem", &a.cert);
+        let key = write(d, "key.pem", &a.key);
+        assert!(load(&cfg(Some(cert.clone()), Some(key.clone()))).is_ok());
+
+        let e = |c: TlsConfig| load(&c).unwrap_err().to_string();
+        assert_eq!(e(cfg(None, Some(key.clone()))), "TLS enabled but cert_path not set");
+        assert_eq!(e(cfg(Some(cert.clone()), None)), "TLS enabled but key_path not set");
+        let mut m = cfg(Some(cert.clone()), Some(key.clone()));
+        m.require_client_cert = true;
+        assert_eq!(e(m.clone()), "mTLS enabled but client_ca_path not set");
+
+        let missing = d.join("missing.pem");
+        assert!(e(cfg(Some(missing.clone()), Some(key.clone()))).starts_with("cannot open cert file"));
+        assert!(e(cfg(Some(cert.clone()), Some(missing.clone()))).starts_with("cannot open key file"));
+        let garbage = write(d, "garbage.pem", "hello\n");
+        assert!(e(cfg(Some(garbage.clone()), Some(key.clone()))).contains("no CERTIFICATE"));
+        // A certificate where the key should be: no key in it.
+        assert!(e(cfg(Some(cert.clone()), Some(cert.clone()))).starts_with("no private key found"));
+        let other_key = write(d, "other-key.pem", &b.key);
+        let msg = e(cfg(Some(cert.clone()), Some(other_key)));
+        assert!(msg.starts_with("invalid server cert/key"), "{msg}");
+
+        m.client_ca_path = Some(garbage);
+        let msg = e(m.clone());
+        assert!(msg.contains("no root trust anchors"), "{msg}");
+        m.client_ca_path = Some(cert.clone());
+        assert!(load(&m).is_ok());
+    }
+
+    #[test]
+    fn common_name_of_a_certificate() {
+        let a = self_signed("svc-orders");
+        let der = CertificateDer::from_pem_slice(a.cert.as_bytes()).unwrap();
+        assert_eq!(
+            peer_common_name(Some(&[der])).as_deref(),
+            Some("svc-orders")
+        );
+        assert_eq!(peer_common_name(None), None);
+    }
+}

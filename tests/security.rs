@@ -1,0 +1,628 @@
+//! Security surface against the real `rstmdb` binary: roles and machine globs, TLS, mTLS,
+//! certificate identities, SIGHUP certificate reload, the audit log (issue 5). Certificates
+//! are generated here with rcgen; no key is committed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+fn sha(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn write_600(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roles and machine globs
+// ---------------------------------------------------------------------------------------------
+
+const ADMIN: &str = "admin-token-5f1c";
+const WRITER: &str = "writer-token-9a2e";
+const READER: &str = "reader-token-77b0";
+const ORDERS: &str = "orders-token-c3d4";
+
+/// A server whose secrets file names four principals.
+fn roles_server(extra: Value) -> Server {
+    let dir = tempdir();
+    let secrets = dir.path().join("secrets");
+    write_600(
+        &secrets,
+        &format!(
+            "# name role[,globs]\n{}\n{} ci-writer write\n{} dashboard read\n{} orders-svc write,order*\n",
+            sha(ADMIN),
+            sha(WRITER),
+            sha(READER),
+            sha(ORDERS)
+        ),
+    );
+    let mut cfg = base_config(&dir.path().join("data"));
+    merge(
+        &mut cfg,
+        &json!({"auth": {"required": true, "secrets_file": secrets.to_string_lossy()}}),
+    );
+    merge(&mut cfg, &extra);
+    Server::try_start_in(dir, &to_yaml(&cfg), ConfigVia::Flag, &[])
+        .unwrap_or_else(|f| panic!("start: {}\n{}", f.stdout, f.stderr))
+}
+
+fn login(s: &Server, token: &str) -> Client {
+    let mut c = s.connect();
+    c.ok("AUTH", json!({"method": "bearer", "token": token}));
+    c
+}
+
+fn unauthorized(c: &mut Client, op: &str, params: Value) -> String {
+    let e = c.err_code(op, params, "UNAUTHORIZED");
+    e["message"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn roles_allow_and_deny_per_op() {
+    let s = roles_server(json!({}));
+    let mut admin = login(&s, ADMIN);
+    put_order(&mut admin, "order");
+    put_order(&mut admin, "payment");
+    create(&mut admin, "order", "o-1", json!({}));
+
+    let mut reader = login(&s, READER);
+    reader.ok("GET_INSTANCE", json!({"instance_id": "o-1"}));
+    reader.ok("LIST_MACHINES", json!({}));
+    reader.ok("WAL_STATS", json!({}));
+    reader.ok("INFO", json!({}));
+    reader.ok("WATCH_ALL", json!({}));
+    let m = unauthorized(
+        &mut reader,
+        "CREATE_INSTANCE",
+        json!({"machine": "order", "version": 1}),
+    );
+    assert!(m.contains("write role") && m.contains("dashboard"), "{m}");
+    unauthorized(
+        &mut reader,
+        "APPLY_EVENT",
+        json!({"instance_id": "o-1", "event": "PAY"}),
+    );
+    unauthorized(&mut reader, "DELETE_INSTANCE", json!({"instance_id": "o-1"}));
+    unauthorized(&mut reader, "SNAPSHOT_INSTANCE", json!({"instance_id": "o-1"}));
+
+    let mut writer = login(&s, WRITER);
+    writer.ok("CREATE_INSTANCE", json!({"machine": "payment", "version": 1, "instance_id": "p-1"}));
+    writer.ok("APPLY_EVENT", json!({"instance_id": "o-1", "event": "PAY"}));
+    let m = unauthorized(
+        &mut writer,
+        "PUT_MACHINE",
+        json!({"machine": "x", "version": 1, "definition": order_definition()}),
+    );
+    assert!(m.contains("admin role"), "{m}");
+    unauthorized(&mut writer, "COMPACT", json!({}));
+    unauthorized(&mut writer, "FLUSH_ALL", json!({}));
+    admin.ok("COMPACT", json!({}));
+}
+
+#[test]
+fn machine_globs_limit_what_a_token_touches() {
+    let s = roles_server(json!({}));
+    let mut admin = login(&s, ADMIN);
+    put_order(&mut admin, "order");
+    put_order(&mut admin, "orders-eu");
+    put_order(&mut admin, "payment");
+    create(&mut admin, "payment", "p-1", json!({}));
+
+    let mut svc = login(&s, ORDERS);
+    svc.ok("CREATE_INSTANCE", json!({"machine": "orders-eu", "version": 1, "instance_id": "o-1"}));
+    svc.ok("APPLY_EVENT", json!({"instance_id": "o-1", "event": "PAY"}));
+    let m = unauthorized(
+        &mut svc,
+        "CREATE_INSTANCE",
+        json!({"machine": "payment", "version": 1}),
+    );
+    assert!(m.contains("payment") && m.contains("order*"), "{m}");
+    // Instance ops are checked against the instance's machine.
+    unauthorized(&mut svc, "GET_INSTANCE", json!({"instance_id": "p-1"}));
+    unauthorized(&mut svc, "APPLY_EVENT", json!({"instance_id": "p-1", "event": "PAY"}));
+    unauthorized(&mut svc, "WATCH_INSTANCE", json!({"instance_id": "p-1"}));
+    let m = unauthorized(
+        &mut svc,
+        "BATCH",
+        json!({"mode": "best_effort", "ops": [
+            {"op": "GET_INSTANCE", "params": {"instance_id": "o-1"}},
+            {"op": "GET_INSTANCE", "params": {"instance_id": "p-1"}}
+        ]}),
+    );
+    assert!(m.contains("payment"), "{m}");
+    // Ops that span every machine need an unrestricted token.
+    unauthorized(&mut svc, "WAL_READ", json!({"from_offset": 1}));
+    unauthorized(&mut svc, "LIST_INSTANCES", json!({}));
+    svc.ok("LIST_INSTANCES", json!({"machine": "order"}));
+    let listed = svc.ok("LIST_MACHINES", json!({}));
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["machine"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{listed}");
+    assert!(names.iter().all(|n| n.starts_with("order")), "{listed}");
+
+    // WATCH_ALL delivers only events of allowed machines.
+    let sub = svc.ok("WATCH_ALL", json!({}));
+    assert!(sub["subscription_id"].is_string());
+    apply(&mut admin, "p-1", "PAY", json!({}));
+    create(&mut admin, "order", "o-2", json!({}));
+    apply(&mut admin, "o-2", "PAY", json!({}));
+    let ev = svc.next_event(READ_TIMEOUT);
+    assert_eq!(ev["instance_id"], "o-2", "{ev}");
+    assert!(
+        svc.try_next_event(Duration::from_millis(300)).is_none(),
+        "no event of payment may arrive"
+    );
+}
+
+#[test]
+fn watches_need_authentication() {
+    let s = roles_server(json!({}));
+    let mut c = s.connect();
+    c.err_code("WATCH_ALL", json!({}), "UNAUTHORIZED");
+    c.err_code("WATCH_INSTANCE", json!({"instance_id": "x"}), "UNAUTHORIZED");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------------------------
+
+struct Ca {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+fn new_ca(name: &str) -> Ca {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    Ca {
+        cert,
+        issuer: rcgen::Issuer::new(p, key),
+    }
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn leaf(ca: &Ca, cn: &str, client: bool, expired: bool) -> Leaf {
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: Ca,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        Pki {
+            dir: tempdir(),
+            ca: new_ca("rstmdb test CA"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the server certificate/key and the CA; returns (cert, key, ca) paths.
+    fn server_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let l = leaf(&self.ca, "rstmdb-server", false, false);
+        write_600(&self.path("server.pem"), &l.cert_pem);
+        write_600(&self.path("server-key.pem"), &l.key_pem);
+        write_600(&self.path("ca.pem"), &self.ca.cert.pem());
+        (
+            self.path("server.pem"),
+            self.path("server-key.pem"),
+            self.path("ca.pem"),
+        )
+    }
+}
+
+fn roots(ca_pem: &str) -> rustls::RootCertStore {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut r = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        r.add(c.unwrap()).unwrap();
+    }
+    r
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(ca_pem: &str, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(ca_pem));
+    Arc::new(match client {
+        None => b.with_no_client_auth(),
+        Some(l) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(l.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    })
+}
+
+fn tls_server(pki: &Pki, mtls: bool, extra: Value) -> Server {
+    let (cert, key, ca) = pki.server_files();
+    let mut tls = json!({
+        "enabled": true,
+        "cert_path": cert.to_string_lossy(),
+        "key_path": key.to_string_lossy(),
+    });
+    if mtls {
+        tls["require_client_cert"] = json!(true);
+        tls["client_ca_path"] = json!(ca.to_string_lossy());
+    }
+    let mut o = json!({ "tls": tls });
+    merge(&mut o, &extra);
+    Server::with_config(o)
+}
+
+#[test]
+fn tls_handshake_and_session() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, false, json!({}));
+    assert!(s.stdout().contains("(TLS)"), "{}", s.stdout());
+    let cfg = client_config(&pki.ca.cert.pem(), None);
+    let mut c = Client::try_connect_tls(s.addr(), cfg.clone(), "localhost").unwrap();
+    c.ok("HELLO", json!({"protocol_version": 1}));
+    put_order(&mut c, "order");
+    create(&mut c, "order", "o-1", json!({"n": 1}));
+    let got = c.ok("GET_INSTANCE", json!({"instance_id": "o-1"}));
+    assert_eq!(got["ctx"]["n"], 1);
+    // The IP SAN works too.
+    Client::try_connect_tls(s.addr(), cfg, "127.0.0.1").unwrap();
+}
+
+#[test]
+fn plaintext_client_against_tls_port_is_closed_and_server_keeps_serving() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, false, json!({}));
+    // The server answers a plaintext frame with a TLS alert record (content type 0x15) at
+    // most, never an RCP message, and closes the connection.
+    let mut plain = std::net::TcpStream::connect(s.addr()).unwrap();
+    plain
+        .set_read_timeout(Some(CLOSE_TIMEOUT))
+        .unwrap();
+    let req = serde_json::to_vec(&request_json("p1", "PING", None)).unwrap();
+    std::io::Write::write_all(&mut plain, &frame(&req)).unwrap();
+    let mut got = Vec::new();
+    let read = std::io::Read::read_to_end(&mut plain, &mut got);
+    assert!(read.is_ok(), "the server closes the connection: {read:?}");
+    assert!(
+        got.is_empty() || got[0] == 0x15,
+        "only a TLS alert may come back: {got:?}"
+    );
+    // A client trusting another CA is refused; the server still serves good clients.
+    let other = new_ca("someone else");
+    let bad = client_config(&other.cert.pem(), None);
+    assert!(Client::try_connect_tls(s.addr(), bad, "localhost").is_err());
+    let good = client_config(&pki.ca.cert.pem(), None);
+    let mut c = Client::try_connect_tls(s.addr(), good, "localhost").unwrap();
+    c.ping();
+    let logs = s.stdout();
+    assert!(logs.contains("TLS handshake failed"), "{logs}");
+}
+
+#[test]
+fn mtls_requires_a_valid_client_certificate() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, true, json!({}));
+    let ca = pki.ca.cert.pem();
+    // No certificate.
+    assert!(Client::try_connect_tls(s.addr(), client_config(&ca, None), "localhost").is_err());
+    // Signed by another CA.
+    let stranger = new_ca("stranger");
+    let wrong = leaf(&stranger, "svc", true, false);
+    assert!(
+        Client::try_connect_tls(s.addr(), client_config(&ca, Some(&wrong)), "localhost").is_err()
+    );
+    // Expired.
+    let old = leaf(&pki.ca, "svc", true, true);
+    assert!(
+        Client::try_connect_tls(s.addr(), client_config(&ca, Some(&old)), "localhost").is_err()
+    );
+    // Good.
+    let good = leaf(&pki.ca, "svc", true, false);
+    let mut c = Client::try_connect_tls(s.addr(), client_config(&ca, Some(&good)), "localhost")
+        .unwrap();
+    c.ok("HELLO", json!({"protocol_version": 1}));
+    c.ok("LIST_MACHINES", json!({}));
+}
+
+#[test]
+fn certificate_cn_is_an_identity_with_a_role() {
+    let pki = Pki::new();
+    let s = tls_server(
+        &pki,
+        true,
+        json!({"auth": {
+            "required": true,
+            "token_hashes": [sha(ADMIN)],
+            "identity_from_cert": true,
+            "cert_identities": {"reporting": "read", "orders-svc": "write,order*"}
+        }}),
+    );
+    let ca = pki.ca.cert.pem();
+    let mut admin = Client::try_connect_tls(
+        s.addr(),
+        client_config(&ca, Some(&leaf(&pki.ca, "ops", true, false))),
+        "localhost",
+    )
+    .unwrap();
+    // "ops" is not a listed identity: a token is still needed.
+    admin.err_code("LIST_MACHINES", json!({}), "UNAUTHORIZED");
+    admin.ok("AUTH", json!({"method": "bearer", "token": ADMIN}));
+    put_order(&mut admin, "order");
+    put_order(&mut admin, "payment");
+
+    let mut reporting = Client::try_connect_tls(
+        s.addr(),
+        client_config(&ca, Some(&leaf(&pki.ca, "reporting", true, false))),
+        "localhost",
+    )
+    .unwrap();
+    reporting.ok("LIST_MACHINES", json!({}));
+    unauthorized(
+        &mut reporting,
+        "CREATE_INSTANCE",
+        json!({"machine": "order", "version": 1}),
+    );
+
+    let mut svc = Client::try_connect_tls(
+        s.addr(),
+        client_config(&ca, Some(&leaf(&pki.ca, "orders-svc", true, false))),
+        "localhost",
+    )
+    .unwrap();
+    svc.ok("CREATE_INSTANCE", json!({"machine": "order", "version": 1}));
+    unauthorized(
+        &mut svc,
+        "CREATE_INSTANCE",
+        json!({"machine": "payment", "version": 1}),
+    );
+}
+
+#[test]
+fn identity_from_cert_without_mtls_is_a_startup_error() {
+    let f = Server::try_with_config(json!({"auth": {"identity_from_cert": true}})).unwrap_err();
+    assert!(f.stderr.contains("auth.identity_from_cert"), "{}", f.stderr);
+}
+
+#[test]
+fn bad_tls_files_are_startup_errors_naming_the_file() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.server_files();
+    let missing = pki.path("nope.pem");
+    let other_key = pki.path("other-key.pem");
+    write_600(&other_key, &leaf(&pki.ca, "x", false, false).key_pem);
+    let cases = [
+        (json!({"enabled": true, "key_path": key.to_string_lossy()}), "cert_path not set".to_string()),
+        (
+            json!({"enabled": true, "cert_path": missing.to_string_lossy(), "key_path": key.to_string_lossy()}),
+            "cannot open cert file".to_string(),
+        ),
+        (
+            json!({"enabled": true, "cert_path": cert.to_string_lossy(), "key_path": cert.to_string_lossy()}),
+            "no private key found".to_string(),
+        ),
+        (
+            json!({"enabled": true, "cert_path": cert.to_string_lossy(), "key_path": other_key.to_string_lossy()}),
+            "invalid server cert/key".to_string(),
+        ),
+        (
+            json!({"enabled": true, "cert_path": cert.to_string_lossy(), "key_path": key.to_string_lossy(), "require_client_cert": true}),
+            "client_ca_path not set".to_string(),
+        ),
+    ];
+    for (tls, want) in cases {
+        let f = Server::try_with_config(json!({ "tls": tls })).unwrap_err();
+        assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{tls}");
+        assert!(f.stderr.contains(&want), "{tls}: want {want:?} in {}", f.stderr);
+    }
+}
+
+#[test]
+fn sighup_swaps_the_certificate_and_a_broken_one_keeps_the_old() {
+    let pki = Pki::new();
+    let s = tls_server(&pki, false, json!({}));
+    let old_ca = pki.ca.cert.pem();
+    let mut old_conn =
+        Client::try_connect_tls(s.addr(), client_config(&old_ca, None), "localhost").unwrap();
+    old_conn.ping();
+
+    // A broken certificate: the reload fails, the old material stays.
+    std::fs::write(pki.path("server.pem"), "not a certificate\n").unwrap();
+    s.signal("HUP");
+    let failed = wait_for(Duration::from_secs(10), || {
+        s.stdout().contains("SIGHUP reload failed").then_some(())
+    });
+    assert!(failed.is_some(), "{}", s.stdout());
+    Client::try_connect_tls(s.addr(), client_config(&old_ca, None), "localhost")
+        .expect("still serving the old certificate");
+
+    // A certificate from a new CA: new handshakes see it, the old connection keeps working.
+    let new_ca = new_ca("rotated CA");
+    let l = leaf(&new_ca, "rstmdb-server", false, false);
+    write_600(&pki.path("server.pem"), &l.cert_pem);
+    write_600(&pki.path("server-key.pem"), &l.key_pem);
+    s.signal("HUP");
+    let ok = wait_for(Duration::from_secs(10), || {
+        s.stdout()
+            .contains("reloaded authentication and TLS material")
+            .then_some(())
+    });
+    assert!(ok.is_some(), "{}", s.stdout());
+    let new_pem = new_ca.cert.pem();
+    let mut fresh =
+        Client::try_connect_tls(s.addr(), client_config(&new_pem, None), "localhost").unwrap();
+    fresh.ping();
+    assert!(
+        Client::try_connect_tls(s.addr(), client_config(&old_ca, None), "localhost").is_err(),
+        "new handshakes use the new certificate"
+    );
+    old_conn.ping();
+    old_conn.ok("LIST_MACHINES", json!({}));
+}
+
+#[test]
+fn sigterm_with_tls_drains_and_exits_zero() {
+    let pki = Pki::new();
+    let mut s = tls_server(&pki, false, json!({}));
+    let mut c = Client::try_connect_tls(
+        s.addr(),
+        client_config(&pki.ca.cert.pem(), None),
+        "localhost",
+    )
+    .unwrap();
+    put_order(&mut c, "order");
+    create(&mut c, "order", "o-1", json!({}));
+    let status = s.terminate();
+    assert_eq!(status.code(), Some(0), "{}", s.all_logs());
+    s.restart();
+    let mut c = s.connect_tls_for_test(&pki.ca.cert.pem());
+    c.ok("GET_INSTANCE", json!({"instance_id": "o-1"}));
+}
+
+trait TlsConnect {
+    fn connect_tls_for_test(&self, ca: &str) -> Client;
+}
+
+impl TlsConnect for Server {
+    fn connect_tls_for_test(&self, ca: &str) -> Client {
+        Client::try_connect_tls(self.addr(), client_config(ca, None), "localhost").unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit log
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn audit_log_has_one_json_line_per_request_and_no_secret() {
+    let dir = tempdir();
+    let audit = dir.path().join("audit.log");
+    let s = roles_server(json!({"audit": {"enabled": true, "path": audit.to_string_lossy()}}));
+    let mut c = s.connect();
+    c.err_code(
+        "AUTH",
+        json!({"method": "bearer", "token": "wrong-token-0000"}),
+        "AUTH_FAILED",
+    );
+    c.ok("AUTH", json!({"method": "bearer", "token": ORDERS}));
+    let mut admin = login(&s, ADMIN);
+    put_order(&mut admin, "order");
+    c.ok(
+        "CREATE_INSTANCE",
+        json!({"machine": "order", "version": 1, "instance_id": "o-1"}),
+    );
+    c.ok("APPLY_EVENT", json!({"instance_id": "o-1", "event": "PAY"}));
+    c.err_code(
+        "CREATE_INSTANCE",
+        json!({"machine": "payment", "version": 1}),
+        "UNAUTHORIZED",
+    );
+    c.send_frame(b"{not json");
+    let lines = wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&audit).ok()?;
+        (text.lines().count() >= 8).then_some(text)
+    })
+    .unwrap_or_else(|| std::fs::read_to_string(&audit).unwrap_or_default());
+    let records: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for r in &records {
+        for key in [
+            "timestamp",
+            "client_addr",
+            "identity",
+            "op",
+            "instance_id",
+            "machine",
+            "event",
+            "status",
+            "error_code",
+            "duration_ms",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+    }
+    let find = |op: &str, status: &str| {
+        records
+            .iter()
+            .find(|r| r["op"] == op && r["status"] == status)
+            .unwrap_or_else(|| panic!("no {op}/{status} in {records:#?}"))
+    };
+    let failed = find("AUTH", "error");
+    assert_eq!(failed["error_code"], "AUTH_FAILED");
+    assert!(failed["identity"].is_null());
+    let applied = find("APPLY_EVENT", "ok");
+    assert_eq!(applied["identity"], "orders-svc");
+    assert_eq!(applied["instance_id"], "o-1");
+    assert_eq!(applied["event"], "PAY");
+    let refused = find("CREATE_INSTANCE", "error");
+    assert_eq!(refused["error_code"], "UNAUTHORIZED");
+    assert_eq!(refused["machine"], "payment");
+    assert!(
+        records.iter().any(|r| r["op"].is_null() && r["status"] == "error"),
+        "an undecodable request is audited too"
+    );
+    // No token (nor its hash) in the audit log or the server's output.
+    let everything = format!("{lines}{}", s.all_logs());
+    for secret in [ADMIN, ORDERS, "wrong-token-0000"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+        assert!(!everything.contains(&sha(secret)), "hash of {secret} leaked");
+    }
+}
