@@ -125,3 +125,126 @@ fn published_python_client_session() {
     );
     assert!(out.contains("python client session: OK"), "{out}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Token, TLS and mTLS with the published client (issue 5)
+// ---------------------------------------------------------------------------------------------
+
+fn sha_hex(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a clientAuth certificate, as PEM
+/// files in `dir`: (ca, server cert, server key, client cert, client key).
+fn make_pki(dir: &Path) -> [PathBuf; 5] {
+    let mut ca_p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_p.distinguished_name
+        .push(rcgen::DnType::CommonName, "py test CA");
+    ca_p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_p.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_p, ca_key);
+    let leaf = |cn: &str, client: bool| {
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &issuer).unwrap();
+        (c.pem(), k.serialize_pem())
+    };
+    let (scert, skey) = leaf("rstmdb", false);
+    let (ccert, ckey) = leaf("py-client", true);
+    let files = [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", scert),
+        ("server-key.pem", skey),
+        ("client.pem", ccert),
+        ("client-key.pem", ckey),
+    ];
+    files.map(|(name, text)| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    })
+}
+
+fn run_secure(python: &Path, s: &Server, mode: &str, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/secure.py");
+    let addr = s.addr();
+    let (ok, out) = run(
+        Command::new(python)
+            .arg(&script)
+            .arg("127.0.0.1")
+            .arg(addr.port().to_string())
+            .arg(mode)
+            .args(args)
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        Duration::from_secs(120),
+    );
+    assert!(
+        ok,
+        "Python client ({mode}) failed: {out}\n--- server log\n{}",
+        s.all_logs()
+    );
+    assert!(out.contains(&format!("python client {mode}: OK")), "{out}");
+}
+
+#[test]
+fn published_python_client_with_token_tls_and_mtls() {
+    let python = python_with_client();
+    let dir = tempdir();
+    let [ca, cert, key, ccert, ckey] = make_pki(dir.path());
+    let p = |x: &PathBuf| x.to_string_lossy().into_owned();
+    let token = "py-secret-token-4242";
+
+    let s = Server::with_config(serde_json::json!({
+        "auth": {"required": true, "token_hashes": [sha_hex(token)]}
+    }));
+    run_secure(&python, &s, "token", &["--token", token]);
+    assert!(
+        !s.all_logs().contains(token),
+        "the token leaked into the log"
+    );
+    drop(s);
+
+    let s = Server::with_config(serde_json::json!({
+        "tls": {"enabled": true, "cert_path": p(&cert), "key_path": p(&key)}
+    }));
+    run_secure(&python, &s, "tls", &["--ca", &p(&ca)]);
+    drop(s);
+
+    let s = Server::with_config(serde_json::json!({
+        "tls": {"enabled": true, "cert_path": p(&cert), "key_path": p(&key),
+                "require_client_cert": true, "client_ca_path": p(&ca)},
+        "auth": {"required": true, "token_hashes": [sha_hex(token)]}
+    }));
+    run_secure(
+        &python,
+        &s,
+        "mtls",
+        &[
+            "--token",
+            token,
+            "--ca",
+            &p(&ca),
+            "--cert",
+            &p(&ccert),
+            "--key",
+            &p(&ckey),
+        ],
+    );
+}

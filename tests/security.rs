@@ -94,11 +94,22 @@ fn roles_allow_and_deny_per_op() {
         "APPLY_EVENT",
         json!({"instance_id": "o-1", "event": "PAY"}),
     );
-    unauthorized(&mut reader, "DELETE_INSTANCE", json!({"instance_id": "o-1"}));
-    unauthorized(&mut reader, "SNAPSHOT_INSTANCE", json!({"instance_id": "o-1"}));
+    unauthorized(
+        &mut reader,
+        "DELETE_INSTANCE",
+        json!({"instance_id": "o-1"}),
+    );
+    unauthorized(
+        &mut reader,
+        "SNAPSHOT_INSTANCE",
+        json!({"instance_id": "o-1"}),
+    );
 
     let mut writer = login(&s, WRITER);
-    writer.ok("CREATE_INSTANCE", json!({"machine": "payment", "version": 1, "instance_id": "p-1"}));
+    writer.ok(
+        "CREATE_INSTANCE",
+        json!({"machine": "payment", "version": 1, "instance_id": "p-1"}),
+    );
     writer.ok("APPLY_EVENT", json!({"instance_id": "o-1", "event": "PAY"}));
     let m = unauthorized(
         &mut writer,
@@ -121,7 +132,10 @@ fn machine_globs_limit_what_a_token_touches() {
     create(&mut admin, "payment", "p-1", json!({}));
 
     let mut svc = login(&s, ORDERS);
-    svc.ok("CREATE_INSTANCE", json!({"machine": "orders-eu", "version": 1, "instance_id": "o-1"}));
+    svc.ok(
+        "CREATE_INSTANCE",
+        json!({"machine": "orders-eu", "version": 1, "instance_id": "o-1"}),
+    );
     svc.ok("APPLY_EVENT", json!({"instance_id": "o-1", "event": "PAY"}));
     let m = unauthorized(
         &mut svc,
@@ -131,7 +145,11 @@ fn machine_globs_limit_what_a_token_touches() {
     assert!(m.contains("payment") && m.contains("order*"), "{m}");
     // Instance ops are checked against the instance's machine.
     unauthorized(&mut svc, "GET_INSTANCE", json!({"instance_id": "p-1"}));
-    unauthorized(&mut svc, "APPLY_EVENT", json!({"instance_id": "p-1", "event": "PAY"}));
+    unauthorized(
+        &mut svc,
+        "APPLY_EVENT",
+        json!({"instance_id": "p-1", "event": "PAY"}),
+    );
     unauthorized(&mut svc, "WATCH_INSTANCE", json!({"instance_id": "p-1"}));
     let m = unauthorized(
         &mut svc,
@@ -175,7 +193,11 @@ fn watches_need_authentication() {
     let s = roles_server(json!({}));
     let mut c = s.connect();
     c.err_code("WATCH_ALL", json!({}), "UNAUTHORIZED");
-    c.err_code("WATCH_INSTANCE", json!({"instance_id": "x"}), "UNAUTHORIZED");
+    c.err_code(
+        "WATCH_INSTANCE",
+        json!({"instance_id": "x"}),
+        "UNAUTHORIZED",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,9 +354,7 @@ fn plaintext_client_against_tls_port_is_closed_and_server_keeps_serving() {
     // The server answers a plaintext frame with a TLS alert record (content type 0x15) at
     // most, never an RCP message, and closes the connection.
     let mut plain = std::net::TcpStream::connect(s.addr()).unwrap();
-    plain
-        .set_read_timeout(Some(CLOSE_TIMEOUT))
-        .unwrap();
+    plain.set_read_timeout(Some(CLOSE_TIMEOUT)).unwrap();
     let req = serde_json::to_vec(&request_json("p1", "PING", None)).unwrap();
     std::io::Write::write_all(&mut plain, &frame(&req)).unwrap();
     let mut got = Vec::new();
@@ -375,8 +395,8 @@ fn mtls_requires_a_valid_client_certificate() {
     );
     // Good.
     let good = leaf(&pki.ca, "svc", true, false);
-    let mut c = Client::try_connect_tls(s.addr(), client_config(&ca, Some(&good)), "localhost")
-        .unwrap();
+    let mut c =
+        Client::try_connect_tls(s.addr(), client_config(&ca, Some(&good)), "localhost").unwrap();
     c.ok("HELLO", json!({"protocol_version": 1}));
     c.ok("LIST_MACHINES", json!({}));
 }
@@ -448,7 +468,10 @@ fn bad_tls_files_are_startup_errors_naming_the_file() {
     let other_key = pki.path("other-key.pem");
     write_600(&other_key, &leaf(&pki.ca, "x", false, false).key_pem);
     let cases = [
-        (json!({"enabled": true, "key_path": key.to_string_lossy()}), "cert_path not set".to_string()),
+        (
+            json!({"enabled": true, "key_path": key.to_string_lossy()}),
+            "cert_path not set".to_string(),
+        ),
         (
             json!({"enabled": true, "cert_path": missing.to_string_lossy(), "key_path": key.to_string_lossy()}),
             "cannot open cert file".to_string(),
@@ -469,7 +492,11 @@ fn bad_tls_files_are_startup_errors_naming_the_file() {
     for (tls, want) in cases {
         let f = Server::try_with_config(json!({ "tls": tls })).unwrap_err();
         assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{tls}");
-        assert!(f.stderr.contains(&want), "{tls}: want {want:?} in {}", f.stderr);
+        assert!(
+            f.stderr.contains(&want),
+            "{tls}: want {want:?} in {}",
+            f.stderr
+        );
     }
 }
 
@@ -616,13 +643,67 @@ fn audit_log_has_one_json_line_per_request_and_no_secret() {
     assert_eq!(refused["error_code"], "UNAUTHORIZED");
     assert_eq!(refused["machine"], "payment");
     assert!(
-        records.iter().any(|r| r["op"].is_null() && r["status"] == "error"),
+        records
+            .iter()
+            .any(|r| r["op"].is_null() && r["status"] == "error"),
         "an undecodable request is audited too"
     );
     // No token (nor its hash) in the audit log or the server's output.
     let everything = format!("{lines}{}", s.all_logs());
     for secret in [ADMIN, ORDERS, "wrong-token-0000"] {
         assert!(!everything.contains(secret), "{secret} leaked");
-        assert!(!everything.contains(&sha(secret)), "hash of {secret} leaked");
+        assert!(
+            !everything.contains(&sha(secret)),
+            "hash of {secret} leaked"
+        );
     }
+}
+
+#[test]
+fn dev_cert_script_makes_certificates_rustls_accepts_for_mtls() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/gen-dev-certs.sh");
+    let dir = tempdir();
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir.path())
+        .arg("svc-script")
+        .output()
+        .expect("run gen-dev-certs.sh");
+    assert!(
+        out.status.success(),
+        "gen-dev-certs.sh failed (is openssl installed? .ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let s = Server::with_config(json!({
+        "tls": {"enabled": true, "cert_path": f("server.pem"), "key_path": f("server-key.pem"),
+                "require_client_cert": true, "client_ca_path": f("ca.pem")},
+        "auth": {"required": true, "identity_from_cert": true,
+                 "cert_identities": {"svc-script": "admin"}}
+    }));
+    let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap();
+    let client = Leaf {
+        cert_pem: read("client.pem"),
+        key_pem: read("client-key.pem"),
+    };
+    let mut c = Client::try_connect_tls(
+        s.addr(),
+        client_config(&read("ca.pem"), Some(&client)),
+        "127.0.0.1",
+    )
+    .unwrap();
+    // Authenticated by its certificate's CN: no AUTH needed.
+    put_order(&mut c, "order");
+}
+
+#[test]
+fn a_new_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start();
+    let mode = std::fs::metadata(s.data_dir())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "data dir mode {mode:o}");
 }

@@ -138,7 +138,9 @@ fn writer(rx: Receiver<Msg>, path: Option<PathBuf>, out: Box<dyn Write + Send>) 
                                 out = std::io::BufWriter::new(Box::new(f));
                                 tracing::info!(path = %p.display(), "reopened the audit log");
                             }
-                            Err(e) => tracing::error!(error = %e, "reopening the audit log failed; keeping the old file"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "reopening the audit log failed; keeping the old file")
+                            }
                         }
                     }
                 }

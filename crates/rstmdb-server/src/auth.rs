@@ -526,7 +526,12 @@ mod tests {
         assert!(svc.allows_machine("invoice"));
         assert!(!svc.allows_machine("invoices"));
         assert!(!svc.allows_machine("payment"));
-        for bad in ["x reporter", "HASH n superuser", "HASH n read,", "HASH a b c"] {
+        for bad in [
+            "x reporter",
+            "HASH n superuser",
+            "HASH n read,",
+            "HASH a b c",
+        ] {
             std::fs::write(&p, bad.replace("HASH", &hash("t"))).unwrap();
             let e = Auth::from_config(&cfg).unwrap_err();
             assert!(

@@ -160,7 +160,8 @@ mod tests {
 
     #[test]
     fn roles_are_ordered_by_what_they_allow() {
-        let get = cmd(r#"{"type":"REQUEST","id":"1","op":"GET_INSTANCE","params":{"instance_id":"i"}}"#);
+        let get =
+            cmd(r#"{"type":"REQUEST","id":"1","op":"GET_INSTANCE","params":{"instance_id":"i"}}"#);
         let apply = cmd(
             r#"{"type":"REQUEST","id":"1","op":"APPLY_EVENT","params":{"instance_id":"i","event":"E"}}"#,
         );

@@ -196,7 +196,9 @@ async fn reload_on_sighup(
                 let auth = Auth::from_config(&c.auth).map_err(|e| e.to_string())?;
                 let acceptor = if tls_on {
                     if !c.tls.enabled {
-                        return Err("tls.enabled cannot be turned off by a reload; restart instead".into());
+                        return Err(
+                            "tls.enabled cannot be turned off by a reload; restart instead".into(),
+                        );
                     }
                     Some(tls::load(&c.tls).map_err(|e| format!("TLS: {e}"))?)
                 } else {
@@ -212,7 +214,13 @@ async fn reload_on_sighup(
                     shared.set_tls(a);
                 }
                 let n = shared.counters.reloads_ok.fetch_add(1, Relaxed) + 1;
-                tracing::info!(result = "ok", tokens, tls = tls_on, reloads_ok = n, "reloaded authentication and TLS material on SIGHUP");
+                tracing::info!(
+                    result = "ok",
+                    tokens,
+                    tls = tls_on,
+                    reloads_ok = n,
+                    "reloaded authentication and TLS material on SIGHUP"
+                );
             }
             Err(e) => {
                 let n = shared.counters.reloads_failed.fetch_add(1, Relaxed) + 1;

@@ -298,7 +298,11 @@ pub async fn run<R, W>(
     let auth = shared.auth();
     // A verified client certificate listed in auth.cert_identities is an identity of its own;
     // otherwise, with auth off, everyone is the anonymous admin.
-    let principal = match info.cert_cn.as_deref().and_then(|cn| auth.principal_for_cert(cn)) {
+    let principal = match info
+        .cert_cn
+        .as_deref()
+        .and_then(|cn| auth.principal_for_cert(cn))
+    {
         Some(p) => Some(Arc::new(p)),
         None if !auth.required => Some(Arc::new(Principal::anonymous())),
         None => None,
@@ -558,10 +562,12 @@ impl Session {
                     w.await;
                 }
                 let result = match authz::check_instances(&shared, &principal, &req.command) {
-                    Ok(()) => handlers::execute(shared, req.command).await.map(|(mut v, off)| {
-                        authz::filter_result(&principal, op, &mut v);
-                        (v, off)
-                    }),
+                    Ok(()) => handlers::execute(shared, req.command)
+                        .await
+                        .map(|(mut v, off)| {
+                            authz::filter_result(&principal, op, &mut v);
+                            (v, off)
+                        }),
                     Err(e) => Err(e),
                 };
                 drop(done);

@@ -74,7 +74,11 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let cert_path = cfg.cert_path.as_deref().ok_or(TlsError::NoCertPath)?;
     let key_path = cfg.key_path.as_deref().ok_or(TlsError::NoKeyPath)?;
     let ca_path = if cfg.require_client_cert {
-        Some(cfg.client_ca_path.as_deref().ok_or(TlsError::NoClientCaPath)?)
+        Some(
+            cfg.client_ca_path
+                .as_deref()
+                .ok_or(TlsError::NoClientCaPath)?,
+        )
     } else {
         None
     };
@@ -124,9 +128,7 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
             let cas = certs(ca_path, &ca_bytes, TlsError::BadCa)?;
             let mut roots = RootCertStore::empty();
             for ca in cas {
-                roots
-                    .add(ca)
-                    .map_err(|e| TlsError::BadCa(e.to_string()))?;
+                roots.add(ca).map_err(|e| TlsError::BadCa(e.to_string()))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -199,15 +201,25 @@ mod tests {
         assert!(load(&cfg(Some(cert.clone()), Some(key.clone()))).is_ok());
 
         let e = |c: TlsConfig| load(&c).unwrap_err().to_string();
-        assert_eq!(e(cfg(None, Some(key.clone()))), "TLS enabled but cert_path not set");
-        assert_eq!(e(cfg(Some(cert.clone()), None)), "TLS enabled but key_path not set");
+        assert_eq!(
+            e(cfg(None, Some(key.clone()))),
+            "TLS enabled but cert_path not set"
+        );
+        assert_eq!(
+            e(cfg(Some(cert.clone()), None)),
+            "TLS enabled but key_path not set"
+        );
         let mut m = cfg(Some(cert.clone()), Some(key.clone()));
         m.require_client_cert = true;
         assert_eq!(e(m.clone()), "mTLS enabled but client_ca_path not set");
 
         let missing = d.join("missing.pem");
-        assert!(e(cfg(Some(missing.clone()), Some(key.clone()))).starts_with("cannot open cert file"));
-        assert!(e(cfg(Some(cert.clone()), Some(missing.clone()))).starts_with("cannot open key file"));
+        assert!(
+            e(cfg(Some(missing.clone()), Some(key.clone()))).starts_with("cannot open cert file")
+        );
+        assert!(
+            e(cfg(Some(cert.clone()), Some(missing.clone()))).starts_with("cannot open key file")
+        );
         let garbage = write(d, "garbage.pem", "hello\n");
         assert!(e(cfg(Some(garbage.clone()), Some(key.clone()))).contains("no CERTIFICATE"));
         // A certificate where the key should be: no key in it.
