@@ -1,0 +1,167 @@
+//! Human output formats shared by the one-shot commands and the REPL (operations.md §6.3),
+//! and writing to stdout without panicking when the reader has gone away.
+
+use std::io::Write;
+
+use rstmdb_client::{Event, WalRecord};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Writes one line to stdout. Returns false when stdout is closed (e.g. piped into `head`),
+/// so long-running commands can stop instead of panicking like `println!`.
+pub fn line(text: impl AsRef<str>) -> bool {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", text.as_ref()).is_ok() && out.flush().is_ok()
+}
+
+/// Pretty JSON (two-space indent, keys sorted as serde_json's map keeps them).
+pub fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// `<n> B`, or `<x.xx> KB|MB|GB` with 1024 as the base.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 3] = ["KB", "MB", "GB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
+}
+
+fn str_field<'a>(entry: &'a Value, key: &str) -> &'a str {
+    entry.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+/// The lines `wal-read` prints for one record: the header, plus a detail line for
+/// `create_instance` and `apply_event`.
+pub fn wal_record(record: &WalRecord) -> Vec<String> {
+    let kind = str_field(&record.entry, "type");
+    let mut lines = vec![format!(
+        "[{:>6}] {:>12} | {kind}",
+        record.sequence, record.offset
+    )];
+    let e = &record.entry;
+    match kind {
+        "create_instance" => lines.push(format!(
+            "         Instance: {}, Machine: {} v{}",
+            str_field(e, "instance_id"),
+            str_field(e, "machine"),
+            e.get("version").and_then(Value::as_u64).unwrap_or(0)
+        )),
+        "apply_event" => lines.push(format!(
+            "         Instance: {}, Event: {}, {} → {}",
+            str_field(e, "instance_id"),
+            str_field(e, "event"),
+            str_field(e, "from_state"),
+            str_field(e, "to_state")
+        )),
+        _ => {}
+    }
+    lines
+}
+
+/// An event as the reference CLI prints it: compact JSON, fields in protocol order,
+/// `payload` and `ctx` left out when null or not requested.
+pub fn event_line(event: &Event) -> String {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        subscription_id: &'a str,
+        instance_id: &'a str,
+        machine: &'a str,
+        version: u32,
+        wal_offset: u64,
+        from_state: &'a str,
+        to_state: &'a str,
+        event: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ctx: Option<&'a Value>,
+    }
+    let line = Line {
+        kind: "event",
+        subscription_id: &event.subscription_id,
+        instance_id: &event.instance_id,
+        machine: &event.machine,
+        version: event.version,
+        wal_offset: event.wal_offset,
+        from_state: &event.from_state,
+        to_state: &event.to_state,
+        event: &event.event,
+        payload: Some(&event.payload).filter(|v| !v.is_null()),
+        ctx: event.ctx.as_ref().filter(|v| !v.is_null()),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// (states, transitions) counts of a definition.
+pub fn definition_counts(definition: &Value) -> (usize, usize) {
+    let count = |key| {
+        definition
+            .get(key)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len)
+    };
+    (count("states"), count("transitions"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.00 KB");
+        assert_eq!(bytes(67_108_864), "64.00 MB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.00 GB");
+    }
+
+    #[test]
+    fn wal_record_lines() {
+        let r = WalRecord {
+            sequence: 2,
+            offset: 2,
+            entry: json!({"type": "apply_event", "instance_id": "o1", "event": "PAY",
+                          "from_state": "pending", "to_state": "paid"}),
+        };
+        assert_eq!(
+            wal_record(&r),
+            [
+                "[     2]            2 | apply_event",
+                "         Instance: o1, Event: PAY, pending → paid"
+            ]
+        );
+    }
+
+    #[test]
+    fn event_line_keeps_protocol_order_and_drops_nulls() {
+        let e = Event {
+            subscription_id: "s".into(),
+            instance_id: "i".into(),
+            machine: "m".into(),
+            version: 1,
+            wal_offset: 7,
+            from_state: "a".into(),
+            to_state: "b".into(),
+            event: "E".into(),
+            payload: Value::Null,
+            ctx: Some(json!({"k": 1})),
+        };
+        assert_eq!(
+            event_line(&e),
+            r#"{"type":"event","subscription_id":"s","instance_id":"i","machine":"m","version":1,"wal_offset":7,"from_state":"a","to_state":"b","event":"E","ctx":{"k":1}}"#
+        );
+    }
+}
