@@ -160,11 +160,23 @@ pub(crate) fn scan_segment(
         .metadata()
         .map_err(|e| WalError::io("reading metadata of WAL segment", path, e))?
         .len();
-    let mut reader = BufReader::with_capacity(
+    let reader = BufReader::with_capacity(
         SCAN_BUFFER_BYTES,
         CountingFile::new(file, Arc::clone(stats)),
     );
-    let read_err = |e| WalError::io("reading WAL segment", path, e);
+    scan_records(reader, file_len, first_seq, |_, _| {})
+        .map_err(|e| WalError::io("reading WAL segment", path, e))
+}
+
+/// The loop behind [`scan_segment`], over any reader holding exactly `file_len` bytes, so the
+/// very code recovery runs can also be fuzzed on an in-memory image. `on_record` sees the seq
+/// and payload of every record found valid, in order.
+pub(crate) fn scan_records(
+    mut reader: impl Read,
+    file_len: u64,
+    first_seq: u64,
+    mut on_record: impl FnMut(u64, &[u8]),
+) -> io::Result<SegmentScan> {
     let mut scan = SegmentScan {
         records: 0,
         last_seq: None,
@@ -190,7 +202,7 @@ pub(crate) fn scan_segment(
         let mut raw = [0u8; RECORD_HEADER_BYTES];
         if remaining < RECORD_HEADER_BYTES as u64 {
             let part = &mut raw[..remaining as usize];
-            reader.read_exact(part).map_err(read_err)?;
+            reader.read_exact(part)?;
             let reason = if part.iter().all(|&b| b == 0) {
                 format!("{remaining} zero bytes at the end of the file")
             } else {
@@ -199,14 +211,14 @@ pub(crate) fn scan_segment(
             scan.invalid = Some(torn(reason));
             break;
         }
-        reader.read_exact(&mut raw).map_err(read_err)?;
+        reader.read_exact(&mut raw)?;
         let header = RecordHeader::decode(&raw);
         if let Some(reason) = header.shape_problem(remaining - RECORD_HEADER_BYTES as u64) {
             scan.invalid = Some(torn(reason));
             break;
         }
         payload.resize(header.payload_len as usize, 0);
-        reader.read_exact(&mut payload).map_err(read_err)?;
+        reader.read_exact(&mut payload)?;
         if !header.crc_matches(&payload) {
             scan.invalid = Some(torn("CRC mismatch".into()));
             break;
@@ -218,6 +230,7 @@ pub(crate) fn scan_segment(
             });
             break;
         }
+        on_record(expected, &payload);
         scan.index.note(expected, offset);
         scan.records += 1;
         scan.last_seq = Some(expected);
