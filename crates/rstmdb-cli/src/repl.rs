@@ -205,14 +205,14 @@ impl Shell {
                 )])
             }
             "reconnect" | "rc" => Ok(self.reconnect().await),
-            "ping" => self
-                .call::<Value>(Command::Ping)
-                .await
-                .map(|_| vec!["PONG".to_owned()]),
-            "info" => self
-                .call_raw(Command::Info)
-                .await
-                .map(|v| vec![output::pretty(&v)]),
+            "ping" => match self.call::<Value>(Command::Ping).await {
+                Ok(r) => self.show(r, |_| vec!["PONG".to_owned()]),
+                Err(e) => Err(e),
+            },
+            "info" => match self.call::<Value>(Command::Info).await {
+                Ok(r) => self.show(r, |v| vec![output::pretty(&v)]),
+                Err(e) => Err(e),
+            },
             "put-machine" | "pm" => self.put_machine(input, args).await,
             "get-machine" | "gm" => self.get_machine(args).await,
             "list-machines" | "lm" => self.list_machines().await,
