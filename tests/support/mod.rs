@@ -1210,3 +1210,50 @@ pub fn unix_now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fallible client calls, for tests where the server may die mid-request (crash loops)
+// ---------------------------------------------------------------------------------------------
+
+impl Client {
+    /// `connect` that reports failure instead of panicking.
+    pub fn try_connect(addr: SocketAddr, timeout: Duration) -> io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        let _ = stream.set_nodelay(true);
+        Ok(Client {
+            stream: Conn::Plain(stream),
+            buf: Vec::new(),
+            next_id: 0,
+            events: VecDeque::new(),
+        })
+    }
+
+    /// Send `op` as a frame and wait up to `timeout` for its response envelope; events met on
+    /// the way are queued. Any failure (write error, close, timeout, garbage) is returned, so
+    /// the caller can treat the request as in doubt.
+    pub fn try_request(
+        &mut self,
+        op: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, ReadError> {
+        let id = self.fresh_id();
+        let bytes = frame(request_json(&id, op, Some(params)).to_string().as_bytes());
+        self.try_send_raw(&bytes).map_err(ReadError::Reset)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = self.try_read_message(left)?;
+            match m.kind() {
+                "event" => self.events.push_back(m.value),
+                "response" if m.value["id"] == json!(id) => return Ok(m.value),
+                _ => {
+                    return Err(ReadError::Garbage(format!(
+                        "expected the response to {id}, got {}",
+                        m.value
+                    )));
+                }
+            }
+        }
+    }
+}
