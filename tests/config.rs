@@ -3,6 +3,8 @@
 //! operations").
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -310,6 +312,38 @@ fn every_example_config_file_loads() {
             auth.insert("token_hashes".into(), hashes.into());
             root.insert("auth".into(), auth.into());
         }
+        // TLS: certificates made for this run replace the example's paths.
+        let mut tls = section(root, "tls");
+        let tls_on = tls.get("enabled").and_then(|v| v.as_bool()) == Some(true);
+        let mtls = tls.get("require_client_cert").and_then(|v| v.as_bool()) == Some(true);
+        let pki = pki::Pki::new();
+        if tls_on {
+            let (cert, key, ca) = pki.server_files();
+            let p = |x: &Path| x.to_string_lossy().to_string();
+            tls.insert("cert_path".into(), p(&cert).into());
+            tls.insert("key_path".into(), p(&key).into());
+            if mtls {
+                tls.insert("client_ca_path".into(), p(&ca).into());
+            }
+            root.insert("tls".into(), tls.into());
+        }
+        let mut audit = section(root, "audit");
+        if audit.contains_key("path") {
+            audit.insert(
+                "path".into(),
+                dir.path()
+                    .join("audit.log")
+                    .to_string_lossy()
+                    .to_string()
+                    .into(),
+            );
+            root.insert("audit".into(), audit.into());
+        }
+        let mut metrics = section(root, "metrics");
+        if metrics.contains_key("bind_addr") {
+            metrics.insert("bind_addr".into(), "127.0.0.1:0".into());
+            root.insert("metrics".into(), metrics.into());
+        }
         let yaml = serde_yaml::to_string(&doc).unwrap();
         let mut s = Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]).unwrap_or_else(|f| {
             panic!(
@@ -317,7 +351,14 @@ fn every_example_config_file_loads() {
                 f.status, f.stdout, f.stderr
             )
         });
-        let mut c = s.connect();
+        let mut c = if tls_on {
+            // A client certificate whose CN no example maps to an identity: AUTH still needed.
+            let leaf = pki::leaf(&pki.ca, "config-test", true, false);
+            let cfg = pki::client_config(&pki.ca.cert.pem(), mtls.then_some(&leaf));
+            Client::try_connect_tls(s.addr(), cfg, "localhost").unwrap()
+        } else {
+            s.connect()
+        };
         c.ping();
         if auth_required {
             c.err_code("INFO", json!({}), "UNAUTHORIZED");

@@ -500,12 +500,7 @@ impl Config {
                 "needs tls.enabled and tls.require_client_cert (the identity comes from a verified client certificate)".into(),
             ));
         }
-        if self.metrics.enabled {
-            return Err(invalid(
-                "metrics.enabled",
-                "the metrics endpoint is not available in this build yet".into(),
-            ));
-        }
+        self.metrics_addr()?;
         Ok(())
     }
 
@@ -516,6 +511,16 @@ impl Config {
             .map_err(|e| ConfigError::Invalid {
                 key: "network.bind_addr".into(),
                 message: format!("{e} (expected IP:port, got {:?})", self.network.bind_addr),
+            })
+    }
+
+    pub fn metrics_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.metrics
+            .bind_addr
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                key: "metrics.bind_addr".into(),
+                message: format!("{e} (expected IP:port, got {:?})", self.metrics.bind_addr),
             })
     }
 

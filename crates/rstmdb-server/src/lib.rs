@@ -9,6 +9,7 @@
 //! - [`authz`]: which role each op needs, which machines a principal may touch.
 //! - [`tls`]: TLS/mTLS material, loaded at startup and on SIGHUP.
 //! - [`audit`]: the JSON audit log.
+//! - [`metrics`]: Prometheus counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`error`]: the one mapping from engine errors to RCP error objects.
 
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod authz;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -156,11 +156,35 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(format!("binding {addr}: {e}")),
     };
     let local = server::local_addr(&listener).unwrap_or(addr);
+    let metrics_listener = if config.metrics.enabled {
+        let maddr = match config.metrics_addr() {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        match rstmdb_server::metrics::bind(maddr).await {
+            Ok(l) => Some(l),
+            Err(e) => return fail(format!("binding metrics.bind_addr {maddr}: {e}")),
+        }
+    } else {
+        None
+    };
     let mode = if acceptor.is_some() { "TLS" } else { "plain" };
     let shared = Arc::new(Shared::new(db.clone(), config, auth, acceptor, audit));
+    if let Some(l) = metrics_listener {
+        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("Metrics server listening on http://{at}/metrics");
+        tokio::spawn(rstmdb_server::metrics::serve(l, shared.clone()));
+    }
     tokio::spawn(reload_on_sighup(shared.clone(), config_path.clone(), hup));
     tracing::info!("Server listening on {local} ({mode})");
-    server::serve(listener, shared.clone(), shutdown_signal(term, int)).await;
+    let stopping = {
+        let shared = shared.clone();
+        async move {
+            shutdown_signal(term, int).await;
+            shared.metrics.set_not_ready();
+        }
+    };
+    server::serve(listener, shared.clone(), stopping).await;
     if let Some(a) = &shared.audit {
         a.sync();
     }
@@ -213,7 +237,7 @@ async fn reload_on_sighup(
                 if let Some(a) = acceptor {
                     shared.set_tls(a);
                 }
-                let n = shared.counters.reloads_ok.fetch_add(1, Relaxed) + 1;
+                let n = shared.metrics.reloads_ok.fetch_add(1, Relaxed) + 1;
                 tracing::info!(
                     result = "ok",
                     tokens,
@@ -223,7 +247,7 @@ async fn reload_on_sighup(
                 );
             }
             Err(e) => {
-                let n = shared.counters.reloads_failed.fetch_add(1, Relaxed) + 1;
+                let n = shared.metrics.reloads_failed.fetch_add(1, Relaxed) + 1;
                 tracing::error!(result = "failed", error = %e, reloads_failed = n, "SIGHUP reload failed; keeping the previous material");
             }
         }

@@ -4,6 +4,7 @@
 use crate::audit::AuditLog;
 use crate::auth::{Auth, Throttle};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::session::{self, ConnInfo};
 use crate::tls;
 use rstmdb_storage::Database;
@@ -30,16 +31,10 @@ pub struct Shared {
     /// `Some` when TLS is on; replaced on SIGHUP, read once per handshake.
     tls: std::sync::RwLock<Option<Arc<ServerConfig>>>,
     pub audit: Option<AuditLog>,
-    pub counters: Counters,
-}
-
-/// Event counts kept for the logs now and the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub reloads_ok: std::sync::atomic::AtomicU64,
-    pub reloads_failed: std::sync::atomic::AtomicU64,
-    pub auth_failures: std::sync::atomic::AtomicU64,
-    pub tls_handshake_failures: std::sync::atomic::AtomicU64,
+    /// Always counted; served only when `metrics.enabled`.
+    pub metrics: Arc<Metrics>,
+    /// Whether requests are timed and counted (metrics endpoint on).
+    pub metrics_on: bool,
 }
 
 impl Shared {
@@ -51,6 +46,7 @@ impl Shared {
         audit: Option<AuditLog>,
     ) -> Shared {
         let (flush_epoch, _) = watch::channel(0u64);
+        let metrics_on = config.metrics.enabled;
         Shared {
             db,
             config,
@@ -59,7 +55,8 @@ impl Shared {
             flush_epoch,
             tls: std::sync::RwLock::new(tls),
             audit,
-            counters: Counters::default(),
+            metrics: Arc::new(Metrics::default()),
+            metrics_on,
         }
     }
 
@@ -159,6 +156,8 @@ async fn connection(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
+    let metrics = shared.metrics.clone();
+    let _active = metrics.connection();
     let Some(acceptor) = shared.tls() else {
         tracing::debug!(%peer, "client connected");
         let (rd, wr) = stream.into_split();
@@ -174,7 +173,7 @@ async fn connection(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared
-                .counters
+                .metrics
                 .tls_handshake_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
@@ -182,7 +181,7 @@ async fn connection(
         }
         Err(_) => {
             shared
-                .counters
+                .metrics
                 .tls_handshake_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%peer, "TLS handshake timed out");

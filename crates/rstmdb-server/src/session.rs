@@ -20,6 +20,7 @@ use crate::auth::{Principal, glob_match};
 use crate::authz;
 use crate::error::bad_request;
 use crate::handlers;
+use crate::metrics::{Closure, SubKind};
 use crate::server::Shared;
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared as SharedFuture};
@@ -469,38 +470,48 @@ impl Session {
         }
     }
 
-    /// Runs one request; with the audit log on, its outcome is recorded when it completes.
+    /// Runs one request; with the audit log or metrics on, its outcome is recorded when it
+    /// completes.
     fn dispatch(&mut self, inbound: Inbound) -> Pending {
         let decoded = decode_request(&inbound.payload);
-        let Some(audit) = self.shared.audit.clone() else {
+        let audit = self.shared.audit.clone();
+        if audit.is_none() && !self.shared.metrics_on {
             return self.dispatch_inner(decoded, inbound.payload);
-        };
+        }
         let start = std::time::Instant::now();
-        let fields = match &decoded {
-            Ok(r) => AuditFields::of(&r.command),
-            Err(_) => AuditFields::default(),
+        let op = decoded.as_ref().ok().map(|r| r.command.op());
+        let fields = match (&audit, &decoded) {
+            (Some(_), Ok(r)) => AuditFields::of(&r.command),
+            _ => AuditFields::default(),
         };
         let pending = self.dispatch_inner(decoded, inbound.payload);
         let identity = self.principal.as_ref().map(|p| p.name.clone());
         let client_addr = self.peer.to_string();
+        let metrics = self.shared.metrics_on.then(|| self.shared.metrics.clone());
         Box::pin(async move {
             let out = pending.await;
-            let error_code = match &out.response.body {
+            let error = match &out.response.body {
                 rstmdb_protocol::ResponseBody::Ok(_) => None,
-                rstmdb_protocol::ResponseBody::Err(e) => Some(e.code.as_str()),
+                rstmdb_protocol::ResponseBody::Err(e) => Some(e.code),
             };
-            audit.record(Record {
-                timestamp: rfc3339_now(),
-                client_addr,
-                identity,
-                op: fields.op,
-                instance_id: fields.instance_id,
-                machine: fields.machine,
-                event: fields.event,
-                status: if error_code.is_some() { "error" } else { "ok" },
-                error_code,
-                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
-            });
+            let elapsed = start.elapsed();
+            if let Some(m) = metrics {
+                m.request(op, elapsed, error);
+            }
+            if let Some(audit) = audit {
+                audit.record(Record {
+                    timestamp: rfc3339_now(),
+                    client_addr,
+                    identity,
+                    op: fields.op,
+                    instance_id: fields.instance_id,
+                    machine: fields.machine,
+                    event: fields.event,
+                    status: if error.is_some() { "error" } else { "ok" },
+                    error_code: error.map(ErrorCode::as_str),
+                    duration_ms: elapsed.as_secs_f64() * 1000.0,
+                });
+            }
             out
         })
     }
@@ -638,7 +649,7 @@ impl Session {
                         Err(why) => {
                             tracing::info!(peer = %self.peer, reason = why, "authentication failed");
                             self.shared
-                                .counters
+                                .metrics
                                 .auth_failures
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.shared.auth_throttle.record_failure(self.peer.ip());
@@ -773,7 +784,14 @@ impl Session {
         let overflow = self.overflow.clone();
         let mut flush = self.shared.flush_epoch.subscribe();
         let peer = self.peer;
+        let metrics = self.shared.metrics.clone();
+        let kind = match w.filter {
+            Filter::Instance(_) => SubKind::Instance,
+            Filter::All(_) => SubKind::All,
+        };
         *slot = Some(tokio::spawn(async move {
+            // Counted down however the task ends (UNWATCH, disconnect, FLUSH_ALL, abort).
+            let _active = metrics.subscription(kind);
             let PendingWatch {
                 id,
                 mut stream,
@@ -807,8 +825,9 @@ impl Session {
                             continue;
                         };
                         match tx.try_send(bytes) {
-                            Ok(()) => {}
+                            Ok(()) => metrics.event_forwarded(kind),
                             Err(mpsc::error::TrySendError::Full(_)) => {
+                                metrics.subscriber_closed(Closure::QueueFull);
                                 overflow.notify_one();
                                 return;
                             }
@@ -817,6 +836,7 @@ impl Session {
                     }
                     Err(WatchError::Lagged(n)) => {
                         tracing::warn!(%peer, subscription = %id, missed = n, "subscription lagged");
+                        metrics.subscriber_closed(Closure::Lagged);
                         overflow.notify_one();
                         return;
                     }
@@ -825,6 +845,7 @@ impl Session {
                         // No end-of-stream message exists in RCP: close the connection, so
                         // the client reconnects and its resume attempt reports the cause.
                         tracing::warn!(%peer, subscription = %id, error = %e, "subscription ended");
+                        metrics.subscriber_closed(Closure::Error);
                         overflow.notify_one();
                         return;
                     }

@@ -24,6 +24,7 @@
 use crate::config::FsyncPolicy;
 use crate::entry::WalEntry;
 use crate::state::{self, ChangeEvent, FlushCounts, View, keys};
+use crate::stats::{GROUP_SIZES, Histogram, LATENCY_MICROS};
 use crate::wal::{Wal, WalError, WalPublisher, WalStats};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -103,8 +104,8 @@ pub(crate) struct TrimOutcome {
     pub segments_left: u64,
 }
 
-/// Counters shared with the rest of the engine (and later with metrics).
-#[derive(Debug, Default)]
+/// Counters shared with the rest of the engine and with the server's metrics.
+#[derive(Debug)]
 pub struct CommitStats {
     pub groups: AtomicU64,
     pub records: AtomicU64,
@@ -113,6 +114,34 @@ pub struct CommitStats {
     /// Records written since the last checkpoint.
     pub records_since_checkpoint: AtomicU64,
     pub bytes_since_checkpoint: AtomicU64,
+    /// Records per group commit.
+    pub group_size: Histogram,
+    /// Duration of each WAL fdatasync, µs.
+    pub fsync_micros: Histogram,
+    /// Duration of each checkpoint, µs.
+    pub checkpoint_micros: Histogram,
+    /// How long the last open (recovery included) took, µs.
+    pub recovery_micros: AtomicU64,
+    /// WAL records replayed by the last open.
+    pub recovery_records: AtomicU64,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            groups: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            fsync_micros_total: AtomicU64::new(0),
+            records_since_checkpoint: AtomicU64::new(0),
+            bytes_since_checkpoint: AtomicU64::new(0),
+            group_size: Histogram::new(GROUP_SIZES),
+            fsync_micros: Histogram::new(LATENCY_MICROS),
+            checkpoint_micros: Histogram::new(LATENCY_MICROS),
+            recovery_micros: AtomicU64::new(0),
+            recovery_records: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Set once the apply stage fails: the state store no longer matches the log, so every
@@ -339,10 +368,12 @@ impl LogStage {
     fn sync(&mut self) -> Result<(), WalError> {
         let started = Instant::now();
         let r = self.wal.sync();
+        let micros = started.elapsed().as_micros() as u64;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.stats
             .fsync_micros_total
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(micros, Ordering::Relaxed);
+        self.stats.fsync_micros.observe(micros);
         self.last_sync = Instant::now();
         self.unsynced_records = 0;
         if let Err(e) = r {
@@ -408,6 +439,7 @@ impl LogStage {
 
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
         self.stats.records.fetch_add(n, Ordering::Relaxed);
+        self.stats.group_size.observe(n);
         let since = self
             .stats
             .records_since_checkpoint

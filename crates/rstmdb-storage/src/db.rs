@@ -499,11 +499,22 @@ impl Database {
         if let Ok(mut t) = database.inner.threads.lock() {
             t.extend(threads);
         }
+        let open_micros = started.elapsed().as_micros() as u64;
+        database
+            .inner
+            .stats
+            .recovery_micros
+            .store(open_micros, std::sync::atomic::Ordering::Relaxed);
+        database
+            .inner
+            .stats
+            .recovery_records
+            .store(replayed, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             checkpoint,
             replayed,
             last_offset = database.inner.reader.published_seq(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = open_micros / 1000,
             "database open"
         );
         Ok(database)
@@ -1466,6 +1477,10 @@ impl Database {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "checkpoint"
         );
+        self.inner
+            .stats
+            .checkpoint_micros
+            .observe(started.elapsed().as_micros() as u64);
         Ok(CheckpointOutcome {
             checkpoint_offset: mark.checkpoint_seq,
             segments_deleted: trim.segments_deleted,

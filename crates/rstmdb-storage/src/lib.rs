@@ -42,6 +42,7 @@ mod locks;
 mod state;
 pub mod wal;
 
+pub mod stats;
 pub use commit::CommitStats;
 pub use config::{FsyncPolicy, StorageConfig};
 pub use db::{
