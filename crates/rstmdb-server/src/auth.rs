@@ -226,6 +226,20 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The index of the first hash equal to `digest`. Every hash is compared in full with
+/// `subtle` (no early exit on a differing byte, none on a match), and the index is picked
+/// with constant-time selects, so timing reveals neither whether nor where it matched.
+fn ct_find<'a>(hashes: impl Iterator<Item = &'a [u8; 32]>, digest: &[u8; 32]) -> Option<usize> {
+    let mut matched = subtle::Choice::from(0u8);
+    let mut index = 0u64;
+    for (i, h) in hashes.enumerate() {
+        let eq = h.ct_eq(digest);
+        index = u64::conditional_select(&index, &(i as u64), eq & !matched);
+        matched |= eq;
+    }
+    bool::from(matched).then_some(index as usize)
+}
+
 /// `<role>[,<machine-glob>…]`, as in a secrets-file line or `auth.cert_identities`.
 fn parse_grant(name: &str, grant: &str) -> Result<Principal, String> {
     let mut parts = grant.split(',');
@@ -345,24 +359,12 @@ impl Auth {
                 Ok(Principal::anonymous())
             };
         }
-        // Compare against every hash without stopping early; which entry matched is picked
-        // with constant-time selects, so timing says nothing about the position either.
-        let mut matched = subtle::Choice::from(0u8);
-        let mut index = 0u64;
-        for (i, e) in self.entries.iter().enumerate() {
-            let eq = e.hash.ct_eq(&digest);
-            index = u64::conditional_select(&index, &(i as u64), eq & !matched);
-            matched |= eq;
-        }
+        let found = ct_find(self.entries.iter().map(|e| &e.hash), &digest);
         digest.zeroize();
-        if bool::from(matched) {
-            self.entries
-                .get(index as usize)
-                .map(|e| e.principal.clone())
-                .ok_or("invalid token")
-        } else {
-            Err("invalid token")
-        }
+        found
+            .and_then(|i| self.entries.get(i))
+            .map(|e| e.principal.clone())
+            .ok_or("invalid token")
     }
 
     /// The principal of a verified client certificate's CN, when `identity_from_cert` is on
@@ -539,6 +541,21 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn constant_time_search_finds_the_first_match_anywhere() {
+        let h = |b: u8| [b; 32];
+        let list = [h(1), h(2), h(3), h(2)];
+        assert_eq!(ct_find(list.iter(), &h(1)), Some(0));
+        assert_eq!(ct_find(list.iter(), &h(2)), Some(1));
+        assert_eq!(ct_find(list.iter(), &h(3)), Some(2));
+        assert_eq!(ct_find(list.iter(), &h(9)), None);
+        // Differs only in the last byte: still no match (every byte is compared).
+        let mut near = h(3);
+        near[31] = 4;
+        assert_eq!(ct_find(list.iter(), &near), None);
+        assert_eq!(ct_find([].iter(), &h(1)), None);
     }
 
     #[test]
