@@ -1,24 +1,38 @@
-//! `rstmdb-bench`: drives a running rstmdb server over TCP.
+//! `rstmdb-bench`: drives a running rstmdb server over TCP or TLS.
 //!
 //! ```text
-//! rstmdb-bench --addr 127.0.0.1:7401 --connections 1,16,64 --workload apply|get --seconds 5 [--server-pid PID]
+//! rstmdb-bench --addr 127.0.0.1:7401 --connections 1,16,64 \
+//!     --workload apply|create|get|mixed|watch-fanout --seconds 5 \
+//!     [--rate OPS_PER_SEC] [--watchers N] [--server-pid PID] [--format json|text] \
+//!     [--tls-ca ca.pem [--server-name localhost] [--client-cert c.pem --client-key k.pem]] \
+//!     [--token TOKEN]
 //! ```
 //!
-//! Closed loop: every connection has one request in flight and sends the next as soon as the
-//! answer arrives. Prints one JSON line per (workload, connections): ops/s, latency
-//! percentiles and, with `--server-pid`, the server's CPU time (utime + stime from
-//! `/proc/PID/stat`) per operation.
+//! Workloads: `apply` (durable APPLY_EVENT, each connection on its own instance), `create`
+//! (CREATE_INSTANCE with fresh ids), `get` (GET_INSTANCE), `mixed` (per request: 80 % GET,
+//! 15 % APPLY, 5 % CREATE), `watch-fanout` (APPLY load while `--watchers` connections each
+//! WATCH_ALL; reports events delivered per second and the event delay behind the write).
+//!
+//! Closed loop by default: every connection has one request in flight and sends the next as
+//! soon as the answer arrives. With `--rate`, requests are scheduled at a fixed total rate
+//! spread over the connections and latency is measured from the scheduled send time, so a
+//! stalled server shows up in the percentiles instead of silently lowering the load.
+//! Output: one line per (workload, connections): ops/s, p50/p99/p999/max latency and, with
+//! `--server-pid`, the server's CPU time (utime + stime from `/proc/PID/stat`) per operation.
 
 use bytes::Bytes;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use rstmdb_protocol::FrameCodec;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Parser, Clone)]
 #[command(name = "rstmdb-bench", version, about = "Load generator for rstmdb")]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:7401")]
@@ -26,36 +40,71 @@ struct Args {
     /// Comma-separated connection counts, one run each.
     #[arg(long, default_value = "1,16,64")]
     connections: String,
-    /// `apply` (durable APPLY_EVENT, each connection on its own instance) or `get`.
+    /// apply, create, get, mixed or watch-fanout.
     #[arg(long, default_value = "apply")]
     workload: String,
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Total target rate (requests per second over all connections); closed loop if absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Subscribers for `watch-fanout`.
+    #[arg(long, default_value_t = 4)]
+    watchers: usize,
     /// The server's pid, to report its CPU time per operation.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// `json` (one object per line) or `text`.
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// Connect with TLS, trusting this CA bundle (PEM).
+    #[arg(long)]
+    tls_ca: Option<String>,
+    /// Name to check in the server certificate (default: the host part of --addr).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Client certificate and key (PEM) for mTLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<String>,
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<String>,
+    /// Bearer token sent with AUTH on every connection.
+    #[arg(long, env = "RSTMDB_TOKEN")]
+    token: Option<String>,
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Conn = Framed<Box<dyn Io>, FrameCodec>;
 
 fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("rstmdb-bench: {msg}");
     std::process::exit(2)
 }
 
-async fn call(conn: &mut Conn, id: u64, op: &str, params: Value) -> Result<Value, String> {
+async fn send(conn: &mut Conn, id: u64, op: &str, params: Value) -> Result<(), String> {
     let req = json!({"type": "request", "id": id.to_string(), "op": op, "params": params});
     let bytes = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     conn.send(Bytes::from(bytes))
         .await
+        .map_err(|e| e.to_string())
+}
+
+/// The next message (response or event).
+async fn recv(conn: &mut Conn) -> Result<Value, String> {
+    let frame = conn
+        .next()
+        .await
+        .ok_or("connection closed")?
         .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&frame.payload).map_err(|e| e.to_string())
+}
+
+async fn call(conn: &mut Conn, id: u64, op: &str, params: Value) -> Result<Value, String> {
+    send(conn, id, op, params).await?;
     loop {
-        let frame = conn
-            .next()
-            .await
-            .ok_or("connection closed")?
-            .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_slice(&frame.payload).map_err(|e| e.to_string())?;
+        let v = recv(conn).await?;
         if v["type"] == "response" {
             if v["status"] == "ok" {
                 return Ok(v["result"].clone());
@@ -65,12 +114,73 @@ async fn call(conn: &mut Conn, id: u64, op: &str, params: Value) -> Result<Value
     }
 }
 
-async fn connect(addr: &str) -> Conn {
-    let s = TcpStream::connect(addr)
+fn tls_config(args: &Args) -> Option<Arc<tokio_rustls::rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let ca = args.tls_ca.as_ref()?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| fail(format!("{ca}: {e}"))) {
+        let c = c.unwrap_or_else(|e| fail(format!("{ca}: {e}")));
+        roots.add(c).unwrap_or_else(|e| fail(format!("{ca}: {e}")));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| fail(e))
+        .with_root_certificates(roots);
+    let cfg = match (&args.client_cert, &args.client_key) {
+        (Some(c), Some(k)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
+                .unwrap_or_else(|e| fail(format!("{c}: {e}")))
+                .collect::<Result<_, _>>()
+                .unwrap_or_else(|e| fail(format!("{c}: {e}")));
+            let key = PrivateKeyDer::from_pem_file(k).unwrap_or_else(|e| fail(format!("{k}: {e}")));
+            builder
+                .with_client_auth_cert(chain, key)
+                .unwrap_or_else(|e| fail(e))
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Some(Arc::new(cfg))
+}
+
+#[derive(Clone)]
+struct Target {
+    addr: String,
+    tls: Option<(Arc<tokio_rustls::rustls::ClientConfig>, String)>,
+    token: Option<String>,
+}
+
+async fn connect(t: &Target) -> Conn {
+    let s = TcpStream::connect(&t.addr)
         .await
-        .unwrap_or_else(|e| fail(format!("connect {addr}: {e}")));
+        .unwrap_or_else(|e| fail(format!("connect {}: {e}", t.addr)));
     let _ = s.set_nodelay(true);
-    Framed::new(s, FrameCodec::new())
+    let io: Box<dyn Io> = match &t.tls {
+        None => Box::new(s),
+        Some((cfg, name)) => {
+            let name = rustls_pki_types::ServerName::try_from(name.clone())
+                .unwrap_or_else(|e| fail(format!("--server-name: {e}")));
+            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, s)
+                .await
+                .unwrap_or_else(|e| fail(format!("TLS handshake: {e}")));
+            Box::new(tls)
+        }
+    };
+    let mut conn = Framed::new(io, FrameCodec::new());
+    if let Some(token) = &t.token {
+        call(
+            &mut conn,
+            0,
+            "AUTH",
+            json!({"method": "bearer", "token": token}),
+        )
+        .await
+        .unwrap_or_else(|e| fail(format!("AUTH: {e}")));
+    }
+    conn
 }
 
 /// CPU seconds (utime + stime) of a process.
@@ -92,8 +202,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     (sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e6).round()
 }
 
-async fn setup(addr: &str, connections: usize, run: usize) {
-    let mut c = connect(addr).await;
+async fn setup(t: &Target, connections: usize, run: usize) {
+    let mut c = connect(t).await;
     let def = json!({"states": ["a", "b"], "initial": "a", "transitions": [
         {"from": "a", "event": "GO", "to": "b"}, {"from": "b", "event": "GO", "to": "a"}]});
     call(
@@ -121,54 +231,136 @@ async fn setup(addr: &str, connections: usize, run: usize) {
     }
 }
 
-async fn run_one(args: &Args, connections: usize, run: usize) {
-    setup(&args.addr, connections, run).await;
+/// A cheap deterministic mix (no RNG dependency): request n of connection i.
+fn mixed_op(i: usize, n: u64) -> &'static str {
+    match (n.wrapping_mul(2_654_435_761).wrapping_add(i as u64)) % 20 {
+        0 => "CREATE_INSTANCE",
+        1..=3 => "APPLY_EVENT",
+        _ => "GET_INSTANCE",
+    }
+}
+
+fn request(workload: &str, i: usize, n: u64, instance: &str, run: usize) -> (&'static str, Value) {
+    let op = match workload {
+        "get" => "GET_INSTANCE",
+        "create" => "CREATE_INSTANCE",
+        "mixed" => mixed_op(i, n),
+        _ => "APPLY_EVENT",
+    };
+    let params = match op {
+        "GET_INSTANCE" => json!({"instance_id": instance}),
+        "CREATE_INSTANCE" => json!({
+            "instance_id": format!("bench-{run}-{i}-{n}-{}", std::process::id()),
+            "machine": "bench", "version": 1,
+            "initial_ctx": {"n": n}
+        }),
+        _ => json!({"instance_id": instance, "event": "GO"}),
+    };
+    (op, params)
+}
+
+/// Subscribers for watch-fanout: each counts events and their delay behind the write
+/// (measured against the writer's clock through the payload's `t_us`).
+fn spawn_watchers(
+    t: &Target,
+    n: usize,
+    epoch: Instant,
+    stop: Instant,
+) -> Vec<tokio::task::JoinHandle<(u64, Vec<Duration>)>> {
+    (0..n)
+        .map(|_| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let mut conn = connect(&t).await;
+                call(&mut conn, 1, "WATCH_ALL", json!({"machines": ["bench"]}))
+                    .await
+                    .unwrap_or_else(|e| fail(format!("WATCH_ALL: {e}")));
+                let mut events = 0u64;
+                let mut delays = Vec::new();
+                // Events still in flight when the writers stop are drained for 2 s.
+                let grace = stop + Duration::from_secs(2);
+                while Instant::now() < grace {
+                    let left = grace.saturating_duration_since(Instant::now());
+                    let Ok(Ok(v)) = tokio::time::timeout(left, recv(&mut conn)).await else {
+                        break;
+                    };
+                    if v["type"] != "event" {
+                        continue;
+                    }
+                    events += 1;
+                    if let Some(sent) = v["payload"]["t_us"].as_u64() {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        delays.push(Duration::from_micros(now.saturating_sub(sent)));
+                    }
+                }
+                (events, delays)
+            })
+        })
+        .collect()
+}
+
+async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
+    setup(t, connections, run).await;
+    let epoch = Instant::now();
+    let fanout = args.workload == "watch-fanout";
+    let stop = Instant::now() + Duration::from_secs(args.seconds);
+    let watchers = if fanout {
+        let w = spawn_watchers(t, args.watchers, epoch, stop);
+        // Give the subscriptions a moment to be in place before writes start.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w
+    } else {
+        Vec::new()
+    };
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let cpu_before = args.server_pid.and_then(cpu_secs);
     let started = Instant::now();
+    let errors = Arc::new(AtomicU64::new(0));
+    let interval = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(connections as f64 / r));
     let mut tasks = Vec::new();
     for i in 0..connections {
-        let addr = args.addr.clone();
+        let t = t.clone();
         let workload = args.workload.clone();
+        let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = connect(&addr).await;
+            let mut conn = connect(&t).await;
             let instance = format!("bench-{run}-{i}");
             let mut lat = Vec::new();
             let mut n = 0u64;
+            // Spread the connections' schedules over one interval.
+            let mut next = interval
+                .map(|iv| Instant::now() + iv.mul_f64(i as f64 / connections.max(1) as f64));
             while Instant::now() < deadline {
                 n += 1;
-                let t = Instant::now();
-                let r = match workload.as_str() {
-                    "get" => {
-                        call(
-                            &mut conn,
-                            n,
-                            "GET_INSTANCE",
-                            json!({"instance_id": instance}),
-                        )
-                        .await
+                let t0 = match (next, interval) {
+                    (Some(at), Some(iv)) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        next = Some(at + iv);
+                        at
                     }
-                    _ => {
-                        call(
-                            &mut conn,
-                            n,
-                            "APPLY_EVENT",
-                            json!({"instance_id": instance, "event": "GO"}),
-                        )
-                        .await
-                    }
+                    _ => Instant::now(),
                 };
-                if let Err(e) = r {
-                    fail(e);
+                let (op, mut params) = request(&workload, i, n, &instance, run);
+                if fanout {
+                    params["payload"] = json!({"t_us": epoch.elapsed().as_micros() as u64});
                 }
-                lat.push(t.elapsed());
+                match call(&mut conn, n, op, params).await {
+                    Ok(_) => lat.push(t0.elapsed()),
+                    Err(e) if e.contains("RATE_LIMITED") || e.contains("CONFLICT") => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => fail(e),
+                }
             }
             lat
         }));
     }
     let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap_or_else(|e| fail(e)));
+    for task in tasks {
+        all.extend(task.await.unwrap_or_else(|e| fail(e)));
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu_after = args.server_pid.and_then(cpu_secs);
@@ -178,24 +370,94 @@ async fn run_one(args: &Args, connections: usize, run: usize) {
         (Some(a), Some(b)) if ops > 0.0 => Some(((b - a) / ops * 1e6 * 10.0).round() / 10.0),
         _ => None,
     };
-    println!(
-        "{}",
-        json!({
-            "workload": args.workload,
-            "connections": connections,
-            "ops": all.len(),
-            "ops_per_sec": (ops / secs).round(),
-            "p50_us": pct(&all, 0.5),
-            "p99_us": pct(&all, 0.99),
-            "p999_us": pct(&all, 0.999),
-            "max_us": pct(&all, 1.0),
-            "server_cpu_us_per_op": cpu_us_per_op,
-        })
-    );
+    let mut out = json!({
+        "workload": args.workload,
+        "connections": connections,
+        "target_rate": args.rate,
+        "ops": all.len(),
+        "errors": errors.load(Ordering::Relaxed),
+        "ops_per_sec": (ops / secs).round(),
+        "p50_us": pct(&all, 0.5),
+        "p99_us": pct(&all, 0.99),
+        "p999_us": pct(&all, 0.999),
+        "max_us": pct(&all, 1.0),
+        "server_cpu_us_per_op": cpu_us_per_op,
+    });
+    if fanout {
+        let mut events = 0u64;
+        let mut delays = Vec::new();
+        for w in watchers {
+            let (e, d) = w.await.unwrap_or_else(|e| fail(e));
+            events += e;
+            delays.extend(d);
+        }
+        delays.sort_unstable();
+        out["watchers"] = json!(args.watchers);
+        out["events_delivered"] = json!(events);
+        out["events_expected"] = json!(all.len() as u64 * args.watchers as u64);
+        out["events_per_sec"] = json!((events as f64 / secs).round());
+        out["event_delay_p50_us"] = json!(pct(&delays, 0.5));
+        out["event_delay_p99_us"] = json!(pct(&delays, 0.99));
+    }
+    if args.format == "text" {
+        let o = &out;
+        println!(
+            "{:<12} conns={:<4} ops/s={:<8} p50={}µs p99={}µs p999={}µs max={}µs errors={} cpu/op={}{}",
+            args.workload,
+            connections,
+            o["ops_per_sec"],
+            o["p50_us"],
+            o["p99_us"],
+            o["p999_us"],
+            o["max_us"],
+            o["errors"],
+            o["server_cpu_us_per_op"]
+                .as_f64()
+                .map_or("-".to_string(), |v| format!("{v}µs")),
+            if fanout {
+                format!(
+                    " events/s={} delivered={}/{} delay_p50={}µs delay_p99={}µs",
+                    o["events_per_sec"],
+                    o["events_delivered"],
+                    o["events_expected"],
+                    o["event_delay_p50_us"],
+                    o["event_delay_p99_us"]
+                )
+            } else {
+                String::new()
+            }
+        );
+    } else {
+        println!("{out}");
+    }
 }
 
 fn main() {
     let args = Args::parse();
+    if !["apply", "create", "get", "mixed", "watch-fanout"].contains(&args.workload.as_str()) {
+        fail(format!(
+            "--workload {}: expected apply, create, get, mixed or watch-fanout",
+            args.workload
+        ));
+    }
+    if !["json", "text"].contains(&args.format.as_str()) {
+        fail("--format: expected json or text");
+    }
+    let tls = tls_config(&args).map(|cfg| {
+        let name = args.server_name.clone().unwrap_or_else(|| {
+            args.addr
+                .rsplit_once(':')
+                .map_or(args.addr.clone(), |(h, _)| {
+                    h.trim_matches(['[', ']']).to_string()
+                })
+        });
+        (cfg, name)
+    });
+    let target = Target {
+        addr: args.addr.clone(),
+        tls,
+        token: args.token.clone(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -206,7 +468,7 @@ fn main() {
                 .trim()
                 .parse()
                 .unwrap_or_else(|e| fail(format!("--connections: {e}")));
-            run_one(&args, c, run).await;
+            run_one(&args, &target, c, run).await;
         }
     });
 }
