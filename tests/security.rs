@@ -524,6 +524,10 @@ fn audit_log_has_one_json_line_per_request_and_no_secret() {
     assert_eq!(applied["identity"], "orders-svc");
     assert_eq!(applied["instance_id"], "o-1");
     assert_eq!(applied["event"], "PAY");
+    assert_eq!(
+        applied["machine"], "order",
+        "instance ops name their machine"
+    );
     let refused = find("CREATE_INSTANCE", "error");
     assert_eq!(refused["error_code"], "UNAUTHORIZED");
     assert_eq!(refused["machine"], "payment");

@@ -488,6 +488,7 @@ impl Session {
         let identity = self.principal.as_ref().map(|p| p.name.clone());
         let client_addr = self.peer.to_string();
         let metrics = self.shared.metrics_on.then(|| self.shared.metrics.clone());
+        let shared = self.shared.clone();
         Box::pin(async move {
             let out = pending.await;
             let error = match &out.response.body {
@@ -499,13 +500,19 @@ impl Session {
                 m.request(op, elapsed, error);
             }
             if let Some(audit) = audit {
+                // Instance ops name no machine; the audit trail should (one state-store
+                // read, only with the audit log on). Gone instances leave it null.
+                let machine = fields.machine.or_else(|| {
+                    let id = fields.instance_id.as_deref()?;
+                    shared.db.get_instance(id).ok().map(|i| i.machine)
+                });
                 audit.record(Record {
                     timestamp: rfc3339_now(),
                     client_addr,
                     identity,
                     op: fields.op,
                     instance_id: fields.instance_id,
-                    machine: fields.machine,
+                    machine,
                     event: fields.event,
                     status: if error.is_some() { "error" } else { "ok" },
                     error_code: error.map(ErrorCode::as_str),
