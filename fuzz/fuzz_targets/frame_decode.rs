@@ -77,8 +77,16 @@ fuzz_target!(|data: &[u8]| {
 
     let frame = |f: rstmdb_protocol::Frame| (f.flags, f.payload.to_vec());
     let whole = run(FrameCodec::with_max_payload_bytes(max), stream, 0, frame);
-    let pieces = run(FrameCodec::with_max_payload_bytes(max), stream, chunk, frame);
-    assert_eq!(whole, pieces, "frames: piecewise decoding differs (chunk {chunk})");
+    let pieces = run(
+        FrameCodec::with_max_payload_bytes(max),
+        stream,
+        chunk,
+        frame,
+    );
+    assert_eq!(
+        whole, pieces,
+        "frames: piecewise decoding differs (chunk {chunk})"
+    );
 
     // Every frame we accept can be re-encoded within the same limit and decodes back.
     let codec = FrameCodec::with_max_payload_bytes(max);
@@ -87,15 +95,32 @@ fuzz_target!(|data: &[u8]| {
         let mut enc = codec;
         enc.encode(&payload[..], &mut buf)
             .unwrap_or_else(|e| panic!("re-encoding an accepted payload failed: {e}"));
-        let back = enc.decode(&mut buf).ok().flatten().map(|f| f.payload.to_vec());
+        let back = enc
+            .decode(&mut buf)
+            .ok()
+            .flatten()
+            .map(|f| f.payload.to_vec());
         assert_eq!(back.as_ref(), Some(payload), "frame round trip");
         assert!(buf.is_empty());
     }
 
     let inbound = |m: rstmdb_protocol::Inbound| (m.kind as u16, m.payload.to_vec());
-    let whole = run(InboundCodec::with_max_payload_bytes(max), stream, 0, inbound);
-    let pieces = run(InboundCodec::with_max_payload_bytes(max), stream, chunk, inbound);
-    assert_eq!(whole, pieces, "inbound: piecewise decoding differs (chunk {chunk})");
+    let whole = run(
+        InboundCodec::with_max_payload_bytes(max),
+        stream,
+        0,
+        inbound,
+    );
+    let pieces = run(
+        InboundCodec::with_max_payload_bytes(max),
+        stream,
+        chunk,
+        inbound,
+    );
+    assert_eq!(
+        whole, pieces,
+        "inbound: piecewise decoding differs (chunk {chunk})"
+    );
     for (_, payload) in &whole.messages {
         assert!(payload.len() <= max, "inbound message over the limit");
     }

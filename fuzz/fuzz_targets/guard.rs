@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
     match Guard::compile(&source) {
         Ok(guard) => {
             let first = guard.evaluate(&ctx, &payload);
-            assert_eq!(first, guard.evaluate(&ctx, &payload), "evaluation not deterministic");
+            assert_eq!(
+                first,
+                guard.evaluate(&ctx, &payload),
+                "evaluation not deterministic"
+            );
             let padded = format!(" \t{source}\u{3000} ");
             if padded.len() <= rstmdb_core::limits::MAX_GUARD_BYTES {
                 let again = Guard::compile(&padded)

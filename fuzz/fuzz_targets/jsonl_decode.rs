@@ -74,7 +74,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(line.len() <= max, "line over the limit: {}", line.len());
         assert!(!line.contains(&b'\n'), "line contains a newline");
         assert!(
-            !line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')),
+            !line
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')),
             "blank line yielded"
         );
         // A trailing `\r` is stripped on decode by design, so it cannot round-trip.

@@ -34,8 +34,16 @@ fuzz_target!(|data: &[u8]| {
     let canonical = machine.canonical_json();
     let again = Machine::new("fuzz", 1, &canonical)
         .unwrap_or_else(|e| panic!("canonical form rejected: {e}\n{canonical}"));
-    assert_eq!(again.checksum(), machine.checksum(), "checksum of the canonical form");
-    assert_eq!(again.canonical_json(), canonical, "canonicalising is not idempotent");
+    assert_eq!(
+        again.checksum(),
+        machine.checksum(),
+        "checksum of the canonical form"
+    );
+    assert_eq!(
+        again.canonical_json(),
+        canonical,
+        "canonicalising is not idempotent"
+    );
 
     let limits = InstanceLimits::default();
     let mut ctx = Map::new();
@@ -68,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
             };
             match apply_event(&instance, &machine, &request, round, &limits) {
                 Ok(applied) => {
-                    assert!(machine.has_state(&applied.to_state), "landed outside the machine");
+                    assert!(
+                        machine.has_state(&applied.to_state),
+                        "landed outside the machine"
+                    );
                     assert_eq!(applied.from_state, instance.state);
                     assert_eq!(applied.instance.state, applied.to_state);
                     instance = applied.instance;

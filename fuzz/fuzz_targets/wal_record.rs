@@ -67,12 +67,21 @@ fuzz_target!(|data: &[u8]| {
         payload_bytes + scan.records * RECORD_HEADER_BYTES as u64,
         "valid length is not the sum of the records"
     );
-    assert!(scan.valid_len <= image.len() as u64, "valid prefix past the end");
+    assert!(
+        scan.valid_len <= image.len() as u64,
+        "valid prefix past the end"
+    );
     match &scan.invalid {
         None => assert_eq!(scan.valid_len, image.len() as u64, "stopped early silently"),
-        Some(_) => assert!(scan.valid_len < image.len() as u64, "invalid record at the end"),
+        Some(_) => assert!(
+            scan.valid_len < image.len() as u64,
+            "invalid record at the end"
+        ),
     }
     if scan.definite {
-        assert!(scan.invalid.is_some(), "definite corruption without a reason");
+        assert!(
+            scan.invalid.is_some(),
+            "definite corruption without a reason"
+        );
     }
 });
