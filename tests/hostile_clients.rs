@@ -406,12 +406,9 @@ fn a_watcher_that_never_reads_neither_slows_writers_nor_grows_memory() {
 }
 
 /// decisions.md: "a subscriber that cannot keep up has its connection closed (logged, counted
-/// in metrics)". Today the subscription is dropped and counted, but the connection is not
-/// closed: the session is parked in the event write (the peer's window is full) and never
-/// polls the overflow signal or its idle timer, so it holds its connection slot until the
-/// client goes away. Run with `--ignored` once session.rs is fixed.
+/// in metrics)". The session's writes to a peer whose TCP window is full must not park it:
+/// the overflow signal (or a stall as long as the idle timeout) ends the connection.
 #[test]
-#[ignore = "server defect: a session blocked writing events to a non-reading peer never closes (session.rs)"]
 fn a_watcher_that_never_reads_is_disconnected() {
     let _serial = serial();
     let s = Server::with_config(json!({"network": {"subscription_queue_depth": 64}}));

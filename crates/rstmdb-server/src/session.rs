@@ -369,7 +369,20 @@ pub async fn run<R, W>(
             }
             Some(out) = pending.next(), if !pending.is_empty() => {
                 let close_after = out.close_after;
-                if let Err(e) = write(&mut writer, &out.response, out.mode).await {
+                // A peer that stops reading fills its TCP window and parks this write: a
+                // subscriber overflow or a stall as long as the idle timeout ends it.
+                let written = tokio::select! {
+                    r = write(&mut writer, &out.response, out.mode) => r,
+                    _ = overflow.notified() => {
+                        tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
+                        break;
+                    }
+                    _ = tokio::time::sleep(idle) => {
+                        tracing::warn!(peer = %s.peer, "client stopped reading responses; closing the connection");
+                        break;
+                    }
+                };
+                if let Err(e) = written {
                     tracing::debug!(peer = %s.peer, error = %e, "write failed");
                     break;
                 }
@@ -385,7 +398,18 @@ pub async fn run<R, W>(
             }
             Some(ev) = events_rx.recv(), if events_allowed => {
                 writer.encoder_mut().set_mode(s.mode);
-                if let Err(e) = writer.send(ev).await {
+                let sent = tokio::select! {
+                    r = writer.send(ev) => r,
+                    _ = overflow.notified() => {
+                        tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
+                        break;
+                    }
+                    _ = tokio::time::sleep(idle) => {
+                        tracing::warn!(peer = %s.peer, "client stopped reading events; closing the connection");
+                        break;
+                    }
+                };
+                if let Err(e) = sent {
                     tracing::debug!(peer = %s.peer, error = %e, "event write failed");
                     break;
                 }
