@@ -66,8 +66,15 @@ fn venv_dir() -> PathBuf {
         .join("py-venv")
 }
 
-/// The venv's python with the client installed.
+/// The venv's python with the client installed. Tests in this file run on parallel threads;
+/// the first one creates the venv and installs the client, the others wait for it (two
+/// `python3 -m venv` on one directory fail with "File exists").
 fn python_with_client() -> PathBuf {
+    static READY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    READY.get_or_init(install_client).clone()
+}
+
+fn install_client() -> PathBuf {
     let venv = venv_dir();
     let python = venv.join("bin").join("python");
     if !python.exists() {
