@@ -93,6 +93,8 @@ pub(crate) enum Command {
     },
     /// A timer tick for `every_ms`.
     Tick,
+    /// Tests: inject WAL faults (e.g. a slow disk) into the log stage.
+    SetFaults(crate::wal::FaultPlan),
     /// Commit what is queued, sync, stop.
     Shutdown,
 }
@@ -294,6 +296,7 @@ impl LogStage {
     fn control(&mut self, cmd: Command) {
         match cmd {
             Command::Commit(_) | Command::Shutdown => {}
+            Command::SetFaults(plan) => self.wal.set_fault(plan),
             Command::Tick => {
                 if let FsyncPolicy::EveryMs(ms) = self.policy
                     && self.unsynced_records > 0

@@ -551,6 +551,19 @@ impl Database {
         &self.inner.config
     }
 
+    /// Fault injection for tests (a slow or failing disk under the running engine); takes
+    /// effect for the writes queued after it.
+    #[doc(hidden)]
+    pub async fn inject_wal_faults(&self, plan: crate::wal::FaultPlan) -> Result<()> {
+        self.inner
+            .commit_tx
+            .send(Command::SetFaults(plan))
+            .await
+            .map_err(|_| Error::WalIo {
+                detail: "the database is closed".into(),
+            })
+    }
+
     /// Commit-pipeline counters (group commits, fsyncs, …).
     pub fn commit_stats(&self) -> &CommitStats {
         &self.inner.stats

@@ -24,6 +24,9 @@ pub struct FaultPlan {
     pub failing_syncs: u32,
     /// The next `n` truncations of a segment file fail.
     pub failing_truncates: u32,
+    /// Every fdatasync of a segment first sleeps this long (a slow disk). Unlike the other
+    /// faults it stays in force until the plan is replaced.
+    pub sync_delay: Option<std::time::Duration>,
 }
 
 fn injected(what: &str) -> io::Error {
@@ -76,6 +79,9 @@ impl Disk {
     /// fdatasync `file`.
     pub fn sync_data(&mut self, file: &File, path: &Path) -> Result<(), WalError> {
         IoStats::add(&self.stats.fsyncs, 1);
+        if let Some(d) = self.faults.sync_delay {
+            std::thread::sleep(d);
+        }
         let result = if self.faults.failing_syncs > 0 {
             self.faults.failing_syncs -= 1;
             Err(injected("fdatasync"))
