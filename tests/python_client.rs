@@ -4,6 +4,8 @@
 //! skipped compatibility check is worse than a red one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -146,47 +148,14 @@ fn sha_hex(token: &str) -> String {
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a clientAuth certificate, as PEM
-/// files in `dir`: (ca, server cert, server key, client cert, client key).
-fn make_pki(dir: &Path) -> [PathBuf; 5] {
-    let mut ca_p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_p.distinguished_name
-        .push(rcgen::DnType::CommonName, "py test CA");
-    ca_p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = ca_p.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_p, ca_key);
-    let leaf = |cn: &str, client: bool| {
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        p.subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let k = rcgen::KeyPair::generate().unwrap();
-        let c = p.signed_by(&k, &issuer).unwrap();
-        (c.pem(), k.serialize_pem())
-    };
-    let (scert, skey) = leaf("rstmdb", false);
-    let (ccert, ckey) = leaf("py-client", true);
-    let files = [
-        ("ca.pem", ca_cert.pem()),
-        ("server.pem", scert),
-        ("server-key.pem", skey),
-        ("client.pem", ccert),
-        ("client-key.pem", ckey),
-    ];
-    files.map(|(name, text)| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    })
+/// files in `pki`'s directory: (ca, server cert, server key, client cert, client key).
+fn make_pki(pki: &pki::Pki) -> [PathBuf; 5] {
+    let (cert, key, ca) = pki.server_files();
+    let client = pki::leaf(&pki.ca, "py-client", true, false);
+    let (ccert, ckey) = (pki.path("client.pem"), pki.path("client-key.pem"));
+    pki::write_600(&ccert, &client.cert_pem);
+    pki::write_600(&ckey, &client.key_pem);
+    [ca, cert, key, ccert, ckey]
 }
 
 fn run_secure(python: &Path, s: &Server, mode: &str, args: &[&str]) {
@@ -213,8 +182,8 @@ fn run_secure(python: &Path, s: &Server, mode: &str, args: &[&str]) {
 #[test]
 fn published_python_client_with_token_tls_and_mtls() {
     let python = python_with_client();
-    let dir = tempdir();
-    let [ca, cert, key, ccert, ckey] = make_pki(dir.path());
+    let pki = pki::Pki::new();
+    let [ca, cert, key, ccert, ckey] = make_pki(&pki);
     let p = |x: &PathBuf| x.to_string_lossy().into_owned();
     let token = "py-secret-token-4242";
 
