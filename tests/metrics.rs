@@ -268,3 +268,94 @@ fn promtool_check(body: &str) {
         out.status.code()
     );
 }
+
+/// deploy/grafana/rstmdb.json may only use metric families the server exports, and (when
+/// promtool is installed) every panel query must be valid PromQL.
+#[test]
+fn grafana_dashboard_uses_only_exported_metrics() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/rstmdb.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                // Grafana variables, as Grafana would fill them in.
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*")
+        })
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    let s = Server::with_config(json!({
+        "metrics": {"enabled": true, "bind_addr": "127.0.0.1:0"}
+    }));
+    let body = get(metrics_addr(&s), "/metrics").2;
+    for e in &exprs {
+        for name in metric_names(e) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|f| body.contains(&format!("# TYPE {f} histogram")))
+                })
+                .unwrap_or(&name);
+            assert!(
+                body.contains(&format!("# TYPE {family} ")),
+                "the dashboard uses {name}, which /metrics does not export (query: {e})"
+            );
+        }
+    }
+
+    // Each query as a recording rule: `promtool check rules` parses them.
+    let dir = tempdir();
+    let rules = dir.path().join("rules.yml");
+    let mut text = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        text.push_str(&format!(
+            "      - record: dashboard:q{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        ));
+    }
+    std::fs::write(&rules, text).unwrap();
+    match std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("promtool not installed: dashboard queries not parsed"),
+    }
+}
+
+/// Metric names in a PromQL expression: identifiers starting with `rstmdb_` or `process_`.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let starts = expr[i..].starts_with("rstmdb_") || expr[i..].starts_with("process_");
+        let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if starts && boundary {
+            let end = expr[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(b.len(), |n| i + n);
+            out.push(expr[i..end].to_string());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
