@@ -6,54 +6,28 @@
 
 #[path = "support/pki.rs"]
 mod pki;
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/mod.rs"]
 mod support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 const CLIENT: &str = "rstmdb==0.2.1";
 
 /// Run to completion with a deadline; returns (success, combined output).
 fn run(cmd: &mut Command, timeout: Duration) -> (bool, String) {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let ho = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let he = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = format!(
-        "--- stdout\n{}\n--- stderr\n{}",
-        ho.join().unwrap_or_default(),
-        he.join().unwrap_or_default()
-    );
+    let (status, out, err) = process::wait_with_timeout(child, timeout);
+    let text = format!("--- stdout\n{out}\n--- stderr\n{err}");
     match status {
         Some(st) => (st.success(), format!("exit {st}\n{text}")),
         None => (false, format!("timed out after {timeout:?}\n{text}")),

@@ -9,10 +9,13 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../support/process.rs"]
+mod process;
+use process::wait_with_timeout;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -404,38 +407,6 @@ pub fn run_cli(home: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&
         stdout: out.1,
         stderr: out.2,
     }
-}
-
-fn wait_with_timeout(mut child: Child, timeout: Duration) -> (Option<ExitStatus>, String, String) {
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        status,
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    )
 }
 
 /// A CLI bound to one server and a scratch `HOME`.
