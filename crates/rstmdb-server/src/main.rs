@@ -161,7 +161,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
             Ok(a) => a,
             Err(e) => return fail(e),
         };
-        match rstmdb_server::metrics::bind(maddr).await {
+        match tokio::net::TcpListener::bind(maddr).await {
             Ok(l) => Some(l),
             Err(e) => return fail(format!("binding metrics.bind_addr {maddr}: {e}")),
         }

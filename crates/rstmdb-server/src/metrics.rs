@@ -15,7 +15,6 @@ use crate::server::Shared;
 use rstmdb_protocol::{ErrorCode, Op};
 use rstmdb_storage::stats::{Histogram, HistogramSnapshot};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -640,9 +639,4 @@ async fn answer(mut stream: tokio::net::TcpStream, shared: &Shared) -> std::io::
     out.push_str(&body);
     stream.write_all(out.as_bytes()).await?;
     stream.shutdown().await
-}
-
-/// Binds the metrics listener (a startup error if it cannot).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

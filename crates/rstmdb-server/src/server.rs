@@ -31,10 +31,9 @@ pub struct Shared {
     /// `Some` when TLS is on; replaced on SIGHUP, read once per handshake.
     tls: std::sync::RwLock<Option<Arc<ServerConfig>>>,
     pub audit: Option<AuditLog>,
-    /// Always counted; served only when `metrics.enabled`.
+    /// Connections and subscriptions are always counted; requests only when
+    /// `metrics.enabled` (the endpoint is on).
     pub metrics: Arc<Metrics>,
-    /// Whether requests are timed and counted (metrics endpoint on).
-    pub metrics_on: bool,
 }
 
 impl Shared {
@@ -46,7 +45,6 @@ impl Shared {
         audit: Option<AuditLog>,
     ) -> Shared {
         let (flush_epoch, _) = watch::channel(0u64);
-        let metrics_on = config.metrics.enabled;
         Shared {
             db,
             config,
@@ -56,7 +54,6 @@ impl Shared {
             tls: std::sync::RwLock::new(tls),
             audit,
             metrics: Arc::new(Metrics::default()),
-            metrics_on,
         }
     }
 

@@ -499,7 +499,8 @@ impl Session {
     fn dispatch(&mut self, inbound: Inbound) -> Pending {
         let decoded = decode_request(&inbound.payload);
         let audit = self.shared.audit.clone();
-        if audit.is_none() && !self.shared.metrics_on {
+        let metrics_on = self.shared.config.metrics.enabled;
+        if audit.is_none() && !metrics_on {
             return self.dispatch_inner(decoded, inbound.payload);
         }
         let start = std::time::Instant::now();
@@ -511,7 +512,7 @@ impl Session {
         let pending = self.dispatch_inner(decoded, inbound.payload);
         let identity = self.principal.as_ref().map(|p| p.name.clone());
         let client_addr = self.peer.to_string();
-        let metrics = self.shared.metrics_on.then(|| self.shared.metrics.clone());
+        let metrics = metrics_on.then(|| self.shared.metrics.clone());
         let shared = self.shared.clone();
         Box::pin(async move {
             let out = pending.await;
