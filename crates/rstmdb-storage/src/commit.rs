@@ -182,8 +182,8 @@ pub(crate) enum ApplyMsg {
     },
 }
 
-/// Watch events of a group, and FLUSH_ALL counts by sequence.
-type GroupApplied = (Vec<Arc<ChangeEvent>>, HashMap<u64, FlushCounts>);
+/// FLUSH_ALL counts by sequence.
+type GroupApplied = HashMap<u64, FlushCounts>;
 
 fn is_flush(req: &CommitRequest) -> bool {
     matches!(req.entry, WalEntry::FlushAll { .. })
@@ -487,23 +487,16 @@ struct Planned {
 }
 
 struct PlannedBatch {
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: state::Writes,
     count_deltas: HashMap<Vec<u8>, i64>,
-    events: Vec<Arc<ChangeEvent>>,
 }
 
-/// sled plus the current group's writes that are not in sled yet.
-struct Overlay<'a> {
-    db: &'a sled::Db,
-    pending: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
-}
+/// The state store as the planner reads it (pending writes are the planner's own).
+struct Store<'a>(&'a sled::Db);
 
-impl View for Overlay<'_> {
+impl View for Store<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        if let Some(v) = self.pending.get(key) {
-            return Ok(v.clone());
-        }
-        self.db
+        self.0
             .get(key)
             .map(|v| v.map(|iv| iv.to_vec()))
             .map_err(|e| format!("reading state: {e}"))
@@ -586,7 +579,7 @@ impl ApplyStage {
         let result = match p.batch {
             Ok(Some(b)) => self
                 .write_batch(b.writes, b.count_deltas, last_seq)
-                .map(|()| (b.events, HashMap::new())),
+                .map(|()| HashMap::new()),
             Ok(None) => self.apply_group(&p.group, p.first_seq),
             Err(e) => Err(e),
         };
@@ -605,9 +598,18 @@ impl ApplyStage {
         }
         let last_seq = first_seq + group.len() as u64 - 1;
         match result {
-            Ok((events, flushed)) => {
+            Ok(flushed) => {
                 self.high_water = self.high_water.max(last_seq);
                 self.publisher.publish(last_seq);
+                // Events are built only for subscribers. One that subscribes after this
+                // check read a published end at or past `last_seq`, so it replays this
+                // group from the WAL instead (`Database::watch`).
+                let mut events: Vec<Arc<ChangeEvent>> = Vec::new();
+                if self.events.receiver_count() > 0 {
+                    for (i, req) in group.iter().enumerate() {
+                        state::events_of(&req.entry, first_seq + i as u64, &mut events);
+                    }
+                }
                 // Acknowledge first: a client watching its own writes then gets the response
                 // before the event.
                 for (i, req) in group.into_iter().enumerate() {
@@ -645,48 +647,37 @@ impl ApplyStage {
     /// Plans consecutive records (none of them a FLUSH_ALL) against sled plus their own
     /// earlier writes.
     fn plan_records(&self, reqs: &[CommitRequest], first_seq: u64) -> Result<PlannedBatch, String> {
-        let mut pending: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut batch = PlannedBatch {
-            writes: Vec::new(),
+            writes: state::Writes::new(),
             count_deltas: HashMap::new(),
-            events: Vec::new(),
         };
         for (i, req) in reqs.iter().enumerate() {
-            let plan = {
-                let view = Overlay {
-                    db: &self.db,
-                    pending: &pending,
-                };
-                state::plan(
-                    &req.entry,
-                    first_seq + i as u64,
-                    self.idempotency_ttl_ms,
-                    &view,
-                    &req.hints,
-                )?
-            };
-            for (k, v) in plan.writes {
-                pending.insert(k.clone(), v.clone());
-                batch.writes.push((k, v));
-            }
+            let plan = state::plan(
+                &req.entry,
+                first_seq + i as u64,
+                self.idempotency_ttl_ms,
+                &Store(&self.db),
+                &req.hints,
+                &mut batch.writes,
+            )?;
             for (k, d) in plan.counts {
                 *batch.count_deltas.entry(k).or_insert(0) += d;
             }
-            batch.events.extend(plan.events);
         }
         Ok(batch)
     }
 
     /// Applies one WAL record during recovery, through the same planner as live commits.
     pub fn replay(&mut self, entry: &WalEntry, seq: u64) -> Result<(), String> {
-        let pending = HashMap::new();
-        let plan = {
-            let view = Overlay {
-                db: &self.db,
-                pending: &pending,
-            };
-            state::plan(entry, seq, self.idempotency_ttl_ms, &view, &[])?
-        };
+        let mut writes = state::Writes::new();
+        let plan = state::plan(
+            entry,
+            seq,
+            self.idempotency_ttl_ms,
+            &Store(&self.db),
+            &[],
+            &mut writes,
+        )?;
         if plan.flush {
             self.flush_all(seq)?;
         } else {
@@ -694,20 +685,19 @@ impl ApplyStage {
             for (k, d) in plan.counts {
                 *deltas.entry(k).or_insert(0) += d;
             }
-            self.write_batch(plan.writes, deltas, seq)?;
+            self.write_batch(writes, deltas, seq)?;
         }
         self.high_water = self.high_water.max(seq);
         Ok(())
     }
 
     /// Plans and applies every record of the group with one sled batch, split only around
-    /// a FLUSH_ALL. Returns the watch events and FLUSH_ALL counts by sequence.
+    /// a FLUSH_ALL. Returns the FLUSH_ALL counts by sequence.
     fn apply_group(
         &mut self,
         group: &[CommitRequest],
         first_seq: u64,
     ) -> Result<GroupApplied, String> {
-        let mut events = Vec::new();
         let mut flushed = HashMap::new();
         let mut start = 0;
         while start < group.len() {
@@ -718,7 +708,6 @@ impl ApplyStage {
             if end > start {
                 let b = self.plan_records(&group[start..end], first_seq + start as u64)?;
                 self.write_batch(b.writes, b.count_deltas, first_seq + end as u64 - 1)?;
-                events.extend(b.events);
             }
             if end < group.len() {
                 let seq = first_seq + end as u64;
@@ -726,7 +715,7 @@ impl ApplyStage {
             }
             start = end + 1;
         }
-        Ok((events, flushed))
+        Ok(flushed)
     }
 
     fn count(&mut self, key: &[u8]) -> Result<u64, String> {
@@ -745,7 +734,7 @@ impl ApplyStage {
 
     fn write_batch(
         &mut self,
-        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        writes: state::Writes,
         count_deltas: HashMap<Vec<u8>, i64>,
         high_water: u64,
     ) -> Result<(), String> {

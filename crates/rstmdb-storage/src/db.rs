@@ -1648,17 +1648,6 @@ pub enum WatchError {
     Compacted { from: u64, earliest: u64 },
 }
 
-fn events_of(entry: &WalEntry, seq: u64, out: &mut VecDeque<Arc<ChangeEvent>>) {
-    match entry {
-        WalEntry::Batch { entries } => {
-            for e in entries {
-                events_of(e, seq, out);
-            }
-        }
-        other => out.extend(ChangeEvent::of_apply(other, seq).map(Arc::new)),
-    }
-}
-
 impl ChangeStream {
     /// The next committed change.
     pub async fn next(&mut self) -> std::result::Result<Arc<ChangeEvent>, WatchError> {
@@ -1690,7 +1679,7 @@ impl ChangeStream {
                     progressed = true;
                     self.next_from = r.seq + 1;
                     if let Ok(entry) = WalEntry::from_bytes(&r.payload) {
-                        events_of(&entry, r.seq, &mut self.backlog);
+                        state::events_of(&entry, r.seq, &mut self.backlog);
                     }
                 }
                 if !progressed {

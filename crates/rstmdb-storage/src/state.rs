@@ -43,7 +43,9 @@ pub(crate) mod keys {
     pub const HIGH_WATER: &[u8] = b"meta\0high_water";
 
     fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        let mut k = prefix.to_vec();
+        let len = prefix.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+        let mut k = Vec::with_capacity(len);
+        k.extend_from_slice(prefix);
         for (n, p) in parts.iter().enumerate() {
             if n > 0 {
                 k.push(0);
@@ -71,7 +73,7 @@ pub(crate) mod keys {
     /// Prefix of `by_state` keys for one (machine, state), ending in the separator.
     pub fn by_state_prefix(machine: &str, state: &str) -> Vec<u8> {
         let mut k = join(BY_STATE, &[machine.as_bytes(), state.as_bytes()]);
-        k.push(0);
+        k.push(0); // within the capacity `join` reserved
         k
     }
 
@@ -225,31 +227,37 @@ pub struct FlushCounts {
     pub machines_removed: u64,
 }
 
-/// Reads the planner needs. The apply stage answers them from sled plus the writes of
-/// the current commit group that are not in sled yet.
+/// Reads the planner needs that are not in the pending writes: the state store.
 pub(crate) trait View {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
 }
 
-/// The writes one WAL record causes.
+/// Writes planned but not yet in the store: puts (`Some`) and deletes (`None`), the last
+/// one per key. A store batch applies them atomically, so their order does not matter;
+/// the planner reads through them, so later records of a group (and later sub-entries of
+/// a batch) see earlier ones.
+pub(crate) type Writes = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// What one WAL record causes besides its writes.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    /// Puts (`Some`) and deletes (`None`), in order.
-    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Live-instance count deltas per `count` key.
     pub counts: Vec<(Vec<u8>, i64)>,
-    pub events: Vec<Arc<ChangeEvent>>,
     pub new_machines: Vec<StoredMachine>,
     /// Set when the record was a FLUSH_ALL; the apply stage executes it.
     pub flush: bool,
 }
 
-impl Plan {
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.push((key, Some(value)));
-    }
-    fn del(&mut self, key: Vec<u8>) {
-        self.writes.push((key, None));
+/// The watch events of the record `entry` at `seq`, appended to `out` (batches in order).
+/// Live commits and WAL replay for watchers both build them here, so they cannot differ.
+pub(crate) fn events_of(entry: &WalEntry, seq: u64, out: &mut impl Extend<Arc<ChangeEvent>>) {
+    match entry {
+        WalEntry::Batch { entries } => {
+            for e in entries {
+                events_of(e, seq, out);
+            }
+        }
+        other => out.extend(ChangeEvent::of_apply(other, seq).map(Arc::new)),
     }
 }
 
@@ -265,13 +273,16 @@ pub(crate) fn decode_instance(bytes: &[u8]) -> Result<Instance, String> {
 /// Saves the planner a read and a decode; only valid while those locks are held.
 pub(crate) type Hints = Vec<(String, Option<Instance>)>;
 
-/// Plans `entry` at sequence `seq`. `ttl_ms` is the idempotency retention.
+/// Plans `entry` at sequence `seq`, adding its writes to `pending` (which holds the
+/// writes planned before it that are not in `view` yet). `ttl_ms` is the idempotency
+/// retention.
 pub(crate) fn plan(
     entry: &WalEntry,
     seq: u64,
     ttl_ms: i64,
     view: &dyn View,
     hints: &[(String, Option<Instance>)],
+    pending: &mut Writes,
 ) -> Result<Plan, String> {
     let mut planner = Planner {
         seq,
@@ -279,7 +290,7 @@ pub(crate) fn plan(
         view,
         hints,
         plan: Plan::default(),
-        pending: HashMap::new(),
+        pending,
         touched: HashSet::new(),
     };
     planner.entry(entry)?;
@@ -292,8 +303,8 @@ struct Planner<'a> {
     view: &'a dyn View,
     hints: &'a [(String, Option<Instance>)],
     plan: Plan,
-    /// Writes of this record so far, so that later sub-entries of a batch see them.
-    pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writes not in the store yet: earlier records of the group and this one's so far.
+    pending: &'a mut Writes,
     /// Instances this record already changed: they are at `seq` but must not be skipped.
     touched: HashSet<String>,
 }
@@ -307,13 +318,11 @@ impl Planner<'_> {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.pending.insert(key.clone(), Some(value.clone()));
-        self.plan.put(key, value);
+        self.pending.insert(key, Some(value));
     }
 
     fn del(&mut self, key: Vec<u8>) {
-        self.pending.insert(key.clone(), None);
-        self.plan.del(key);
+        self.pending.insert(key, None);
     }
 
     fn count(&mut self, machine: &str, state: &str, delta: i64) {
@@ -489,9 +498,6 @@ impl Planner<'_> {
                 if let Some(key) = idempotency_key {
                     let fp = apply_fingerprint(event, payload);
                     self.remember(scope::apply(instance_id, key), fp, result, *updated_at)?;
-                }
-                if let Some(ev) = ChangeEvent::of_apply(entry, self.seq) {
-                    self.plan.events.push(Arc::new(ev));
                 }
             }
             WalEntry::DeleteInstance {

@@ -819,6 +819,72 @@ async fn watch_resumes_from_an_offset_without_gap_or_duplicate() {
     );
 }
 
+/// Events are built only while someone subscribes; a watcher that arrives while writes are
+/// in flight (the subscriber count going from 0 to 1) must still see every later event, in
+/// order, exactly as a replay of the WAL shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_arriving_mid_stream_see_exactly_what_the_wal_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with_order(dir.path()).await;
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let db = db.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..150 {
+                let id = format!("t{w}-{i}");
+                db.create_instance(create(&id)).await.unwrap();
+                db.apply_event(pay(&id, 1)).await.unwrap();
+                db.apply_event(ApplyEvent {
+                    instance_id: id.clone(),
+                    event: "SHIP".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    let mut observed = Vec::new();
+    while !writers.iter().all(|w| w.is_finished()) && observed.len() < 40 {
+        let from = db.last_offset() + 1;
+        let mut live = db.watch(Some(from)).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            match tokio::time::timeout(Duration::from_secs(2), live.next()).await {
+                Ok(ev) => {
+                    let ev = ev.unwrap();
+                    got.push((ev.wal_offset, ev.instance_id.clone(), ev.event.clone()));
+                }
+                Err(_) => break, // the writers are done
+            }
+        }
+        drop(live); // back to no subscribers
+        observed.push((from, got));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        observed.iter().filter(|(_, got)| got.len() == 20).count() >= 3,
+        "too few watchers saw events while the writers ran: {}",
+        observed.len()
+    );
+    for (from, got) in observed {
+        // The same range, now wholly in the past, comes from the WAL alone.
+        let mut replay = db.watch(Some(from)).unwrap();
+        let mut want = Vec::new();
+        while want.len() < got.len() {
+            let ev = tokio::time::timeout(Duration::from_secs(5), replay.next())
+                .await
+                .unwrap()
+                .unwrap();
+            want.push((ev.wal_offset, ev.instance_id.clone(), ev.event.clone()));
+        }
+        assert_eq!(got, want, "watcher from offset {from}");
+    }
+}
+
 #[tokio::test]
 async fn watch_from_a_compacted_offset_is_refused() {
     let dir = tempfile::tempdir().unwrap();
