@@ -562,6 +562,12 @@ fn cli_page_runs() {
     assert!(r.outputs_checked >= 2, "{r:?}");
 }
 
+#[test]
+fn protocol_page_runs() {
+    let r = run_page("docs/protocol.md");
+    assert!(r.commands >= 2 && r.outputs_checked >= 2, "{r:?}");
+}
+
 // ---- the runner itself ----
 
 #[test]
