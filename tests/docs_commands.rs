@@ -19,6 +19,9 @@
 //! - `text doc-output`: the lines the previous `doc-test` block must print on stdout, as a
 //!   contiguous run; `...` in a line matches anything (ids, times).
 //!   `text doc-output bg=NAME`: the same for a background block's stdout, waited for.
+//! - `<!-- doc-test stop-server -->` (a line of its own, invisible when rendered): the
+//!   reader stops the server here; it gets SIGINT and must exit 0 (before an offline step
+//!   such as `rstmdb repair`).
 //!
 //! Blocks run in order in one scratch directory (also `HOME`), holding symlinks to the
 //! checkout's `scripts/`, `config/`, `deploy/` and `docs/`, with `target/<profile>` (where
@@ -52,6 +55,8 @@ enum Kind {
     Background(String),
     /// Expected stdout of the previous `Run` block, or of the named background block.
     Output(Option<String>),
+    /// `<!-- doc-test stop-server -->`: the reader stops the server (Ctrl+C) here.
+    StopServer,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +73,14 @@ fn parse_blocks(page: &str, markdown: &str) -> Result<Vec<Block>, String> {
     let mut lines = markdown.lines().enumerate();
     while let Some((i, line)) = lines.next() {
         let trimmed = line.trim_start();
+        if trimmed.trim_end() == "<!-- doc-test stop-server -->" {
+            blocks.push(Block {
+                line: i + 1,
+                kind: Kind::StopServer,
+                text: String::new(),
+            });
+            continue;
+        }
         if !trimmed.starts_with("```") {
             continue;
         }
@@ -456,6 +469,16 @@ impl<'a> PageRun<'a> {
                 self.report.background += 1;
                 Ok(())
             }
+            Kind::StopServer => match self.server.take() {
+                Some(s) => {
+                    self.server_addr = None;
+                    s.stop(page, "the server")
+                }
+                None => Err(format!(
+                    "{page}:{}: stop-server with no server running",
+                    block.line
+                )),
+            },
             Kind::Output(None) => {
                 let Some((line, out)) = &self.last_stdout else {
                     return Err(format!(
@@ -568,6 +591,13 @@ fn protocol_page_runs() {
     assert!(r.commands >= 2 && r.outputs_checked >= 2, "{r:?}");
 }
 
+#[test]
+fn operations_page_runs() {
+    let r = run_page("docs/operations.md");
+    assert!(r.servers >= 2 && r.commands >= 4, "{r:?}");
+    assert!(r.outputs_checked >= 3, "{r:?}");
+}
+
 // ---- the runner itself ----
 
 #[test]
@@ -646,6 +676,20 @@ fn a_server_block_that_never_listens_fails() {
         e.contains("the server did not start") && e.contains("does-not-exist"),
         "{e}"
     );
+}
+
+#[test]
+fn stop_server_needs_a_running_server_and_stops_it() {
+    let md = "```sh doc-test\ntrue\n```\n\n<!-- doc-test stop-server -->\n";
+    let e = run_markdown("t.md", md).unwrap_err();
+    assert!(
+        e.contains("t.md:5: stop-server with no server running"),
+        "{e}"
+    );
+    // After the stop the data directory is free again: `repair` takes the WAL's lock.
+    let md = "```sh doc-test server\nrstmdb\n```\n\n<!-- doc-test stop-server -->\n\n```sh doc-test\nrstmdb repair --data-dir ./data\n```\n\n```text doc-output\nWAL in ./data/wal is clean, nothing to repair (...)\n```\n";
+    let r = run_markdown("t.md", md).unwrap();
+    assert_eq!((r.servers, r.commands, r.outputs_checked), (1, 1, 1));
 }
 
 #[test]
