@@ -547,6 +547,19 @@ fn run_markdown(page: &str, markdown: &str) -> Result<Report, String> {
     Ok(std::mem::take(&mut run.report))
 }
 
+/// Fails with a clear message when a tool a page's examples use is missing (`.ci/run`
+/// installs them), rather than with a confusing block failure.
+fn require_tools(page: &str, tools: &[&str]) {
+    for t in tools {
+        let found = Command::new("bash")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(found, "{page} runs `{t}`, which is not installed");
+    }
+}
+
 /// Runs a page of the checkout and returns what it did.
 fn run_page(rel: &str) -> Report {
     let text = std::fs::read_to_string(workspace_root().join(rel))
@@ -572,6 +585,7 @@ fn readme_quick_start_runs() {
 
 #[test]
 fn getting_started_runs() {
+    require_tools("docs/getting-started.md", &["jq", "openssl"]);
     let r = run_page("docs/getting-started.md");
     assert!(r.commands >= 8, "{r:?}");
     assert!(r.servers >= 2, "plain and TLS: {r:?}");
@@ -580,6 +594,7 @@ fn getting_started_runs() {
 
 #[test]
 fn cli_page_runs() {
+    require_tools("docs/cli.md", &["jq"]);
     let r = run_page("docs/cli.md");
     assert!(r.commands >= 3, "{r:?}");
     assert!(r.outputs_checked >= 2, "{r:?}");
@@ -587,12 +602,14 @@ fn cli_page_runs() {
 
 #[test]
 fn protocol_page_runs() {
+    require_tools("docs/protocol.md", &["od"]);
     let r = run_page("docs/protocol.md");
     assert!(r.commands >= 2 && r.outputs_checked >= 2, "{r:?}");
 }
 
 #[test]
 fn operations_page_runs() {
+    require_tools("docs/operations.md", &["dd"]);
     let r = run_page("docs/operations.md");
     assert!(r.servers >= 2 && r.commands >= 4, "{r:?}");
     assert!(r.outputs_checked >= 3, "{r:?}");
