@@ -9,10 +9,13 @@
 //! - `sh doc-test`: runs in `bash -eo pipefail`; a non-zero exit (or more than
 //!   [`BLOCK_TIMEOUT`]) fails the page.
 //! - `sh doc-test server`: a block that starts the server (a reader's "in another
-//!   terminal: `rstmdb`"). It runs in the background with `RSTMDB_BIND=127.0.0.1:0`, so it
-//!   takes a free loopback port; the runner waits for `Server listening on ADDR` and points
-//!   later blocks at it with `RSTMDB_SERVER` (which `rstmdb-cli` honours). A later server
-//!   block, or the end of the page, stops it with SIGINT (Ctrl+C), and it must exit 0.
+//!   terminal: `rstmdb`"). It runs in the background with `RSTMDB_BIND=127.0.0.1:0` and
+//!   `RSTMDB_METRICS_BIND=127.0.0.1:0`, so it takes free loopback ports; the runner waits
+//!   for `Server listening on ADDR` and points later blocks at it: `RSTMDB_SERVER` (which
+//!   `rstmdb-cli` honours) is set, and the documented defaults `127.0.0.1:7401` and
+//!   `127.0.0.1:9090` (metrics, when enabled) in a block's text are replaced by the real
+//!   addresses. A later server block, or the end of the page, stops it with SIGINT (Ctrl+C),
+//!   and it must exit 0.
 //! - `sh doc-test bg=NAME`: a long-running command (a watch) started in the background; the
 //!   runner waits for its first line of output (a watch's `Watching …` on stderr, printed
 //!   once it is subscribed). At the end of the page it gets SIGINT and must exit 0.
@@ -258,11 +261,13 @@ fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     buf
 }
 
-/// `Server listening on <addr>` in a log line → addr.
-fn listening_addr(log: &str) -> Option<String> {
-    const MARK: &str = "Server listening on ";
+const SERVER_MARK: &str = "Server listening on ";
+const METRICS_MARK: &str = "Metrics server listening on http://";
+
+/// The address after `mark` in the first log line that has it.
+fn logged_addr(log: &str, mark: &str) -> Option<String> {
     log.lines().find_map(|l| {
-        let rest = &l[l.find(MARK)? + MARK.len()..];
+        let rest = &l[l.find(mark)? + mark.len()..];
         let end = rest
             .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
             .unwrap_or(rest.len());
@@ -285,6 +290,7 @@ struct PageRun<'a> {
     state: PathBuf,
     server: Option<Background>,
     server_addr: Option<String>,
+    metrics_addr: Option<String>,
     background: Vec<(String, Background)>,
     last_stdout: Option<(usize, String)>,
     report: Report,
@@ -304,6 +310,7 @@ impl<'a> PageRun<'a> {
             state,
             server: None,
             server_addr: None,
+            metrics_addr: None,
             background: Vec::new(),
             last_stdout: None,
             report: Report::default(),
@@ -321,10 +328,18 @@ impl<'a> PageRun<'a> {
         if let Some(addr) = &self.server_addr {
             s.push_str(&format!("export RSTMDB_SERVER='{addr}'\n"));
         }
+        let mut text = block.text.clone();
         if block.kind == Kind::Server {
-            s.push_str("export RSTMDB_BIND=127.0.0.1:0\n");
+            s.push_str("export RSTMDB_BIND=127.0.0.1:0 RSTMDB_METRICS_BIND=127.0.0.1:0\n");
+        } else {
+            if let Some(addr) = &self.server_addr {
+                text = text.replace("127.0.0.1:7401", addr);
+            }
+            if let Some(addr) = &self.metrics_addr {
+                text = text.replace("127.0.0.1:9090", addr);
+            }
         }
-        s.push_str(&block.text);
+        s.push_str(&text);
         if save_state {
             s.push_str(&format!(
                 "\n{{ export -p; printf 'cd %q\\n' \"$PWD\"; }} > '{}'\n",
@@ -419,10 +434,11 @@ impl<'a> PageRun<'a> {
                     old.stop(page, "the server")?;
                 }
                 self.server_addr = None;
+                self.metrics_addr = None;
                 let mut bg = self.spawn(block)?;
                 let deadline = Instant::now() + START_TIMEOUT;
                 let addr = loop {
-                    if let Some(a) = listening_addr(&bg.stdout.lock().unwrap()) {
+                    if let Some(a) = logged_addr(&bg.stdout.lock().unwrap(), SERVER_MARK) {
                         break a;
                     }
                     let exited = bg.child.try_wait().ok().flatten().is_some();
@@ -438,6 +454,8 @@ impl<'a> PageRun<'a> {
                     std::thread::sleep(Duration::from_millis(20));
                 };
                 self.server_addr = Some(addr);
+                // Logged before the server's own line, when metrics are on.
+                self.metrics_addr = logged_addr(&bg.stdout.lock().unwrap(), METRICS_MARK);
                 self.server = Some(bg);
                 self.report.servers += 1;
                 Ok(())
@@ -472,6 +490,7 @@ impl<'a> PageRun<'a> {
             Kind::StopServer => match self.server.take() {
                 Some(s) => {
                     self.server_addr = None;
+                    self.metrics_addr = None;
                     s.stop(page, "the server")
                 }
                 None => Err(format!(
@@ -609,10 +628,10 @@ fn protocol_page_runs() {
 
 #[test]
 fn operations_page_runs() {
-    require_tools("docs/operations.md", &["dd"]);
+    require_tools("docs/operations.md", &["dd", "curl"]);
     let r = run_page("docs/operations.md");
-    assert!(r.servers >= 2 && r.commands >= 4, "{r:?}");
-    assert!(r.outputs_checked >= 3, "{r:?}");
+    assert!(r.servers >= 3 && r.commands >= 5, "{r:?}");
+    assert!(r.outputs_checked >= 4, "{r:?}");
 }
 
 // ---- the runner itself ----
@@ -717,4 +736,13 @@ fn output_matching_rules() {
     assert!(!line_matches("ab...ba", "aba"));
     assert!(output_matches("\nx\ny\n\n", "w\nx\ny\nz\n"));
     assert!(!output_matches("x\nz", "x\ny\nz\n"));
+    let log = "INFO Metrics server listening on http://127.0.0.1:9/metrics\nINFO Server listening on 127.0.0.1:8 (plain)\n";
+    assert_eq!(
+        logged_addr(log, SERVER_MARK).as_deref(),
+        Some("127.0.0.1:8")
+    );
+    assert_eq!(
+        logged_addr(log, METRICS_MARK).as_deref(),
+        Some("127.0.0.1:9")
+    );
 }
