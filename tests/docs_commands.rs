@@ -599,7 +599,7 @@ fn readme_quick_start_runs() {
     let r = run_page("README.md");
     assert!(r.commands >= 2, "{r:?}");
     assert_eq!(r.servers, 1, "{r:?}");
-    assert!(r.background >= 1 && r.outputs_checked >= 1, "{r:?}");
+    assert!(r.background >= 1 && r.outputs_checked >= 2, "{r:?}");
 }
 
 #[test]
