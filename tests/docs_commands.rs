@@ -329,9 +329,10 @@ impl<'a> PageRun<'a> {
             s.push_str(&format!("export RSTMDB_SERVER='{addr}'\n"));
         }
         let mut text = block.text.clone();
-        if block.kind == Kind::Server {
-            s.push_str("export RSTMDB_BIND=127.0.0.1:0 RSTMDB_METRICS_BIND=127.0.0.1:0\n");
-        } else {
+        // Every block, not only server blocks: an `rstmdb` run in an ordinary block (one
+        // expected to fail at startup) must never take a fixed port either.
+        s.push_str("export RSTMDB_BIND=127.0.0.1:0 RSTMDB_METRICS_BIND=127.0.0.1:0\n");
+        if block.kind != Kind::Server {
             if let Some(addr) = &self.server_addr {
                 text = text.replace("127.0.0.1:7401", addr);
             }
