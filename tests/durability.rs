@@ -546,3 +546,23 @@ fn sigterm_right_after_startup_is_a_clean_shutdown() {
         s.restart();
     }
 }
+
+#[test]
+fn repair_of_a_directory_without_a_wal_fails_instead_of_reporting_clean() {
+    // A mistyped --data-dir used to print "clean, nothing to repair" and exit 0.
+    let dir = tempdir();
+    let missing = dir.path().join("no-such-data-dir");
+    let (st, out, err) = run_to_exit(
+        &["repair", "--data-dir", &missing.to_string_lossy()],
+        &[],
+        dir.path(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("no-such-data-dir") && err.contains("storage.data_dir"),
+        "{err}"
+    );
+    assert!(!out.contains("clean"), "{out}");
+    assert!(!missing.exists(), "repair must not create the directory");
+}

@@ -70,7 +70,17 @@ fn init_logging(cfg: &Config) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Cmd::Repair { data_dir }) = &cli.command {
-        return match rstmdb_storage::wal::repair(&data_dir.join("wal")) {
+        // A mistyped path must not read as "clean, nothing to repair": the operator would
+        // believe the log was checked.
+        let wal = data_dir.join("wal");
+        if !wal.is_dir() {
+            return fail(format!(
+                "{} is not a directory: is {} the server's storage.data_dir?",
+                wal.display(),
+                data_dir.display()
+            ));
+        }
+        return match rstmdb_storage::wal::repair(&wal) {
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS
