@@ -204,6 +204,39 @@ fn info_reports_every_field() {
     assert_eq!(r["max_batch_ops"], 100, "{r}");
 }
 
+/// INFO pipelined right behind writes reports an offset that covers them.
+#[test]
+fn info_pipelined_after_writes_counts_them() {
+    let s = Server::start();
+    let mut c = s.connect();
+    put_counter(&mut c, "info-order");
+    for round in 0..20 {
+        let mut bytes = Vec::new();
+        for i in 0..8 {
+            let req = request_json(
+                &format!("w{round}-{i}"),
+                "CREATE_INSTANCE",
+                Some(json!({"machine": "info-order", "version": 1})),
+            );
+            bytes.extend(frame(req.to_string().as_bytes()));
+        }
+        let info = request_json(&format!("i{round}"), "INFO", Some(json!({})));
+        bytes.extend(frame(info.to_string().as_bytes()));
+        c.send_raw(&bytes);
+        let mut last_write = 0;
+        for i in 0..8 {
+            let r = c.read_response(&format!("w{round}-{i}"));
+            last_write = last_write.max(u64_of(&r["result"]["wal_offset"]));
+        }
+        let r = c.read_response(&format!("i{round}"));
+        let seen = u64_of(&r["result"]["wal_offset"]);
+        assert!(
+            seen >= last_write,
+            "round {round}: INFO says {seen}, but this client's writes reached {last_write}"
+        );
+    }
+}
+
 #[test]
 fn info_reflects_configured_limits() {
     let s = Server::with_config(json!({

@@ -6,9 +6,10 @@
 //! ([`Ordering`]): ops on one instance run in order, anything else (lists, machines, batches,
 //! watches, WAL reads) waits for every earlier request, and writes to different instances run
 //! together so that one connection's pipelined writes share group commits. A client always
-//! sees its own earlier writes. HELLO, AUTH, PING, BYE, INFO and UNWATCH run synchronously
-//! while reading, so a later request always sees their effect (an AUTH pipelined before a GET
-//! authenticates that GET).
+//! sees its own earlier writes. HELLO, AUTH, PING, BYE and UNWATCH run synchronously while
+//! reading, so a later request always sees their effect (an AUTH pipelined before a GET
+//! authenticates that GET); INFO waits for every earlier request, so its `wal_offset` covers
+//! the client's own pipelined writes.
 //!
 //! Limits: `max_inflight_per_connection` requests at once (reading pauses beyond it),
 //! `max_subscriptions_per_connection`, `subscription_queue_depth` events buffered (a
@@ -723,22 +724,34 @@ impl Session {
                 ready(o)
             }
             Command::Info => {
-                let cfg = &self.shared.config;
-                ready(self.out(
-                    id,
-                    Ok((
-                        json!({
-                            "server_name": "rstmdb",
-                            "server_version": env!("CARGO_PKG_VERSION"),
-                            "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
-                            "features": FEATURES,
-                            "max_frame_bytes": cfg.network.max_frame_bytes,
-                            "max_batch_ops": cfg.storage.max_batch_ops,
-                            "wal_offset": self.shared.db.last_offset(),
-                        }),
-                        None,
-                    )),
-                ))
+                // Ordered after every earlier request, so `wal_offset` covers the client's
+                // own pipelined writes.
+                let (waits, done) = self.ordering.admit(Scope::Barrier);
+                let shared = self.shared.clone();
+                let mode = self.mode;
+                Box::pin(async move {
+                    for w in waits {
+                        w.await;
+                    }
+                    let cfg = &shared.config;
+                    let info = json!({
+                        "server_name": "rstmdb",
+                        "server_version": env!("CARGO_PKG_VERSION"),
+                        "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
+                        "features": FEATURES,
+                        "max_frame_bytes": cfg.network.max_frame_bytes,
+                        "max_batch_ops": cfg.storage.max_batch_ops,
+                        "wal_offset": shared.db.last_offset(),
+                    });
+                    drop(done);
+                    Outgoing {
+                        response: respond(id, Ok((info, None))),
+                        mode,
+                        close_after: false,
+                        start_watch: None,
+                        failed_watch: None,
+                    }
+                })
             }
             Command::WatchInstance(p) => self.watch(id, Target::Instance(p), principal),
             Command::WatchAll(p) => self.watch(id, Target::All(p), principal),
