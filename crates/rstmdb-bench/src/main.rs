@@ -71,6 +71,11 @@ struct Args {
     /// Bearer token sent with AUTH on every connection.
     #[arg(long, env = "RSTMDB_TOKEN")]
     token: Option<String>,
+    /// Threads of the load generator's runtime. One thread drives thousands of
+    /// connections and leaves the rest of the machine to the server; more threads cost
+    /// extra wake-ups per request.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -314,6 +319,7 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     };
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let cpu_before = args.server_pid.and_then(cpu_secs);
+    let own_cpu_before = cpu_secs(std::process::id());
     let started = Instant::now();
     let errors = Arc::new(AtomicU64::new(0));
     let interval = args
@@ -364,12 +370,15 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu_after = args.server_pid.and_then(cpu_secs);
+    let own_cpu_after = cpu_secs(std::process::id());
     all.sort_unstable();
     let ops = all.len() as f64;
-    let cpu_us_per_op = match (cpu_before, cpu_after) {
+    let per_op = |before: Option<f64>, after: Option<f64>| match (before, after) {
         (Some(a), Some(b)) if ops > 0.0 => Some(((b - a) / ops * 1e6 * 10.0).round() / 10.0),
         _ => None,
     };
+    let cpu_us_per_op = per_op(cpu_before, cpu_after);
+    let client_cpu_us_per_op = per_op(own_cpu_before, own_cpu_after);
     let mut out = json!({
         "workload": args.workload,
         "connections": connections,
@@ -382,6 +391,7 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
         "p999_us": pct(&all, 0.999),
         "max_us": pct(&all, 1.0),
         "server_cpu_us_per_op": cpu_us_per_op,
+        "client_cpu_us_per_op": client_cpu_us_per_op,
     });
     if fanout {
         let mut events = 0u64;
@@ -402,7 +412,7 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     if args.format == "text" {
         let o = &out;
         println!(
-            "{:<12} conns={:<4} ops/s={:<8} p50={}µs p99={}µs p999={}µs max={}µs errors={} cpu/op={}{}",
+            "{:<12} conns={:<4} ops/s={:<8} p50={}µs p99={}µs p999={}µs max={}µs errors={} cpu/op={} client_cpu/op={}{}",
             args.workload,
             connections,
             o["ops_per_sec"],
@@ -412,6 +422,9 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
             o["max_us"],
             o["errors"],
             o["server_cpu_us_per_op"]
+                .as_f64()
+                .map_or("-".to_string(), |v| format!("{v}µs")),
+            o["client_cpu_us_per_op"]
                 .as_f64()
                 .map_or("-".to_string(), |v| format!("{v}µs")),
             if fanout {
@@ -458,10 +471,17 @@ fn main() {
         tls,
         token: args.token.clone(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(e));
+    let rt = match args.threads {
+        0 => fail("--threads: at least 1"),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .unwrap_or_else(|e| fail(e));
     rt.block_on(async {
         for (run, c) in args.connections.split(',').enumerate() {
             let c: usize = c
