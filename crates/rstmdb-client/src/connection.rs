@@ -304,7 +304,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     // The server could not read our request at all; it closes next.
                     break match response.body {
                         ResponseBody::Err(e) => format!("server rejected a request: {e}"),
-                        ResponseBody::Ok(_) => "response without id".to_owned(),
+                        ResponseBody::Ok(_) | ResponseBody::OkRaw(_) => {
+                            "response without id".to_owned()
+                        }
                     };
                 };
                 deliver(&shared, &id, response.body);
@@ -323,8 +325,8 @@ fn deliver(shared: &Shared, id: &str, body: ResponseBody) {
         // The caller gave up (timeout) before the answer came.
         return;
     };
-    let result = match body {
-        ResponseBody::Ok(result) => {
+    let result = match body.into_result() {
+        Ok(result) => {
             if let Some(sink) = pending.watch
                 && let Some(sub) = result.get("subscription_id").and_then(Value::as_str)
             {
@@ -332,7 +334,7 @@ fn deliver(shared: &Shared, id: &str, body: ResponseBody) {
             }
             Ok(result)
         }
-        ResponseBody::Err(e) => Err(Error::from(e)),
+        Err(e) => Err(Error::from(e)),
     };
     drop(t);
     let _ = pending.tx.send(result);

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error_code::ErrorCode;
@@ -79,12 +80,42 @@ impl Meta {
 }
 
 /// `result` or `error`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum ResponseBody {
     /// `status: ok` with this `result` (an object for every op).
     Ok(Value),
+    /// `status: ok` with a `result` already serialized (a JSON object). Built by servers for
+    /// hot paths; decoding a response always yields [`ResponseBody::Ok`].
+    OkRaw(Box<RawValue>),
     /// `status: error` with this `error`.
     Err(ErrorObject),
+}
+
+impl ResponseBody {
+    /// The result as a `Value` (`None` for an error).
+    pub fn into_result(self) -> Result<Value, ErrorObject> {
+        match self {
+            ResponseBody::Ok(v) => Ok(v),
+            ResponseBody::OkRaw(raw) => Ok(serde_json::from_str(raw.get()).unwrap_or(Value::Null)),
+            ResponseBody::Err(e) => Err(e),
+        }
+    }
+}
+
+impl PartialEq for ResponseBody {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ResponseBody::Err(a), ResponseBody::Err(b)) => a == b,
+            (ResponseBody::Err(_), _) | (_, ResponseBody::Err(_)) => false,
+            (ResponseBody::Ok(a), ResponseBody::Ok(b)) => a == b,
+            (ResponseBody::OkRaw(a), ResponseBody::OkRaw(b)) => a.get() == b.get(),
+            // Same JSON, one of them not parsed yet.
+            (ResponseBody::OkRaw(raw), ResponseBody::Ok(v))
+            | (ResponseBody::Ok(v), ResponseBody::OkRaw(raw)) => {
+                serde_json::from_str::<Value>(raw.get()).is_ok_and(|parsed| &parsed == v)
+            }
+        }
+    }
 }
 
 /// A response to one request.
@@ -105,6 +136,15 @@ impl Response {
         Self {
             id: Some(id.into()),
             body: ResponseBody::Ok(result),
+            meta: None,
+        }
+    }
+
+    /// A success whose `result` is already serialized JSON.
+    pub fn ok_raw(id: impl Into<String>, result: Box<RawValue>) -> Self {
+        Self {
+            id: Some(id.into()),
+            body: ResponseBody::OkRaw(result),
             meta: None,
         }
     }
@@ -135,7 +175,7 @@ impl Response {
     /// `ok` or `error`.
     pub fn status(&self) -> ResponseStatus {
         match self.body {
-            ResponseBody::Ok(_) => ResponseStatus::Ok,
+            ResponseBody::Ok(_) | ResponseBody::OkRaw(_) => ResponseStatus::Ok,
             ResponseBody::Err(_) => ResponseStatus::Error,
         }
     }
@@ -155,6 +195,7 @@ impl Serialize for Response {
         map.serialize_entry("status", &self.status())?;
         match &self.body {
             ResponseBody::Ok(result) => map.serialize_entry("result", result)?,
+            ResponseBody::OkRaw(result) => map.serialize_entry("result", result)?,
             ResponseBody::Err(error) => map.serialize_entry("error", error)?,
         }
         if let Some(meta) = meta {

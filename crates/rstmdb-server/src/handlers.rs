@@ -9,8 +9,12 @@ use rstmdb_protocol::{
     ApplyEventParams, BatchMode, Command, CreateInstanceParams, DeleteInstanceParams, ErrorObject,
     ListInstancesParams, Op,
 };
-use rstmdb_storage::{ApplyEvent, BatchOp, BatchOutput, CreateInstance, DeleteInstance, ListQuery};
-use serde_json::{Value, json};
+use rstmdb_storage::{
+    ApplyEvent, ApplyOutcome, BatchOp, BatchOutput, CreateInstance, DeleteInstance, ListQuery,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -24,21 +28,86 @@ fn engine<T>(r: Result<T, rstmdb_core::Error>) -> Result<T, ErrorObject> {
     r.map_err(|e| to_wire(&e))
 }
 
-pub fn instance_json(i: &Instance) -> Value {
-    let mut v = json!({
-        "instance_id": i.id,
-        "machine": i.machine,
-        "version": i.version,
-        "state": i.state,
-        "ctx": i.ctx,
-        "last_wal_offset": i.last_wal_offset,
-        "created_at": i.created_at,
-        "updated_at": i.updated_at,
-    });
-    if let (Some(id), Some(obj)) = (&i.last_event_id, v.as_object_mut()) {
-        obj.insert("last_event_id".into(), Value::from(id.as_str()));
+/// A result, as a `Value` or (for the hot ops) already serialized.
+#[derive(Debug)]
+pub enum Payload {
+    Value(Value),
+    Raw(Box<RawValue>),
+}
+
+/// The GET_INSTANCE result. Fields in key order, as a `Value` object would write them, so
+/// the typed and the `Value` forms serialize to the same bytes.
+#[derive(Serialize)]
+struct InstanceResult<'a> {
+    created_at: i64,
+    ctx: &'a Map<String, Value>,
+    instance_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_event_id: Option<&'a str>,
+    last_wal_offset: u64,
+    machine: &'a str,
+    state: &'a str,
+    updated_at: i64,
+    version: u32,
+}
+
+impl<'a> InstanceResult<'a> {
+    fn of(i: &'a Instance) -> Self {
+        InstanceResult {
+            created_at: i.created_at,
+            ctx: &i.ctx,
+            instance_id: &i.id,
+            last_event_id: i.last_event_id.as_deref(),
+            last_wal_offset: i.last_wal_offset,
+            machine: &i.machine,
+            state: &i.state,
+            updated_at: i.updated_at,
+            version: i.version,
+        }
     }
-    v
+}
+
+/// The APPLY_EVENT result (key order as [`InstanceResult`]).
+#[derive(Serialize)]
+struct AppliedResult<'a> {
+    applied: bool,
+    ctx: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    from_state: &'a str,
+    to_state: &'a str,
+    wal_offset: u64,
+}
+
+impl<'a> AppliedResult<'a> {
+    fn of(a: &'a ApplyOutcome) -> Self {
+        AppliedResult {
+            applied: a.applied,
+            ctx: &a.ctx,
+            event_id: a.event_id.as_deref(),
+            from_state: &a.from_state,
+            to_state: &a.to_state,
+            wal_offset: a.wal_offset,
+        }
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    // Serializing these structs (strings, integers, a JSON map) cannot fail.
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn to_raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, ErrorObject> {
+    serde_json::value::to_raw_value(v).map_err(|e| {
+        ErrorObject::new(
+            rstmdb_protocol::ErrorCode::InternalError,
+            format!("encoding result: {e}"),
+        )
+    })
+}
+
+pub fn instance_json(i: &Instance) -> Value {
+    to_value(&InstanceResult::of(i))
 }
 
 fn create_req(p: CreateInstanceParams) -> CreateInstance {
@@ -76,24 +145,35 @@ fn output_json(out: &BatchOutput) -> (Value, Option<u64>) {
             json!({"instance_id": c.instance_id, "state": c.state, "wal_offset": c.wal_offset}),
             Some(c.wal_offset),
         ),
-        BatchOutput::Applied(a) => {
-            let mut v = json!({
-                "from_state": a.from_state,
-                "to_state": a.to_state,
-                "ctx": a.ctx,
-                "wal_offset": a.wal_offset,
-                "applied": a.applied,
-            });
-            if let (Some(id), Some(obj)) = (&a.event_id, v.as_object_mut()) {
-                obj.insert("event_id".into(), Value::from(id.as_str()));
-            }
-            (v, Some(a.wal_offset))
-        }
+        BatchOutput::Applied(a) => (to_value(&AppliedResult::of(a)), Some(a.wal_offset)),
         BatchOutput::Deleted(d) => (
             json!({"instance_id": d.instance_id, "deleted": true, "wal_offset": d.wal_offset}),
             Some(d.wal_offset),
         ),
         BatchOutput::Instance(i) => (instance_json(i), None),
+    }
+}
+
+/// Runs one data operation, serializing the results of the hottest ops (GET_INSTANCE,
+/// APPLY_EVENT) straight from typed structs. Session operations never reach here.
+pub async fn execute_payload(
+    shared: Arc<Shared>,
+    command: Command,
+) -> Result<(Payload, Option<u64>), ErrorObject> {
+    let db = &shared.db;
+    match command {
+        Command::GetInstance(p) => {
+            let i = engine(db.get_instance(&p.instance_id))?;
+            Ok((Payload::Raw(to_raw(&InstanceResult::of(&i))?), None))
+        }
+        Command::ApplyEvent(p) => {
+            let a = engine(db.apply_event(apply_req(p)).await)?;
+            let raw = to_raw(&AppliedResult::of(&a))?;
+            Ok((Payload::Raw(raw), Some(a.wal_offset)))
+        }
+        other => execute(shared, other)
+            .await
+            .map(|(v, off)| (Payload::Value(v), off)),
     }
 }
 
@@ -349,4 +429,66 @@ pub fn is_data_op(op: Op) -> bool {
             | Op::WatchAll
             | Op::Unwatch
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn instance(last_event_id: Option<&str>) -> Instance {
+        Instance {
+            id: "order-1".into(),
+            machine: "order".into(),
+            version: 3,
+            state: "paid".into(),
+            ctx: json!({"z": 1, "a": {"b": [1, 2.5, "x\"y"]}})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            last_event_id: last_event_id.map(Into::into),
+            last_wal_offset: 42,
+            created_at: 1_700_000_000_000,
+            updated_at: 1_700_000_000_500,
+            deleted: false,
+        }
+    }
+
+    /// The typed results write exactly the bytes the `Value` objects did.
+    #[test]
+    fn typed_results_serialize_like_the_value_objects() {
+        for event_id in [None, Some("ev-7")] {
+            let i = instance(event_id);
+            let mut want = json!({
+                "instance_id": i.id, "machine": i.machine, "version": i.version,
+                "state": i.state, "ctx": i.ctx, "last_wal_offset": i.last_wal_offset,
+                "created_at": i.created_at, "updated_at": i.updated_at,
+            });
+            if let Some(id) = event_id {
+                want["last_event_id"] = json!(id);
+            }
+            let raw = to_raw(&InstanceResult::of(&i)).unwrap();
+            assert_eq!(raw.get(), serde_json::to_string(&want).unwrap());
+            assert_eq!(instance_json(&i), want);
+
+            let a = ApplyOutcome {
+                from_state: "pending".into(),
+                to_state: "paid".into(),
+                ctx: i.ctx.clone(),
+                wal_offset: 43,
+                applied: true,
+                event_id: event_id.map(Into::into),
+            };
+            let mut want = json!({
+                "from_state": a.from_state, "to_state": a.to_state, "ctx": a.ctx,
+                "wal_offset": a.wal_offset, "applied": a.applied,
+            });
+            if let Some(id) = event_id {
+                want["event_id"] = json!(id);
+            }
+            let raw = to_raw(&AppliedResult::of(&a)).unwrap();
+            assert_eq!(raw.get(), serde_json::to_string(&want).unwrap());
+            assert_eq!(output_json(&BatchOutput::Applied(a)).0, want);
+        }
+    }
 }

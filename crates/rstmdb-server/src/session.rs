@@ -20,7 +20,7 @@ use crate::audit::Record;
 use crate::auth::{Principal, glob_match};
 use crate::authz;
 use crate::error::bad_request;
-use crate::handlers;
+use crate::handlers::{self, Payload};
 use crate::metrics::{Closure, SubKind};
 use crate::server::Shared;
 use bytes::Bytes;
@@ -218,11 +218,18 @@ fn meta(wal_offset: Option<u64>) -> Meta {
 }
 
 fn respond(id: Option<String>, result: Result<(Value, Option<u64>), ErrorObject>) -> Response {
+    respond_payload(id, result.map(|(v, off)| (Payload::Value(v), off)))
+}
+
+fn respond_payload(
+    id: Option<String>,
+    result: Result<(Payload, Option<u64>), ErrorObject>,
+) -> Response {
     match (result, id) {
-        (Ok((v, off)), Some(id)) => Response::ok(id, v).with_meta(meta(off)),
-        (Ok((v, off)), None) => {
+        (Ok((Payload::Value(v), off)), Some(id)) => Response::ok(id, v).with_meta(meta(off)),
+        (Ok((Payload::Raw(raw), off)), Some(id)) => Response::ok_raw(id, raw).with_meta(meta(off)),
+        (Ok((_, off)), None) => {
             // Unreachable (successes always have an id), but never answer without one.
-            let _ = v;
             Response::error(None, bad_request("request without an id")).with_meta(meta(off))
         }
         (Err(e), id) => Response::error(id, e).with_meta(meta(None)),
@@ -539,7 +546,9 @@ impl Session {
         Box::pin(async move {
             let out = pending.await;
             let error = match &out.response.body {
-                rstmdb_protocol::ResponseBody::Ok(_) => None,
+                rstmdb_protocol::ResponseBody::Ok(_) | rstmdb_protocol::ResponseBody::OkRaw(_) => {
+                    None
+                }
                 rstmdb_protocol::ResponseBody::Err(e) => Some(e.code),
             };
             let elapsed = start.elapsed();
@@ -626,18 +635,21 @@ impl Session {
                 for w in waits {
                     w.await;
                 }
-                let result = match authz::check_instances(&shared, &principal, &req.command) {
-                    Ok(()) => handlers::execute(shared, req.command)
-                        .await
-                        .map(|(mut v, off)| {
-                            authz::filter_result(&principal, op, &mut v);
-                            (v, off)
-                        }),
-                    Err(e) => Err(e),
-                };
+                let result =
+                    match authz::check_instances(&shared, &principal, &req.command) {
+                        Ok(()) => handlers::execute_payload(shared, req.command).await.map(
+                            |(mut p, off)| {
+                                if let Payload::Value(v) = &mut p {
+                                    authz::filter_result(&principal, op, v);
+                                }
+                                (p, off)
+                            },
+                        ),
+                        Err(e) => Err(e),
+                    };
                 drop(done);
                 Outgoing {
-                    response: respond(id, result),
+                    response: respond_payload(id, result),
                     mode,
                     close_after: false,
                     start_watch: None,
