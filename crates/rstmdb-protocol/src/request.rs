@@ -289,6 +289,68 @@ impl ParamsError {
 /// `params` absent or `null` is treated as `{}` (the documented intent; the reference's
 /// `null` made every typed op fail). Ops that take no params ignore the value entirely.
 pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
+    if let Some(request) = fast::decode(payload) {
+        return Ok(request);
+    }
+    decode_request_general(payload)
+}
+
+/// The hot ops decoded straight from the text into their params, without a `Value` tree.
+/// It answers only when the request is well formed in the plainest way (an object envelope
+/// with no repeated key, an object `params` that decodes as is); anything else — every
+/// error included — goes to [`decode_request_general`], which therefore alone defines the
+/// results and every error message. A property test checks the two agree.
+mod fast {
+    use super::{Command, MAX_REQUEST_ID_BYTES, Op, Request};
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type", borrow)]
+        _kind: Cow<'a, str>,
+        id: String,
+        #[serde(borrow)]
+        op: Cow<'a, str>,
+        #[serde(borrow)]
+        params: &'a RawValue,
+    }
+
+    /// `text` is a JSON object (serde would also read a struct from an array).
+    fn is_object(text: &str) -> bool {
+        text.trim_start().starts_with('{')
+    }
+
+    pub(super) fn decode(payload: &[u8]) -> Option<Request> {
+        let text = std::str::from_utf8(payload).ok()?;
+        if !is_object(text) {
+            return None;
+        }
+        let envelope: Envelope<'_> = serde_json::from_str(text).ok()?;
+        if envelope.id.len() > MAX_REQUEST_ID_BYTES {
+            return None;
+        }
+        let params = envelope.params.get();
+        if !is_object(params) {
+            return None;
+        }
+        let command = match envelope.op.parse::<Op>().ok()? {
+            Op::GetInstance => Command::GetInstance(serde_json::from_str(params).ok()?),
+            Op::ApplyEvent => Command::ApplyEvent(serde_json::from_str(params).ok()?),
+            Op::CreateInstance => Command::CreateInstance(serde_json::from_str(params).ok()?),
+            _ => return None,
+        };
+        Some(Request {
+            id: envelope.id,
+            command,
+        })
+    }
+}
+
+/// [`decode_request`] without the fast path for hot ops: the reference for its results.
+#[doc(hidden)]
+pub fn decode_request_general(payload: &[u8]) -> Result<Request, RequestError> {
     let text = std::str::from_utf8(payload).map_err(|error| RequestError::Malformed {
         message: format!("payload is not valid UTF-8: {error}"),
     })?;

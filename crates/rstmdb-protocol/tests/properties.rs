@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 use rstmdb_protocol::{
     FrameCodec, FrameError, InboundCodec, JsonlCodec, Op, crc32c, decode_request, flags,
+    request::decode_request_general,
 };
 use serde_json::{Map, Value};
 use tokio_util::codec::{Decoder, Encoder};
@@ -402,6 +403,16 @@ proptest! {
         let _ = decode_request(&input);
     }
 
+    /// `decode_request` answers the hot ops on a fast path; whatever it returns must be
+    /// exactly what the general decoder returns (results and errors alike).
+    #[test]
+    fn the_fast_path_agrees_with_the_general_decoder(
+        value in prop_oneof![1 => json_value(), 6 => request_value()],
+    ) {
+        let bytes = serde_json::to_vec(&value).unwrap();
+        prop_assert_eq!(decode_request(&bytes), decode_request_general(&bytes));
+    }
+
     #[test]
     fn decode_request_never_panics_on_json_and_re_encodes_faithfully(
         value in prop_oneof![1 => json_value(), 4 => request_value()],
@@ -412,4 +423,51 @@ proptest! {
             prop_assert_eq!(again, request);
         }
     }
+}
+
+/// Shapes JSON values cannot show: repeated keys, arrays for objects, whitespace, escapes.
+#[test]
+fn the_fast_path_agrees_with_the_general_decoder_on_tricky_texts() {
+    let cases = [
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE","params":{"instance_id":"a"}}"#,
+        r#"  {"type":"request","id":"1","op":"GET_INSTANCE","params":{"instance_id":"a"}}  "#,
+        r#"{"type":"request","id":"1","id":"2","op":"GET_INSTANCE","params":{"instance_id":"a"}}"#,
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE","params":{"instance_id":"a","instance_id":"b"}}"#,
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE","params":{"instance_id":"a"},"params":{"instance_id":"b"}}"#,
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE","params":["a"]}"#,
+        r#"["request","1","GET_INSTANCE",{"instance_id":"a"}]"#,
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE","params":null}"#,
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE"}"#,
+        r#"{"id":"1","op":"GET_INSTANCE","params":{"instance_id":"a"}}"#,
+        r#"{"type":7,"id":"1","op":"GET_INSTANCE","params":{"instance_id":"a"}}"#,
+        r#"{"type":"request","id":1,"op":"GET_INSTANCE","params":{"instance_id":"a"}}"#,
+        r#"{"type":"request","id":"\u0031","op":"GET_\u0049NSTANCE","params":{"instance_id":"\u00e9"}}"#,
+        r#"{"type":"request","id":"1","op":"get_instance","params":{"instance_id":"a"}}"#,
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE","params":{"instance_id":"a","extra":[1,{"x":null}]}}"#,
+        r#"{"type":"request","id":"1","op":"GET_INSTANCE","params":{"instance_id":"a"},"extra":true}"#,
+        r#"{"type":"request","id":"1","op":"APPLY_EVENT","params":{"instance_id":"a","event":"GO","payload":{"n":1.5e300,"s":"x"},"expected_wal_offset":18446744073709551615}}"#,
+        r#"{"type":"request","id":"1","op":"APPLY_EVENT","params":{"instance_id":"a","event":"GO","payload":null,"event_id":null}}"#,
+        r#"{"type":"request","id":"1","op":"APPLY_EVENT","params":{"instance_id":"a","event":"GO","expected_wal_offset":18446744073709551616}}"#,
+        r#"{"type":"request","id":"1","op":"APPLY_EVENT","params":{"instance_id":"a","event":"GO","expected_wal_offset":-1}}"#,
+        r#"{"type":"request","id":"1","op":"APPLY_EVENT","params":{"instance_id":"a","event":"GO","payload":[1]}}"#,
+        r#"{"type":"request","id":"1","op":"CREATE_INSTANCE","params":{"machine":"m","version":1.0}}"#,
+        r#"{"type":"request","id":"1","op":"CREATE_INSTANCE","params":{"machine":"m","version":4294967296}}"#,
+        r#"{"type":"request","id":"1","op":"CREATE_INSTANCE","params":{"machine":"m","version":1,"initial_ctx":{"a":{"b":[]}},"idempotency_key":"k"}}"#,
+        r#"{"type":"request","id":"1","op":"CREATE_INSTANCE","params":{"machine":"m","version":1}} x"#,
+    ];
+    for text in cases {
+        assert_eq!(
+            decode_request(text.as_bytes()),
+            decode_request_general(text.as_bytes()),
+            "{text}"
+        );
+    }
+    let long_id = format!(
+        r#"{{"type":"request","id":"{}","op":"GET_INSTANCE","params":{{"instance_id":"a"}}}}"#,
+        "x".repeat(4096)
+    );
+    assert_eq!(
+        decode_request(long_id.as_bytes()),
+        decode_request_general(long_id.as_bytes())
+    );
 }
