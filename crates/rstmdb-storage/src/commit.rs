@@ -25,6 +25,7 @@ use crate::config::FsyncPolicy;
 use crate::entry::WalEntry;
 use crate::state::{self, ChangeEvent, FlushCounts, View, keys};
 use crate::stats::{GROUP_SIZES, Histogram, LATENCY_MICROS};
+use crate::store::{Store, StoreError};
 use crate::wal::{Wal, WalError, WalPublisher, WalStats};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -465,7 +466,7 @@ impl LogStage {
 // ---- apply stage ----------------------------------------------------------------------------
 
 pub(crate) struct ApplyStage {
-    db: sled::Db,
+    db: Store,
     idempotency_ttl_ms: i64,
     events: broadcast::Sender<Arc<ChangeEvent>>,
     stats: Arc<CommitStats>,
@@ -494,7 +495,7 @@ struct PlannedBatch {
 
 /// sled plus the current group's writes that are not in sled yet.
 struct Overlay<'a> {
-    db: &'a sled::Db,
+    db: &'a Store,
     pending: &'a HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -503,16 +504,13 @@ impl View for Overlay<'_> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.clone());
         }
-        self.db
-            .get(key)
-            .map(|v| v.map(|iv| iv.to_vec()))
-            .map_err(|e| format!("reading state: {e}"))
+        self.db.get(key).map_err(|e| format!("reading state: {e}"))
     }
 }
 
 impl ApplyStage {
     pub fn new(
-        db: sled::Db,
+        db: Store,
         idempotency_ttl_ms: i64,
         events: broadcast::Sender<Arc<ChangeEvent>>,
         stats: Arc<CommitStats>,
@@ -749,10 +747,11 @@ impl ApplyStage {
         count_deltas: HashMap<Vec<u8>, i64>,
         high_water: u64,
     ) -> Result<(), String> {
-        let mut batch = sled::Batch::default();
+        let mut batch = self.db.batch();
+        let seal = |e: crate::crypto::SealError| format!("writing state: {e}");
         for (k, v) in writes {
             match v {
-                Some(v) => batch.insert(k, v),
+                Some(v) => batch.insert(k, v).map_err(seal)?,
                 None => batch.remove(k),
             }
         }
@@ -766,14 +765,18 @@ impl ApplyStage {
             if n == 0 {
                 batch.remove(k.clone());
             } else {
-                batch.insert(k.clone(), state::encode_u64(n));
+                batch
+                    .insert(k.clone(), state::encode_u64(n))
+                    .map_err(seal)?;
             }
             new_counts.push((k, n));
         }
-        batch.insert(
-            keys::HIGH_WATER,
-            state::encode_u64(high_water.max(self.high_water)),
-        );
+        batch
+            .insert(
+                keys::HIGH_WATER,
+                state::encode_u64(high_water.max(self.high_water)),
+            )
+            .map_err(seal)?;
         self.db
             .apply_batch(batch)
             .map_err(|e| format!("writing state: {e}"))?;
@@ -787,9 +790,10 @@ impl ApplyStage {
     /// after `seq` (only possible when replaying over a store that got ahead) survive.
     fn flush_all(&mut self, seq: u64) -> Result<FlushCounts, String> {
         let mut counts = FlushCounts::default();
-        let mut batch = sled::Batch::default();
+        let mut batch = self.db.batch();
         let mut survivors: HashMap<Vec<u8>, u64> = HashMap::new();
-        let err = |e: sled::Error| format!("flushing state: {e}");
+        let err = |e: StoreError| format!("flushing state: {e}");
+        let seal = |e: crate::crypto::SealError| format!("flushing state: {e}");
         for item in self.db.scan_prefix(keys::INSTANCE) {
             let (k, v) = item.map_err(err)?;
             let inst = state::decode_instance(&v)?;
@@ -834,13 +838,17 @@ impl ApplyStage {
         }
         self.counts.clear();
         for (k, n) in survivors {
-            batch.insert(k.clone(), state::encode_u64(n));
+            batch
+                .insert(k.clone(), state::encode_u64(n))
+                .map_err(seal)?;
             self.counts.insert(k, n);
         }
-        batch.insert(
-            keys::HIGH_WATER,
-            state::encode_u64(seq.max(self.high_water)),
-        );
+        batch
+            .insert(
+                keys::HIGH_WATER,
+                state::encode_u64(seq.max(self.high_water)),
+            )
+            .map_err(seal)?;
         self.db.apply_batch(batch).map_err(err)?;
         Ok(counts)
     }
@@ -850,8 +858,8 @@ impl ApplyStage {
         if let Some(reason) = self.poison.get() {
             return Err(reason);
         }
-        let err = |e: sled::Error| format!("checkpoint: {e}");
-        let mut batch = sled::Batch::default();
+        let err = |e: StoreError| format!("checkpoint: {e}");
+        let mut batch = self.db.batch();
         let mut tombstones_purged = 0;
         for item in self.db.scan_prefix(keys::TOMBSTONE) {
             let (k, v) = item.map_err(err)?;
@@ -886,7 +894,9 @@ impl ApplyStage {
             }
             batch.remove(k);
         }
-        batch.insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq));
+        batch
+            .insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq))
+            .map_err(|e| format!("checkpoint: {e}"))?;
         self.db.apply_batch(batch).map_err(err)?;
         Ok(CheckpointMark {
             checkpoint_seq,
