@@ -22,7 +22,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Size of a key in bytes (AES-256).
 pub const KEY_BYTES: usize = 32;
@@ -133,7 +133,9 @@ impl EncryptionKey {
         if raw.len() == KEY_BYTES {
             let mut bytes = [0u8; KEY_BYTES];
             bytes.copy_from_slice(&raw);
-            return Ok(EncryptionKey::from_bytes(bytes));
+            let key = EncryptionKey::from_bytes(bytes);
+            bytes.zeroize();
+            return Ok(key);
         }
         let text = raw
             .strip_suffix(b"\r\n")
@@ -152,7 +154,7 @@ impl EncryptionKey {
             match (hex_digit(pair[0]), hex_digit(pair[1])) {
                 (Some(h), Some(l)) => bytes[i] = (h << 4) | l,
                 _ => {
-                    bytes.fill(0);
+                    bytes.zeroize();
                     return Err(invalid(format!(
                         "{expected}; found 64 characters that are not all hex digits"
                     )));
@@ -160,7 +162,7 @@ impl EncryptionKey {
             }
         }
         let key = EncryptionKey::from_bytes(bytes);
-        bytes.fill(0);
+        bytes.zeroize();
         Ok(key)
     }
 
@@ -291,12 +293,7 @@ impl Cipher {
     }
 
     /// Appends `key_id ‖ nonce ‖ AES-GCM(plain, aad) ‖ tag` to `out`.
-    pub(crate) fn seal_into(
-        &self,
-        out: &mut Vec<u8>,
-        aad: &[u8],
-        plain: &[u8],
-    ) -> Result<(), SealError> {
+    pub fn seal_into(&self, out: &mut Vec<u8>, aad: &[u8], plain: &[u8]) -> Result<(), SealError> {
         let nonce = self.next_nonce()?;
         out.reserve(plain.len() + SEAL_OVERHEAD);
         out.extend_from_slice(&self.id.0);
@@ -312,7 +309,7 @@ impl Cipher {
     }
 
     /// `seal_into` a fresh vector.
-    pub(crate) fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
         self.seal_into(&mut out, aad, plain)?;
         Ok(out)
@@ -340,7 +337,7 @@ impl Cipher {
     }
 
     /// Verifies and decrypts a value made by `seal` with the same `aad`.
-    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenFailure> {
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenFailure> {
         self.check_key_id(sealed)?;
         let nonce = &sealed[KEY_ID_BYTES..KEY_ID_BYTES + NONCE_BYTES];
         let body = &sealed[KEY_ID_BYTES + NONCE_BYTES..];

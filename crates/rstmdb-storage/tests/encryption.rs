@@ -427,3 +427,46 @@ fn key_files_are_raw_or_hex_and_must_be_private() {
     assert!(matches!(missing, KeyError::Io { .. }));
     assert!(missing.to_string().contains("missing"), "{missing}");
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rekey_interrupted_during_the_swap_is_finished_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = Database::open(config(&data, Some(key(1)))).unwrap();
+    fill(&db, 4).await;
+    db.close().await.unwrap();
+    // The complete copy a rekey to key 2 makes, staged as it would be before the swap...
+    let scratch = dir.path().join("scratch");
+    copy_tree(&data, &scratch);
+    rekey(&scratch, Some(key(1)), Some(key(2))).await.unwrap();
+    copy_tree(&scratch.join("state"), &data.join("rekey.tmp/state"));
+    copy_tree(&scratch.join("wal"), &data.join("rekey.tmp/wal"));
+    std::fs::write(data.join("rekey.tmp/READY"), b"complete\n").unwrap();
+    // ...and a crash right after the first rename of the swap.
+    std::fs::create_dir_all(data.join("rekey.old")).unwrap();
+    std::fs::rename(data.join("state"), data.join("rekey.old/state")).unwrap();
+
+    let refused = open_err(&data, Some(key(2)));
+    assert!(refused.contains("interrupted"), "{refused}");
+    let report = rekey(&data, Some(key(1)), Some(key(2))).await.unwrap();
+    assert!(report.finished_interrupted, "{report:?}");
+    assert!(!data.join("rekey.tmp").exists() && !data.join("rekey.old").exists());
+    let db = Database::open(config(&data, Some(key(2)))).unwrap();
+    assert_all_there(&db, 4, 0);
+    drop(db);
+    let old = open_err(&data, Some(key(1)));
+    assert!(old.contains("different key"), "{old}");
+}
