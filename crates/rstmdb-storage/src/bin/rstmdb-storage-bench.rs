@@ -5,7 +5,7 @@
 //!                              [--key-file K] [--ctx-bytes N]
 //! rstmdb-storage-bench restart --dir D [--instances 1000000]
 //! rstmdb-storage-bench crypto  --dir D [--bytes 300,1300] [--iterations 200000]
-//! rstmdb-storage-bench writer  --dir D [--tasks 16]
+//! rstmdb-storage-bench writer  --dir D [--tasks 16] [--key-file K]
 //! rstmdb-storage-bench open    --dir D [--probe ID]      (used by `restart`)
 //! ```
 //!
@@ -31,6 +31,12 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
+}
+
+/// The key named by `--key-file`, if any.
+fn key_arg(args: &[String]) -> Option<EncryptionKey> {
+    arg(args, "--key-file")
+        .map(|k| EncryptionKey::from_file(std::path::Path::new(&k)).unwrap_or_else(|e| fail(e)))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -322,8 +328,9 @@ fn open_only(dir: PathBuf, probe: Option<String>) {
     );
 }
 
-async fn writer(dir: PathBuf, tasks: usize) {
-    let db = setup(&dir, FsyncPolicy::EveryWrite, tasks).await;
+async fn writer(dir: PathBuf, tasks: usize, key: Option<EncryptionKey>) {
+    let opts = ApplyOpts { key, ctx_bytes: 0 };
+    let db = setup_with(&dir, FsyncPolicy::EveryWrite, tasks, &opts).await;
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -383,10 +390,7 @@ fn main() {
                     .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
                     .unwrap_or(5);
                 let opts = ApplyOpts {
-                    key: arg(&args, "--key-file").map(|k| {
-                        EncryptionKey::from_file(std::path::Path::new(&k))
-                            .unwrap_or_else(|e| fail(e))
-                    }),
+                    key: key_arg(&args),
                     ctx_bytes: arg(&args, "--ctx-bytes")
                         .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
                         .unwrap_or(0),
@@ -413,7 +417,7 @@ fn main() {
                 let tasks = arg(&args, "--tasks")
                     .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
                     .unwrap_or(16);
-                writer(dir, tasks).await;
+                writer(dir, tasks, key_arg(&args)).await;
             }
             _ => fail("usage: rstmdb-storage-bench apply|restart|writer|crypto --dir D [options]"),
         }
