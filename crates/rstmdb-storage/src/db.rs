@@ -13,7 +13,7 @@ use crate::crypto::Cipher;
 use crate::entry::WalEntry;
 use crate::locks::LockTable;
 use crate::state::{self, ChangeEvent, FlushCounts, IdemRecord, StoredMachine, keys, scope};
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreError};
 use crate::wal::{Wal, WalOptions, WalReader};
 use rstmdb_core::{ConflictKind, Error, EventRequest, Instance, InstanceLimits, Machine, Result};
 use serde::{Deserialize, Serialize};
@@ -358,7 +358,7 @@ impl Database {
             .encryption
             .as_ref()
             .map(|key| Arc::new(Cipher::new(key)));
-        check_encryption_marker(&db, cipher.as_deref(), &config.data_dir)?;
+        let marker_missing = check_encryption_marker(&db, cipher.as_deref(), &config.data_dir)?;
         let read_u64 = |key: &[u8]| -> std::result::Result<u64, OpenError> {
             match db.get(key) {
                 Ok(Some(v)) => state::decode_u64(&v)
@@ -380,6 +380,20 @@ impl Database {
             .saturating_mul(1024 * 1024);
         wal_opts.cipher = cipher.clone();
         let (wal, report) = Wal::open(wal_opts, checkpoint + 1)?;
+        if marker_missing {
+            // Only now that the log has accepted the key (or its absence): a new state store
+            // next to an existing log must not record a setting the log contradicts.
+            let state = |source| OpenError::State {
+                path: state_dir.clone(),
+                source,
+            };
+            db.insert(
+                keys::ENCRYPTION,
+                store::marker(cipher.as_deref()).as_bytes(),
+            )
+            .map_err(state)?;
+            db.flush().map_err(state)?;
+        }
         let db = Store::new(db, cipher);
         if let Some(t) = &report.torn_tail {
             tracing::warn!(segment = %t.segment.display(), file_offset = t.file_offset, bytes_removed = t.bytes_removed, "truncated a torn record at the end of the WAL");
@@ -537,7 +551,13 @@ impl Database {
     fn load_machines(&self) -> std::result::Result<(), OpenError> {
         let mut map: HashMap<String, BTreeMap<u32, Arc<Machine>>> = HashMap::new();
         for item in self.inner.db.scan_prefix(keys::MACHINE) {
-            let (_, v) = item.map_err(|e| OpenError::CorruptState(e.to_string()))?;
+            let (_, v) = item.map_err(|e| match e {
+                StoreError::Sled(source) => OpenError::State {
+                    path: self.inner.config.state_dir(),
+                    source,
+                },
+                other => OpenError::CorruptState(other.to_string()),
+            })?;
             let stored: StoredMachine = serde_json::from_slice(&v)
                 .map_err(|e| OpenError::CorruptState(format!("machine record: {e}")))?;
             let m =
@@ -1528,14 +1548,14 @@ impl Database {
     }
 }
 
-/// Compares the state store's encryption marker with the configured key, and writes the
-/// marker into a new store. A store without a marker that holds data predates the marker and
-/// is plaintext.
+/// Compares the state store's encryption marker with the configured key. A store without a
+/// marker that holds data predates the marker and is plaintext; an empty one is new, and
+/// `true` says its marker is still to be written.
 fn check_encryption_marker(
     db: &sled::Db,
     cipher: Option<&Cipher>,
     data_dir: &std::path::Path,
-) -> std::result::Result<(), OpenError> {
+) -> std::result::Result<bool, OpenError> {
     let state = |source| OpenError::State {
         path: data_dir.join("state"),
         source,
@@ -1544,16 +1564,11 @@ fn check_encryption_marker(
     let found = match db.get(keys::ENCRYPTION).map_err(state)? {
         Some(v) => store::parse_marker(&v).map_err(OpenError::CorruptState)?,
         None if db.iter().next().is_some() => None,
-        None => {
-            db.insert(keys::ENCRYPTION, store::marker(cipher).as_bytes())
-                .map_err(state)?;
-            db.flush().map_err(state)?;
-            return Ok(());
-        }
+        None => return Ok(true),
     };
     let dir = data_dir.display();
     match (found, want) {
-        (found, want) if found == want => Ok(()),
+        (found, want) if found == want => Ok(false),
         (None, Some(want)) => Err(OpenError::Encryption(format!(
             "data directory {dir} is not encrypted but an encryption key is configured (key id \
              {want}); encrypt it with `rstmdb rekey --data-dir {dir} --new-key-file <key>` \
@@ -1567,7 +1582,7 @@ fn check_encryption_marker(
             "data directory {dir} is encrypted with a different key (key id {found}; the \
              configured key file holds key id {want})"
         ))),
-        (None, None) => Ok(()),
+        (None, None) => Ok(false),
     }
 }
 

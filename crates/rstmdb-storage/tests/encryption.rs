@@ -470,3 +470,19 @@ async fn a_rekey_interrupted_during_the_swap_is_finished_by_the_next_run() {
     let old = open_err(&data, Some(key(1)));
     assert!(old.contains("different key"), "{old}");
 }
+
+#[tokio::test]
+async fn a_rebuilt_state_store_does_not_record_a_setting_the_log_contradicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(config(dir.path(), Some(key(1)))).unwrap();
+    fill(&db, 2).await;
+    drop(db);
+    // The state store is lost; the WAL (encrypted, from seq 1) is all there is.
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let missing = open_err(dir.path(), None);
+    assert!(missing.contains("no encryption key"), "{missing}");
+    // That refused open did not mark the new store as plaintext: the right key still works,
+    // rebuilding everything from the log.
+    let db = Database::open(config(dir.path(), Some(key(1)))).unwrap();
+    assert_all_there(&db, 2, 0);
+}
