@@ -179,6 +179,16 @@ pub async fn rekey(
         )));
     }
 
+    // A run whose swap completed but whose cleanup was cut short leaves nothing to tell it
+    // from an unfinished one: recognise data that is already in the target setting.
+    let target = store::marker(new.as_ref().map(|k| Arc::new(Cipher::new(k))).as_deref());
+    if current_marker(&data_dir.join("state"))?.as_deref() == Some(target.as_str()) {
+        return Err(RekeyError::Refused(format!(
+            "{} is already in the target setting ({target}): nothing to do",
+            data_dir.display()
+        )));
+    }
+
     // Validate the old key against the data, replay the log, checkpoint.
     let mut config = StorageConfig::new(data_dir);
     config.encryption = old.clone();
@@ -214,6 +224,15 @@ pub async fn rekey(
     swap(data_dir)?;
     tracing::info!(data_dir = %data_dir.display(), entries, sealed, wal_records = wal.records, "rekey complete");
     Ok(report)
+}
+
+/// The encryption marker of the state store in `dir`, if it has one.
+fn current_marker(dir: &Path) -> Result<Option<String>, RekeyError> {
+    let db = open_state(dir, COPY_CACHE_MB)?;
+    let value = db
+        .get(keys::ENCRYPTION)
+        .map_err(|e| RekeyError::State(e.to_string()))?;
+    Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
 }
 
 /// Copies every entry of the state store in `src` into a new store in `dst`, re-sealing the

@@ -351,6 +351,11 @@ async fn rekey_rotates_converts_and_the_old_key_no_longer_opens() {
     assert!(db.get_instance("after").is_ok());
     db.close().await.unwrap();
 
+    // Running the same rotation again is recognised as done.
+    match rekey(dir.path(), Some(key(2)), Some(key(3))).await {
+        Err(RekeyError::Refused(why)) => assert!(why.contains("already"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     // A wrong old key changes nothing.
     match rekey(dir.path(), Some(key(1)), Some(key(4))).await {
         Err(RekeyError::Open(e)) => assert!(e.to_string().contains("different key"), "{e}"),
