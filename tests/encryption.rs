@@ -254,6 +254,7 @@ fn rekey_rotates_the_key_and_the_old_key_no_longer_opens() {
     let keys = tempdir();
     let old = write_key(keys.path(), "old.key", 4);
     let new = write_key(keys.path(), "new.key", 5);
+    let other = write_key(keys.path(), "other.key", 7);
     let mut s = Server::with_config(with_key(Some(&old)));
     let mut c = s.connect();
     let acked = fill(&mut c);
@@ -277,9 +278,13 @@ fn rekey_rotates_the_key_and_the_old_key_no_longer_opens() {
         )
     };
     // A wrong old key: exit 1, nothing changed.
-    let (st, out, err) = rekey(&new, &old);
+    let (st, out, err) = rekey(&new, &other);
     assert_eq!(st.and_then(|s| s.code()), Some(1), "{out}\n{err}");
     assert!(err.contains("different key"), "{err}");
+    // Arguments swapped: the data is already under the "new" key.
+    let (st, out, err) = rekey(&new, &old);
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{out}\n{err}");
+    assert!(err.contains("already in the target setting"), "{err}");
     let (st, out, err) = rekey(&old, &new);
     assert!(st.is_some_and(|s| s.success()), "{out}\n{err}");
     assert!(out.contains("rekeyed"), "{out}");
