@@ -29,7 +29,7 @@
 //! - `commit`: the commit pipeline — a log stage (group commit, fsync policy) and an apply
 //!   stage (sled, publish, watch events, acknowledge), overlapping.
 //! - `store`: sled as the engine sees it, sealing the values that hold user data when
-//!   encryption at rest is on ([`crypto`]: the key, AES-256-GCM; [`rekey`]: key rotation).
+//!   encryption at rest is on ([`crypto`]: the key, AES-256-GCM; [`rekey()`]: key rotation).
 //! - [`Database`]: locks, validation through `rstmdb-core`, reads, lists, watches,
 //!   checkpoints, recovery.
 //!

@@ -20,7 +20,7 @@ pub const RECORD_VERSION: u8 = 1;
 /// Size of the record header in bytes.
 pub const RECORD_HEADER_BYTES: usize = 24;
 /// Flag bit: the payload is sealed with AES-256-GCM (`key_id ‖ nonce ‖ ciphertext ‖ tag`,
-/// associated data = [`WAL_AAD_DOMAIN`] ‖ header bytes 0..20, see [`RecordHeader::aad`]).
+/// associated data = `"rstmdb wal v1\0"` ‖ header bytes 0..20; `docs/wal-format.md`).
 pub const FLAG_ENCRYPTED: u8 = 0x01;
 /// Flag bits this version understands. A record with any other bit set was written by a newer
 /// version (e.g. compressed) and must not be misread as plain bytes.
