@@ -133,6 +133,15 @@ pub struct StorageSection {
     pub max_batch_ops: usize,
     pub commit_queue_depth: usize,
     pub allow_flush_all: bool,
+    pub encryption: EncryptionSection,
+}
+
+/// `storage.encryption`: encryption at rest (SECURITY.md).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionSection {
+    /// 32 raw bytes or 64 hex characters, mode 0600/0400. Absent: the data is plaintext.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for StorageSection {
@@ -149,6 +158,7 @@ impl Default for StorageSection {
             max_batch_ops: d.max_batch_ops,
             commit_queue_depth: d.commit_queue_depth,
             allow_flush_all: false,
+            encryption: EncryptionSection::default(),
         }
     }
 }
@@ -341,6 +351,9 @@ impl Config {
         if let Some(v) = env("RSTMDB_FSYNC_POLICY") {
             self.storage.fsync_policy = parse_fsync_env(&v)?;
         }
+        if let Some(v) = env("RSTMDB_ENCRYPTION_KEY_FILE") {
+            self.storage.encryption.key_file = Some(PathBuf::from(v));
+        }
         if let Some(v) = env("RSTMDB_MAX_MACHINE_VERSIONS") {
             self.storage.max_machine_versions = parse("RSTMDB_MAX_MACHINE_VERSIONS", &v)?;
         }
@@ -468,6 +481,16 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if s.encryption
+            .key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "storage.encryption.key_file",
+                "must be a path (omit the key for no encryption)".into(),
+            ));
+        }
         if s.commit_queue_depth == 0 {
             return Err(invalid(
                 "storage.commit_queue_depth",
@@ -528,6 +551,19 @@ impl Config {
         Duration::from_secs(self.network.idle_timeout_secs)
     }
 
+    /// The storage configuration with the encryption key read from
+    /// `storage.encryption.key_file` (if set): what the server opens the database with.
+    pub fn storage_config_with_key(&self) -> Result<StorageConfig, rstmdb_storage::KeyError> {
+        let mut c = self.storage_config();
+        c.encryption = match &self.storage.encryption.key_file {
+            Some(path) => Some(rstmdb_storage::EncryptionKey::from_file(path)?),
+            None => None,
+        };
+        Ok(c)
+    }
+
+    /// The storage configuration without the encryption key (which needs a file read: see
+    /// [`Config::storage_config_with_key`]).
     pub fn storage_config(&self) -> StorageConfig {
         let mut c = StorageConfig::new(&self.storage.data_dir);
         let s = &self.storage;
@@ -661,12 +697,35 @@ mod tests {
             "RSTMDB_AUTH_REQUIRED" => Some("yes".to_string()),
             "RSTMDB_AUTH_TOKEN_HASH" => Some("a".repeat(64)),
             "RSTMDB_FSYNC_POLICY" => Some("every_ms:5".to_string()),
+            "RSTMDB_ENCRYPTION_KEY_FILE" => Some("/etc/rstmdb/data.key".to_string()),
             _ => None,
         };
         let c = Config::load(None, &env).unwrap();
         assert_eq!(c.network.bind_addr, "127.0.0.1:9999");
         assert!(c.auth.required);
         assert_eq!(c.storage.fsync_policy, FsyncPolicyConfig::EveryMs(5));
+        assert_eq!(
+            c.storage.encryption.key_file.as_deref(),
+            Some(Path::new("/etc/rstmdb/data.key"))
+        );
+    }
+
+    #[test]
+    fn the_encryption_key_file_is_read_and_its_problems_are_named() {
+        let c =
+            Config::from_yaml("storage:\n  encryption:\n    key_file: /nonexistent/k\n").unwrap();
+        let e = c.storage_config_with_key().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/k"), "{e}");
+        let e = Config::from_yaml("storage:\n  encryption:\n    key: x\n").unwrap_err();
+        assert!(e.contains("key"), "{e}");
+        assert!(
+            Config::from_yaml("storage:\n  encryption: {}\n")
+                .unwrap()
+                .storage_config_with_key()
+                .unwrap()
+                .encryption
+                .is_none()
+        );
     }
 
     #[test]

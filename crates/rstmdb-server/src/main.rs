@@ -3,6 +3,9 @@
 //! ```text
 //! rstmdb [--config PATH]            serve (defaults: 127.0.0.1:7401, data in ./data)
 //! rstmdb repair --data-dir DIR      cut a damaged WAL back to its last good record
+//! rstmdb rekey --data-dir DIR [--old-key-file A] [--new-key-file B]
+//!                                   re-encrypt the data directory offline (rotation, or
+//!                                   plaintext <-> encrypted when a side is omitted)
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -45,6 +48,52 @@ enum Cmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Re-encrypt a data directory offline: rotate the key (both key files), encrypt a
+    /// plaintext directory (only --new-key-file) or decrypt one (only --old-key-file). Run it
+    /// with the server stopped; if interrupted, run the same command again.
+    Rekey {
+        /// The server's data directory (`storage.data_dir`).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The key the data is encrypted with now; omit for a plaintext directory.
+        #[arg(long)]
+        old_key_file: Option<PathBuf>,
+        /// The key to encrypt with; omit to leave the data in plaintext.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
+}
+
+fn load_key(
+    path: Option<&std::path::Path>,
+) -> Result<Option<rstmdb_storage::EncryptionKey>, rstmdb_storage::KeyError> {
+    path.map(rstmdb_storage::EncryptionKey::from_file)
+        .transpose()
+}
+
+fn rekey(
+    data_dir: &std::path::Path,
+    old: Option<&std::path::Path>,
+    new: Option<&std::path::Path>,
+) -> ExitCode {
+    let (old, new) = match (load_key(old), load_key(new)) {
+        (Ok(o), Ok(n)) => (o, n),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("starting the runtime: {e}")),
+    };
+    match runtime.block_on(rstmdb_storage::rekey(data_dir, old, new)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -87,6 +136,14 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         };
+    }
+    if let Some(Cmd::Rekey {
+        data_dir,
+        old_key_file,
+        new_key_file,
+    }) = &cli.command
+    {
+        return rekey(data_dir, old_key_file.as_deref(), new_key_file.as_deref());
     }
     let env = |k: &str| std::env::var(k).ok();
     let config = match Config::load(cli.config.as_deref(), &env) {
@@ -153,6 +210,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         bind = %addr,
         data_dir = %config.storage.data_dir.display(),
         fsync_policy = ?config.storage.fsync_policy,
+        encryption = config.storage.encryption.key_file.is_some(),
         auth_required = auth.required,
         tokens = auth.token_count(),
         tls = config.tls.enabled,
@@ -161,7 +219,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         "starting rstmdb {}",
         env!("CARGO_PKG_VERSION")
     );
-    let db = match Database::open(config.storage_config()) {
+    let storage = match config.storage_config_with_key() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let db = match Database::open(storage) {
         Ok(db) => db,
         Err(e) => return fail(format!("opening the database: {e}")),
     };

@@ -25,6 +25,7 @@ use crate::config::FsyncPolicy;
 use crate::entry::WalEntry;
 use crate::state::{self, ChangeEvent, FlushCounts, View, keys};
 use crate::stats::{GROUP_SIZES, Histogram, LATENCY_MICROS};
+use crate::store::{Store, StoreError};
 use crate::wal::{Wal, WalError, WalPublisher, WalStats};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -465,7 +466,7 @@ impl LogStage {
 // ---- apply stage ----------------------------------------------------------------------------
 
 pub(crate) struct ApplyStage {
-    db: sled::Db,
+    db: Store,
     idempotency_ttl_ms: i64,
     events: broadcast::Sender<Arc<ChangeEvent>>,
     stats: Arc<CommitStats>,
@@ -492,20 +493,17 @@ struct PlannedBatch {
 }
 
 /// The state store as the planner reads it (pending writes are the planner's own).
-struct Store<'a>(&'a sled::Db);
+struct StoreView<'a>(&'a Store);
 
-impl View for Store<'_> {
+impl View for StoreView<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        self.0
-            .get(key)
-            .map(|v| v.map(|iv| iv.to_vec()))
-            .map_err(|e| format!("reading state: {e}"))
+        self.0.get(key).map_err(|e| format!("reading state: {e}"))
     }
 }
 
 impl ApplyStage {
     pub fn new(
-        db: sled::Db,
+        db: Store,
         idempotency_ttl_ms: i64,
         events: broadcast::Sender<Arc<ChangeEvent>>,
         stats: Arc<CommitStats>,
@@ -656,7 +654,7 @@ impl ApplyStage {
                 &req.entry,
                 first_seq + i as u64,
                 self.idempotency_ttl_ms,
-                &Store(&self.db),
+                &StoreView(&self.db),
                 &req.hints,
                 &mut batch.writes,
             )?;
@@ -674,7 +672,7 @@ impl ApplyStage {
             entry,
             seq,
             self.idempotency_ttl_ms,
-            &Store(&self.db),
+            &StoreView(&self.db),
             &[],
             &mut writes,
         )?;
@@ -738,10 +736,11 @@ impl ApplyStage {
         count_deltas: HashMap<Vec<u8>, i64>,
         high_water: u64,
     ) -> Result<(), String> {
-        let mut batch = sled::Batch::default();
+        let mut batch = self.db.batch();
+        let seal = |e: crate::crypto::SealError| format!("writing state: {e}");
         for (k, v) in writes {
             match v {
-                Some(v) => batch.insert(k, v),
+                Some(v) => batch.insert(k, v).map_err(seal)?,
                 None => batch.remove(k),
             }
         }
@@ -755,14 +754,18 @@ impl ApplyStage {
             if n == 0 {
                 batch.remove(k.clone());
             } else {
-                batch.insert(k.clone(), state::encode_u64(n));
+                batch
+                    .insert(k.clone(), state::encode_u64(n))
+                    .map_err(seal)?;
             }
             new_counts.push((k, n));
         }
-        batch.insert(
-            keys::HIGH_WATER,
-            state::encode_u64(high_water.max(self.high_water)),
-        );
+        batch
+            .insert(
+                keys::HIGH_WATER,
+                state::encode_u64(high_water.max(self.high_water)),
+            )
+            .map_err(seal)?;
         self.db
             .apply_batch(batch)
             .map_err(|e| format!("writing state: {e}"))?;
@@ -776,9 +779,10 @@ impl ApplyStage {
     /// after `seq` (only possible when replaying over a store that got ahead) survive.
     fn flush_all(&mut self, seq: u64) -> Result<FlushCounts, String> {
         let mut counts = FlushCounts::default();
-        let mut batch = sled::Batch::default();
+        let mut batch = self.db.batch();
         let mut survivors: HashMap<Vec<u8>, u64> = HashMap::new();
-        let err = |e: sled::Error| format!("flushing state: {e}");
+        let err = |e: StoreError| format!("flushing state: {e}");
+        let seal = |e: crate::crypto::SealError| format!("flushing state: {e}");
         for item in self.db.scan_prefix(keys::INSTANCE) {
             let (k, v) = item.map_err(err)?;
             let inst = state::decode_instance(&v)?;
@@ -823,13 +827,17 @@ impl ApplyStage {
         }
         self.counts.clear();
         for (k, n) in survivors {
-            batch.insert(k.clone(), state::encode_u64(n));
+            batch
+                .insert(k.clone(), state::encode_u64(n))
+                .map_err(seal)?;
             self.counts.insert(k, n);
         }
-        batch.insert(
-            keys::HIGH_WATER,
-            state::encode_u64(seq.max(self.high_water)),
-        );
+        batch
+            .insert(
+                keys::HIGH_WATER,
+                state::encode_u64(seq.max(self.high_water)),
+            )
+            .map_err(seal)?;
         self.db.apply_batch(batch).map_err(err)?;
         Ok(counts)
     }
@@ -839,8 +847,8 @@ impl ApplyStage {
         if let Some(reason) = self.poison.get() {
             return Err(reason);
         }
-        let err = |e: sled::Error| format!("checkpoint: {e}");
-        let mut batch = sled::Batch::default();
+        let err = |e: StoreError| format!("checkpoint: {e}");
+        let mut batch = self.db.batch();
         let mut tombstones_purged = 0;
         for item in self.db.scan_prefix(keys::TOMBSTONE) {
             let (k, v) = item.map_err(err)?;
@@ -875,7 +883,9 @@ impl ApplyStage {
             }
             batch.remove(k);
         }
-        batch.insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq));
+        batch
+            .insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq))
+            .map_err(|e| format!("checkpoint: {e}"))?;
         self.db.apply_batch(batch).map_err(err)?;
         Ok(CheckpointMark {
             checkpoint_seq,

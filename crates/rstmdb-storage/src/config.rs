@@ -1,6 +1,7 @@
 //! Storage configuration. The server maps its YAML `storage.*`, `compaction.*` and
 //! `idempotency.*` keys onto this; embedded users build it directly.
 
+use crate::crypto::EncryptionKey;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,6 +49,10 @@ pub struct StorageConfig {
     pub subscriber_queue_depth: usize,
     /// FLUSH_ALL is refused unless this is set.
     pub allow_flush_all: bool,
+    /// Encryption at rest (AES-256-GCM of WAL payloads and of the state store values that
+    /// hold user data). `None`: plaintext. A data directory is either encrypted with one key
+    /// or plaintext; opening it with another setting is an error (`rstmdb rekey` converts).
+    pub encryption: Option<EncryptionKey>,
 }
 
 impl StorageConfig {
@@ -69,6 +74,7 @@ impl StorageConfig {
             checkpoint_min_interval: Duration::ZERO,
             subscriber_queue_depth: 4096,
             allow_flush_all: false,
+            encryption: None,
         }
     }
 

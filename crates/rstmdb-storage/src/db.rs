@@ -9,9 +9,11 @@ use crate::commit::{
     CommitRequest, CommitStats, pipeline,
 };
 use crate::config::{FsyncPolicy, StorageConfig};
+use crate::crypto::Cipher;
 use crate::entry::WalEntry;
 use crate::locks::LockTable;
 use crate::state::{self, ChangeEvent, FlushCounts, IdemRecord, StoredMachine, keys, scope};
+use crate::store::{self, Store, StoreError};
 use crate::wal::{Wal, WalOptions, WalReader};
 use rstmdb_core::{ConflictKind, Error, EventRequest, Instance, InstanceLimits, Machine, Result};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,10 @@ pub enum OpenError {
     Replay { seq: u64, reason: String },
     #[error("state store is corrupt: {0}")]
     CorruptState(String),
+    /// The data directory's encryption does not match the configured key (or an interrupted
+    /// `rekey` must be finished first).
+    #[error("encryption at rest: {0}")]
+    Encryption(String),
 }
 
 // ---- request and result types -------------------------------------------------------------
@@ -240,7 +246,7 @@ impl std::fmt::Debug for Database {
 
 struct Inner {
     config: StorageConfig,
-    db: sled::Db,
+    db: Store,
     commit_tx: mpsc::Sender<Command>,
     reader: WalReader,
     locks: LockTable,
@@ -270,7 +276,7 @@ fn internal(detail: impl Into<String>) -> Error {
     }
 }
 
-fn sled_err(e: sled::Error) -> Error {
+fn sled_err(e: impl std::fmt::Display) -> Error {
     internal(format!("state store: {e}"))
 }
 
@@ -295,7 +301,7 @@ fn validate_idempotency_key(key: &Option<String>) -> Result<()> {
 
 /// Where an operation reads instances from: sled, or sled under a batch's staged changes.
 struct Staged<'a> {
-    db: &'a sled::Db,
+    db: &'a Store,
     overlay: HashMap<String, Option<Instance>>,
 }
 
@@ -304,7 +310,7 @@ impl Staged<'_> {
         if let Some(v) = self.overlay.get(id) {
             return Ok(v.clone());
         }
-        match self.db.get(keys::instance(id)).map_err(sled_err)? {
+        match self.db.get(&keys::instance(id)).map_err(sled_err)? {
             Some(bytes) => state::decode_instance(&bytes).map(Some).map_err(internal),
             None => Ok(None),
         }
@@ -345,8 +351,14 @@ impl Database {
             context: format!("creating data directory {}", config.data_dir.display()),
             source,
         })?;
+        crate::rekey::refuse_interrupted(&config.data_dir)?;
         let state_dir = config.state_dir();
         let db = open_state(&state_dir, config.cache_capacity_mb)?;
+        let cipher = config
+            .encryption
+            .as_ref()
+            .map(|key| Arc::new(Cipher::new(key)));
+        let marker_missing = check_encryption_marker(&db, cipher.as_deref(), &config.data_dir)?;
         let read_u64 = |key: &[u8]| -> std::result::Result<u64, OpenError> {
             match db.get(key) {
                 Ok(Some(v)) => state::decode_u64(&v)
@@ -366,7 +378,23 @@ impl Database {
             .wal_segment_size_mb
             .max(1)
             .saturating_mul(1024 * 1024);
+        wal_opts.cipher = cipher.clone();
         let (wal, report) = Wal::open(wal_opts, checkpoint + 1)?;
+        if marker_missing {
+            // Only now that the log has accepted the key (or its absence): a new state store
+            // next to an existing log must not record a setting the log contradicts.
+            let state = |source| OpenError::State {
+                path: state_dir.clone(),
+                source,
+            };
+            db.insert(
+                keys::ENCRYPTION,
+                store::marker(cipher.as_deref()).as_bytes(),
+            )
+            .map_err(state)?;
+            db.flush().map_err(state)?;
+        }
+        let db = Store::new(db, cipher);
         if let Some(t) = &report.torn_tail {
             tracing::warn!(segment = %t.segment.display(), file_offset = t.file_offset, bytes_removed = t.bytes_removed, "truncated a torn record at the end of the WAL");
         }
@@ -523,9 +551,12 @@ impl Database {
     fn load_machines(&self) -> std::result::Result<(), OpenError> {
         let mut map: HashMap<String, BTreeMap<u32, Arc<Machine>>> = HashMap::new();
         for item in self.inner.db.scan_prefix(keys::MACHINE) {
-            let (_, v) = item.map_err(|source| OpenError::State {
-                path: self.inner.config.state_dir(),
-                source,
+            let (_, v) = item.map_err(|e| match e {
+                StoreError::Sled(source) => OpenError::State {
+                    path: self.inner.config.state_dir(),
+                    source,
+                },
+                other => OpenError::CorruptState(other.to_string()),
             })?;
             let stored: StoredMachine = serde_json::from_slice(&v)
                 .map_err(|e| OpenError::CorruptState(format!("machine record: {e}")))?;
@@ -763,7 +794,7 @@ impl Database {
     // ---- idempotency --------------------------------------------------------------------------
 
     fn idem_lookup(&self, scope: &str) -> Result<Option<IdemRecord>> {
-        let Some(bytes) = self.inner.db.get(keys::idem(scope)).map_err(sled_err)? else {
+        let Some(bytes) = self.inner.db.get(&keys::idem(scope)).map_err(sled_err)? else {
             return Ok(None);
         };
         let rec: IdemRecord = serde_json::from_slice(&bytes)
@@ -1280,7 +1311,7 @@ impl Database {
                     .map(|(m, s, _)| {
                         let prefix = keys::by_state_prefix(m, s);
                         let plen = prefix.len();
-                        db.scan_prefix(prefix).map(move |item| {
+                        db.scan_prefix(&prefix).map(move |item| {
                             item.map(|(k, _)| String::from_utf8_lossy(&k[plen..]).into_owned())
                                 .map_err(sled_err)
                         })
@@ -1517,12 +1548,50 @@ impl Database {
     }
 }
 
+/// Compares the state store's encryption marker with the configured key. A store without a
+/// marker that holds data predates the marker and is plaintext; an empty one is new, and
+/// `true` says its marker is still to be written.
+fn check_encryption_marker(
+    db: &sled::Db,
+    cipher: Option<&Cipher>,
+    data_dir: &std::path::Path,
+) -> std::result::Result<bool, OpenError> {
+    let state = |source| OpenError::State {
+        path: data_dir.join("state"),
+        source,
+    };
+    let want = cipher.map(|c| c.key_id().to_string());
+    let found = match db.get(keys::ENCRYPTION).map_err(state)? {
+        Some(v) => store::parse_marker(&v).map_err(OpenError::CorruptState)?,
+        None if db.iter().next().is_some() => None,
+        None => return Ok(true),
+    };
+    let dir = data_dir.display();
+    match (found, want) {
+        (found, want) if found == want => Ok(false),
+        (None, Some(want)) => Err(OpenError::Encryption(format!(
+            "data directory {dir} is not encrypted but an encryption key is configured (key id \
+             {want}); encrypt it with `rstmdb rekey --data-dir {dir} --new-key-file <key>` \
+             (offline), or remove storage.encryption.key_file"
+        ))),
+        (Some(found), None) => Err(OpenError::Encryption(format!(
+            "data directory {dir} is encrypted (key id {found}) but no encryption key is \
+             configured: set storage.encryption.key_file"
+        ))),
+        (Some(found), Some(want)) => Err(OpenError::Encryption(format!(
+            "data directory {dir} is encrypted with a different key (key id {found}; the \
+             configured key file holds key id {want})"
+        ))),
+        (None, None) => Ok(false),
+    }
+}
+
 /// How long `open` waits for another holder of the state store's lock to let go: sled's
 /// I/O threads release it a moment after the last handle of a closed database (or a killed
 /// process) is gone. A directory really in use elsewhere still fails after this.
 const STATE_LOCK_WAIT: Duration = Duration::from_secs(3);
 
-fn open_state(
+pub(crate) fn open_state(
     dir: &std::path::Path,
     cache_capacity_mb: u64,
 ) -> std::result::Result<sled::Db, OpenError> {

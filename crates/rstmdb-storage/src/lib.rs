@@ -28,6 +28,8 @@
 //!   (the same code for live commits and for replay).
 //! - `commit`: the commit pipeline — a log stage (group commit, fsync policy) and an apply
 //!   stage (sled, publish, watch events, acknowledge), overlapping.
+//! - `store`: sled as the engine sees it, sealing the values that hold user data when
+//!   encryption at rest is on ([`crypto`]: the key, AES-256-GCM; [`rekey()`]: key rotation).
 //! - [`Database`]: locks, validation through `rstmdb-core`, reads, lists, watches,
 //!   checkpoints, recovery.
 //!
@@ -36,15 +38,19 @@
 
 mod commit;
 pub mod config;
+pub mod crypto;
 mod db;
 pub mod entry;
 mod locks;
+pub mod rekey;
 mod state;
+mod store;
 pub mod wal;
 
 pub mod stats;
 pub use commit::CommitStats;
 pub use config::{FsyncPolicy, StorageConfig};
+pub use crypto::{EncryptionKey, KeyError};
 pub use db::{
     ApplyEvent, ApplyOutcome, BatchFailure, BatchMode, BatchOp, BatchOutput, ChangeStream,
     CheckpointOutcome, CreateInstance, CreateOutcome, DEFAULT_WAL_READ_LIMIT, Database,
@@ -53,4 +59,5 @@ pub use db::{
     WalStatsOutcome, WatchError,
 };
 pub use entry::WalEntry;
+pub use rekey::{RekeyError, RekeyReport, rekey};
 pub use state::{ChangeEvent, FlushCounts};

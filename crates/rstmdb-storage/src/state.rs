@@ -14,6 +14,9 @@
 //! | `k\0<scope>` | [`IdemRecord`] (JSON) |
 //! | `x\0<expires_at BE>\0<scope>` | empty — idempotency expiry index |
 //! | `meta\0checkpoint`, `meta\0high_water` | u64 LE |
+//! | `meta\0encryption` | `none` or `aes-256-gcm:<key id hex>` |
+//!
+//! With encryption at rest, the `i`, `m` and `k` values are sealed by `crate::store`.
 //!
 //! Names and ids never contain `\0` (control characters are rejected by `rstmdb-core`), so
 //! the separators are unambiguous.
@@ -41,6 +44,8 @@ pub(crate) mod keys {
     pub const IDEM_EXPIRY: &[u8] = b"x\0";
     pub const CHECKPOINT: &[u8] = b"meta\0checkpoint";
     pub const HIGH_WATER: &[u8] = b"meta\0high_water";
+    /// `none` or `aes-256-gcm:<key id>`: how this store's values are encrypted.
+    pub const ENCRYPTION: &[u8] = b"meta\0encryption";
 
     fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         let len = prefix.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();

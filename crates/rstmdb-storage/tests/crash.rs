@@ -1,11 +1,12 @@
 //! A real process, really killed: the writer runs durable applies from 16 tasks and prints an
 //! ACK line after each acknowledged one; we SIGKILL it mid-burst, reopen the data directory
-//! and check that every acknowledged write is there.
+//! and check that every acknowledged write is there — also with encryption at rest, where the
+//! torn tail is an encrypted record.
 
 // Test helpers outside #[test] functions may panic: a panic is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use rstmdb_storage::{Database, StorageConfig};
+use rstmdb_storage::{Database, EncryptionKey, StorageConfig};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -15,11 +16,19 @@ const TASKS: usize = 16;
 
 /// Runs the writer until it has acknowledged `acks` writes (or 60 s pass), SIGKILLs it, and
 /// returns the highest acknowledged (n, wal_offset) per instance.
-fn run_and_kill(dir: &std::path::Path, acks: usize) -> HashMap<String, (u64, u64)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rstmdb-storage-bench"))
-        .args(["writer", "--dir"])
+fn run_and_kill(
+    dir: &std::path::Path,
+    acks: usize,
+    key_file: Option<&std::path::Path>,
+) -> HashMap<String, (u64, u64)> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rstmdb-storage-bench"));
+    cmd.args(["writer", "--dir"])
         .arg(dir)
-        .args(["--tasks", &TASKS.to_string()])
+        .args(["--tasks", &TASKS.to_string()]);
+    if let Some(k) = key_file {
+        cmd.arg("--key-file").arg(k);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -50,8 +59,14 @@ fn run_and_kill(dir: &std::path::Path, acks: usize) -> HashMap<String, (u64, u64
     acked
 }
 
-fn verify(dir: &std::path::Path, acked: &HashMap<String, (u64, u64)>) {
-    let db = Database::open(StorageConfig::new(dir)).expect("reopen after SIGKILL");
+fn verify(
+    dir: &std::path::Path,
+    acked: &HashMap<String, (u64, u64)>,
+    key_file: Option<&std::path::Path>,
+) {
+    let mut config = StorageConfig::new(dir);
+    config.encryption = key_file.map(|k| EncryptionKey::from_file(k).unwrap());
+    let db = Database::open(config).expect("reopen after SIGKILL");
     for (id, (n, off)) in acked {
         let inst = db
             .get_instance(id)
@@ -65,21 +80,35 @@ fn verify(dir: &std::path::Path, acked: &HashMap<String, (u64, u64)>) {
     }
 }
 
-#[test]
-fn sigkill_mid_burst_loses_no_acknowledged_write() {
+/// Three kill/restart cycles on the same directory: recovery output must itself survive
+/// being killed and reopened.
+fn kill_cycles(key_file: Option<&std::path::Path>) {
     let dir = tempfile::tempdir().unwrap();
-    // Three kill/restart cycles on the same directory: recovery output must itself survive
-    // being killed and reopened.
     let mut all: HashMap<String, (u64, u64)> = HashMap::new();
     for cycle in 0..3 {
-        let acked = run_and_kill(dir.path(), 300 + cycle * 100);
+        let acked = run_and_kill(dir.path(), 300 + cycle * 100, key_file);
         for (id, v) in acked {
             let e = all.entry(id).or_insert((0, 0));
             if v.0 > e.0 {
                 *e = v;
             }
         }
-        verify(dir.path(), &all);
+        verify(dir.path(), &all, key_file);
     }
     assert_eq!(all.len(), TASKS, "every writer task acknowledged something");
+}
+
+#[test]
+fn sigkill_mid_burst_loses_no_acknowledged_write() {
+    kill_cycles(None);
+}
+
+#[test]
+fn sigkill_mid_burst_loses_no_acknowledged_write_with_encryption() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("key");
+    std::fs::write(&key, [0x5a; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    kill_cycles(Some(&key));
 }

@@ -314,11 +314,12 @@ fn an_empty_segment_in_the_middle_is_corruption() {
 fn a_record_with_unknown_flags_is_corruption_even_at_the_very_end() {
     let tmp = tempfile::tempdir().unwrap();
     write_log(tmp.path(), 1 << 20, &[payload(1, 8)]);
-    // A well-formed record, CRC included, written by a "newer version" with flag bit 0 set.
+    // A well-formed record, CRC included, written by a "newer version" with flag bit 1 set
+    // (bit 0 means encrypted).
     let mut rec = Vec::new();
     rec.extend_from_slice(b"RWAL");
     rec.push(1);
-    rec.push(0x01);
+    rec.push(0x02);
     rec.extend_from_slice(&0u16.to_le_bytes());
     rec.extend_from_slice(&3u32.to_le_bytes());
     rec.extend_from_slice(&2u64.to_le_bytes());

@@ -2,16 +2,24 @@
 //!
 //! ```text
 //! rstmdb-storage-bench apply   --dir D [--tasks 1,16,64] [--policy every_write|never] [--seconds 5]
+//!                              [--key-file K] [--ctx-bytes N]
 //! rstmdb-storage-bench restart --dir D [--instances 1000000]
-//! rstmdb-storage-bench writer  --dir D [--tasks 16]
+//! rstmdb-storage-bench crypto  --dir D [--bytes 300,1300] [--iterations 200000]
+//! rstmdb-storage-bench writer  --dir D [--tasks 16] [--key-file K]
 //! rstmdb-storage-bench open    --dir D [--probe ID]      (used by `restart`)
 //! ```
 //!
-//! `apply` and `restart` print one JSON document per measurement. `writer` applies durable
+//! `apply` and `restart` print one JSON document per measurement. `apply --key-file K` turns
+//! on encryption at rest with that key file; `--ctx-bytes N` gives every instance a context
+//! of about N bytes (default: `{"n": 0}`); `cpu_us_per_op` is the process's user + system CPU
+//! time during the measured phase divided by the operations, which stays meaningful on a
+//! machine shared with other work, unlike `ops_per_sec`. `writer` applies durable
 //! writes forever and prints `ACK <instance> <n> <wal_offset>` after each acknowledged one;
 //! the crash test SIGKILLs it and checks every acknowledged write survived.
 
-use rstmdb_storage::{ApplyEvent, CreateInstance, Database, FsyncPolicy, StorageConfig};
+use rstmdb_storage::{
+    ApplyEvent, CreateInstance, Database, EncryptionKey, FsyncPolicy, StorageConfig,
+};
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,6 +31,12 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
+}
+
+/// The key named by `--key-file`, if any.
+fn key_arg(args: &[String]) -> Option<EncryptionKey> {
+    arg(args, "--key-file")
+        .map(|k| EncryptionKey::from_file(std::path::Path::new(&k)).unwrap_or_else(|e| fail(e)))
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -53,6 +67,68 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU time of this process, in microseconds (`/proc/self/stat` fields 14 and
+/// 15, in USER_HZ = 100 ticks per second on Linux).
+fn cpu_micros() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces; fields after it start past the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After ')': field 3 is index 0, so utime (14) is index 11 and stime (15) index 12.
+    (ticks(11) + ticks(12)) * 10_000
+}
+
+/// CPU time this thread has run, in nanoseconds (`/proc/thread-self/schedstat`, field 1):
+/// unaffected by time spent preempted on a busy machine.
+fn thread_cpu_nanos() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// CPU cost of sealing and opening one value of each size with AES-256-GCM, as the storage
+/// layer does for every WAL record and every instance value it writes or reads.
+fn bench_crypto(sizes: &str, iterations: u64) {
+    use rstmdb_storage::crypto::Cipher;
+    let cipher = Cipher::new(&EncryptionKey::from_bytes([7; 32]));
+    let aad = b"rstmdb sled v1\0i\0i00000001";
+    for size in sizes.split(',') {
+        let size: usize = size.parse().unwrap_or_else(|e| fail(e));
+        let plain = vec![b'x'; size];
+        let mut sealed = Vec::new();
+        let started = thread_cpu_nanos();
+        for _ in 0..iterations {
+            sealed = cipher.seal(aad, &plain).unwrap_or_else(|e| fail(e));
+        }
+        let seal_ns = (thread_cpu_nanos() - started) as f64 / iterations as f64;
+        let started = thread_cpu_nanos();
+        for _ in 0..iterations {
+            let opened = cipher.open(aad, &sealed).unwrap_or_else(|e| fail(e));
+            std::hint::black_box(opened);
+        }
+        let open_ns = (thread_cpu_nanos() - started) as f64 / iterations as f64;
+        println!(
+            "{}",
+            json!({
+                "bench": "aes_256_gcm",
+                "bytes": size,
+                "iterations": iterations,
+                "seal_cpu_ns": seal_ns.round(),
+                "open_cpu_ns": open_ns.round(),
+            })
+        );
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -61,9 +137,31 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1e6
 }
 
+/// Options of `apply` beyond the policy and task count.
+#[derive(Clone, Default)]
+struct ApplyOpts {
+    key: Option<EncryptionKey>,
+    ctx_bytes: usize,
+}
+
 async fn setup(dir: &PathBuf, policy: FsyncPolicy, instances: usize) -> Database {
+    setup_with(dir, policy, instances, &ApplyOpts::default()).await
+}
+
+async fn setup_with(
+    dir: &PathBuf,
+    policy: FsyncPolicy,
+    instances: usize,
+    opts: &ApplyOpts,
+) -> Database {
     let mut cfg = StorageConfig::new(dir);
     cfg.fsync_policy = policy;
+    cfg.encryption = opts.key.clone();
+    let ctx = if opts.ctx_bytes == 0 {
+        json!({"n": 0})
+    } else {
+        json!({"n": 0, "fill": "x".repeat(opts.ctx_bytes)})
+    };
     let db = Database::open(cfg).unwrap_or_else(|e| fail(e));
     if let Err(e) = db.put_machine("bench", 1, &machine_def()).await {
         fail(e);
@@ -74,7 +172,7 @@ async fn setup(dir: &PathBuf, policy: FsyncPolicy, instances: usize) -> Database
                 instance_id: Some(format!("i{i:08}")),
                 machine: "bench".into(),
                 version: 1,
-                initial_ctx: Some(json!({"n": 0})),
+                initial_ctx: Some(ctx.clone()),
                 idempotency_key: None,
             })
             .await;
@@ -87,10 +185,17 @@ async fn setup(dir: &PathBuf, policy: FsyncPolicy, instances: usize) -> Database
     db
 }
 
-async fn bench_apply(dir: PathBuf, tasks: usize, policy: FsyncPolicy, seconds: u64) {
+async fn bench_apply(
+    dir: PathBuf,
+    tasks: usize,
+    policy: FsyncPolicy,
+    seconds: u64,
+    opts: &ApplyOpts,
+) {
     let _ = std::fs::remove_dir_all(&dir);
-    let db = setup(&dir, policy, tasks).await;
+    let db = setup_with(&dir, policy, tasks, opts).await;
     let deadline = Instant::now() + Duration::from_secs(seconds);
+    let cpu_started = cpu_micros();
     let started = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -120,6 +225,7 @@ async fn bench_apply(dir: PathBuf, tasks: usize, policy: FsyncPolicy, seconds: u
         all.extend(h.await.unwrap_or_else(|e| fail(e)));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_micros().saturating_sub(cpu_started);
     all.sort_unstable();
     let stats = db.commit_stats();
     let groups = stats
@@ -136,9 +242,12 @@ async fn bench_apply(dir: PathBuf, tasks: usize, policy: FsyncPolicy, seconds: u
         json!({
             "bench": "apply_event",
             "policy": format!("{policy:?}"),
+            "encryption": opts.key.is_some(),
+            "ctx_bytes": opts.ctx_bytes,
             "tasks": tasks,
             "ops": all.len(),
             "ops_per_sec": (all.len() as f64 / elapsed).round(),
+            "cpu_us_per_op": (cpu as f64 / all.len().max(1) as f64 * 10.0).round() / 10.0,
             "p50_us": percentile(&all, 0.50).round(),
             "p99_us": percentile(&all, 0.99).round(),
             "max_us": percentile(&all, 1.0).round(),
@@ -219,8 +328,9 @@ fn open_only(dir: PathBuf, probe: Option<String>) {
     );
 }
 
-async fn writer(dir: PathBuf, tasks: usize) {
-    let db = setup(&dir, FsyncPolicy::EveryWrite, tasks).await;
+async fn writer(dir: PathBuf, tasks: usize, key: Option<EncryptionKey>) {
+    let opts = ApplyOpts { key, ctx_bytes: 0 };
+    let db = setup_with(&dir, FsyncPolicy::EveryWrite, tasks, &opts).await;
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -279,9 +389,15 @@ fn main() {
                 let seconds = arg(&args, "--seconds")
                     .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
                     .unwrap_or(5);
+                let opts = ApplyOpts {
+                    key: key_arg(&args),
+                    ctx_bytes: arg(&args, "--ctx-bytes")
+                        .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                        .unwrap_or(0),
+                };
                 for t in tasks.split(',') {
                     let t: usize = t.parse().unwrap_or_else(|e| fail(e));
-                    bench_apply(dir.clone(), t, policy, seconds).await;
+                    bench_apply(dir.clone(), t, policy, seconds, &opts).await;
                 }
             }
             "restart" => {
@@ -291,13 +407,19 @@ fn main() {
                 bench_restart(dir, n).await;
             }
             "open" => open_only(dir, arg(&args, "--probe")),
+            "crypto" => bench_crypto(
+                &arg(&args, "--bytes").unwrap_or_else(|| "300,1300".into()),
+                arg(&args, "--iterations")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(200_000),
+            ),
             "writer" => {
                 let tasks = arg(&args, "--tasks")
                     .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
                     .unwrap_or(16);
-                writer(dir, tasks).await;
+                writer(dir, tasks, key_arg(&args)).await;
             }
-            _ => fail("usage: rstmdb-storage-bench apply|restart|writer --dir D [options]"),
+            _ => fail("usage: rstmdb-storage-bench apply|restart|writer|crypto --dir D [options]"),
         }
     });
 }

@@ -28,6 +28,20 @@ pub enum WalError {
         seq: Option<u64>,
         reason: String,
     },
+    /// A record is sound but cannot be read with the configured key: it is encrypted and no key
+    /// is configured, it is plaintext and a key is, it names another key, or its
+    /// authentication tag does not match (modified, moved or swapped bytes, or a wrong key).
+    #[error(
+        "WAL record in segment {} at file offset {file_offset} (seq {seq}) cannot be read with \
+         the configured encryption key: {reason}",
+        .segment.display()
+    )]
+    Encryption {
+        segment: PathBuf,
+        file_offset: u64,
+        seq: u64,
+        reason: String,
+    },
     /// A payload is larger than `max_record_bytes`; nothing was written.
     #[error("WAL record too large: {len} bytes (max {max})")]
     RecordTooLarge { len: usize, max: u32 },

@@ -15,7 +15,7 @@
 //! Layout of the code: `format` (record header), `index` (sparse seq → offset index),
 //! `segment` (file names, listing, scanning), `shared` (state shared by writer and readers),
 //! `disk` (every mutating file-system call, with fault injection), `writer`, `reader`,
-//! `repair`.
+//! `repair`, `rewrite` (copying the log under another key, for `rstmdb rekey`).
 
 mod disk;
 mod error;
@@ -23,17 +23,24 @@ mod format;
 mod index;
 mod reader;
 mod repair;
+mod rewrite;
 mod segment;
 mod shared;
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::crypto::{Cipher, SEAL_OVERHEAD};
 
 pub use disk::FaultPlan;
 pub use error::WalError;
-pub use format::{MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_VERSION};
+pub use format::{
+    FLAG_ENCRYPTED, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_VERSION,
+};
 pub use reader::{WalIter, WalReader, WalRecord};
 pub use repair::{MovedSegment, RepairReport, RepairedDamage, repair};
+pub use rewrite::{RewriteReport, rewrite};
 pub use writer::{OpenReport, SegmentInfo, TornTail, Wal, WalPublisher, WalStats};
 
 /// Default size at which the writer starts a new segment: 64 MiB.
@@ -51,7 +58,12 @@ pub struct WalOptions {
     pub segment_size_bytes: u64,
     /// Largest payload accepted by [`Wal::append`]. Readers accept anything up to
     /// [`MAX_PAYLOAD_BYTES_LIMIT`], so lowering this never makes old records unreadable.
+    /// With encryption it bounds the plaintext; the stored payload is 32 bytes larger.
     pub max_record_bytes: u32,
+    /// Encryption at rest: with a cipher every record is written sealed and every record read
+    /// must be sealed with this key; without one every record must be plaintext. A mismatch
+    /// is [`WalError::Encryption`], never a torn tail.
+    pub cipher: Option<Arc<Cipher>>,
 }
 
 impl WalOptions {
@@ -61,6 +73,7 @@ impl WalOptions {
             dir: dir.into(),
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            cipher: None,
         }
     }
 
@@ -70,7 +83,12 @@ impl WalOptions {
                 reason: "segment_size_bytes must be at least 1".into(),
             });
         }
-        if self.max_record_bytes > MAX_PAYLOAD_BYTES_LIMIT {
+        let overhead = if self.cipher.is_some() {
+            SEAL_OVERHEAD as u32
+        } else {
+            0
+        };
+        if self.max_record_bytes.saturating_add(overhead) > MAX_PAYLOAD_BYTES_LIMIT {
             return Err(WalError::InvalidArgument {
                 reason: format!(
                     "max_record_bytes {} exceeds the format limit {MAX_PAYLOAD_BYTES_LIMIT}",
@@ -107,7 +125,14 @@ pub fn scan_segment_image(
     first_seq: u64,
     on_record: impl FnMut(u64, &[u8]),
 ) -> ImageScan {
-    let scan = match segment::scan_records(image, image.len() as u64, first_seq, on_record) {
+    let mut on_record = on_record;
+    let scan = match segment::scan_records(
+        image,
+        image.len() as u64,
+        first_seq,
+        &format::Expect::Any,
+        |h, p| on_record(h.seq, p),
+    ) {
         Ok(scan) => scan,
         // Reading a slice of exactly `image.len()` bytes cannot come up short.
         Err(e) => {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::error::WalError;
-use super::format::{MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RecordHeader};
+use super::format::{Expect, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RecordHeader};
 use super::segment::scan_segment;
 use super::shared::{CountingFile, IoStats, ScannedSegment, Shared};
 
@@ -22,7 +22,8 @@ const MAX_REOPEN_ATTEMPTS: u32 = 64;
 /// Bound on the rounds of locating a seq (each round scans at most one segment).
 const MAX_LOCATE_ROUNDS: u32 = 1024;
 
-/// One record as stored.
+/// One record: its seq, its flags as stored, and its payload (decrypted when the record is
+/// encrypted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalRecord {
     pub seq: u64,
@@ -201,7 +202,7 @@ impl Walk {
             });
         };
         let at = cursor.next_seq;
-        match cursor.read_record(&header) {
+        match cursor.read_record(&header, &self.shared.expect) {
             Ok(record) => {
                 self.want = record.seq + 1;
                 Ok(Some(record))
@@ -313,14 +314,9 @@ fn scan_sealed(
     path: &std::path::Path,
     next_first: Option<u64>,
 ) -> Result<(u64, ScannedSegment), WalError> {
-    let scan = scan_segment(path, first_seq, &shared.stats)?;
+    let scan = scan_segment(path, first_seq, &shared.stats, &shared.expect)?;
     if let Some(bad) = scan.invalid {
-        return Err(WalError::corrupt(
-            path,
-            bad.offset,
-            Some(bad.seq),
-            bad.reason,
-        ));
+        return Err(bad.into_error(path));
     }
     if let Some(next_first) = next_first {
         match scan.last_seq {
@@ -436,8 +432,13 @@ impl Cursor {
         Ok(())
     }
 
-    /// Reads the payload of the record whose header was just read and checks its CRC.
-    fn read_record(&mut self, header: &RecordHeader) -> Result<WalRecord, WalError> {
+    /// Reads the payload of the record whose header was just read, checks its CRC and, for an
+    /// encrypted record, authenticates and decrypts it.
+    fn read_record(
+        &mut self,
+        header: &RecordHeader,
+        expect: &Expect,
+    ) -> Result<WalRecord, WalError> {
         let mut payload = vec![0u8; header.payload_len as usize];
         match self.reader.read_exact(&mut payload) {
             Ok(()) => {}
@@ -451,6 +452,14 @@ impl Cursor {
         if !header.crc_matches(&payload) {
             return Err(self.corrupt("CRC mismatch"));
         }
+        let payload = expect
+            .open(header, payload)
+            .map_err(|reason| WalError::Encryption {
+                segment: self.path.clone(),
+                file_offset: self.offset,
+                seq: header.seq,
+                reason,
+            })?;
         self.advance(header);
         Ok(WalRecord {
             seq: header.seq,

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::WalError;
+use super::format::Expect;
 use super::segment::{ListedSegment, list_segments, lock_dir, scan_segment, sync_dir};
 use super::shared::IoStats;
 
@@ -278,7 +279,7 @@ fn find_first_problem(
             }
             _ => {}
         }
-        let scan = scan_segment(&seg.path, seg.first_seq, stats)?;
+        let scan = scan_segment(&seg.path, seg.first_seq, stats, &Expect::Any)?;
         let last_here = scan.last_seq.unwrap_or(seg.first_seq - 1);
         if let Some(bad) = scan.invalid {
             return Ok((

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::WalError;
-use super::format::{RECORD_HEADER_BYTES, RECORD_MAGIC, RecordHeader};
+use super::format::{Expect, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordHeader};
 use super::index::SparseIndex;
 use super::shared::{CountingFile, IoStats};
 
@@ -133,6 +133,25 @@ pub(crate) struct InvalidRecord {
     /// The record's CRC matched but a field did not (a newer format, a wrong seq): a torn write
     /// cannot produce this, so it is corruption even at the very end of the log.
     pub definite: bool,
+    /// The record is sound but does not match the configured key (encrypted without a key,
+    /// plaintext with one, another key): not corruption, and `repair` would not help.
+    pub encryption: bool,
+}
+
+impl InvalidRecord {
+    /// The error that stops the log from opening at this record of `path`.
+    pub fn into_error(self, path: &Path) -> WalError {
+        if self.encryption {
+            WalError::Encryption {
+                segment: path.to_path_buf(),
+                file_offset: self.offset,
+                seq: self.seq,
+                reason: self.reason,
+            }
+        } else {
+            WalError::corrupt(path, self.offset, Some(self.seq), self.reason)
+        }
+    }
 }
 
 /// Result of reading a segment from byte 0 and validating every record.
@@ -149,11 +168,13 @@ pub(crate) struct SegmentScan {
 }
 
 /// Reads `path` from byte 0, validating each record (header shape, CRC, fields, seq contiguous
-/// from `first_seq`), until the end of the file or the first invalid record.
+/// from `first_seq`, encryption as `expect` says), until the end of the file or the first
+/// invalid record.
 pub(crate) fn scan_segment(
     path: &Path,
     first_seq: u64,
     stats: &Arc<IoStats>,
+    expect: &Expect,
 ) -> Result<SegmentScan, WalError> {
     let file = File::open(path).map_err(|e| WalError::io("opening WAL segment", path, e))?;
     let file_len = file
@@ -164,18 +185,19 @@ pub(crate) fn scan_segment(
         SCAN_BUFFER_BYTES,
         CountingFile::new(file, Arc::clone(stats)),
     );
-    scan_records(reader, file_len, first_seq, |_, _| {})
+    scan_records(reader, file_len, first_seq, expect, |_, _| {})
         .map_err(|e| WalError::io("reading WAL segment", path, e))
 }
 
 /// The loop behind [`scan_segment`], over any reader holding exactly `file_len` bytes, so the
-/// very code recovery runs can also be fuzzed on an in-memory image. `on_record` sees the seq
-/// and payload of every record found valid, in order.
+/// very code recovery runs can also be fuzzed on an in-memory image. `on_record` sees the
+/// header and stored payload of every record found valid, in order.
 pub(crate) fn scan_records(
     mut reader: impl Read,
     file_len: u64,
     first_seq: u64,
-    mut on_record: impl FnMut(u64, &[u8]),
+    expect: &Expect,
+    mut on_record: impl FnMut(&RecordHeader, &[u8]),
 ) -> io::Result<SegmentScan> {
     let mut scan = SegmentScan {
         records: 0,
@@ -198,6 +220,7 @@ pub(crate) fn scan_records(
             seq: expected,
             reason,
             definite: false,
+            encryption: false,
         };
         let mut raw = [0u8; RECORD_HEADER_BYTES];
         if remaining < RECORD_HEADER_BYTES as u64 {
@@ -230,7 +253,15 @@ pub(crate) fn scan_records(
             });
             break;
         }
-        on_record(expected, &payload);
+        if let Some(reason) = expect.problem(&header, &payload) {
+            scan.invalid = Some(InvalidRecord {
+                definite: true,
+                encryption: true,
+                ..torn(reason)
+            });
+            break;
+        }
+        on_record(&header, &payload);
         scan.index.note(expected, offset);
         scan.records += 1;
         scan.last_seq = Some(expected);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::format::Expect;
 use super::index::SparseIndex;
 
 /// I/O counters for WAL_STATS. Relaxed atomics: they are statistics, not synchronisation.
@@ -97,6 +98,8 @@ pub(crate) struct Shared {
     segments: RwLock<Vec<SegmentMeta>>,
     published: AtomicU64,
     pub stats: Arc<IoStats>,
+    /// The encryption every record must have; readers decrypt with its cipher.
+    pub expect: Expect,
 }
 
 impl Shared {
@@ -105,12 +108,14 @@ impl Shared {
         segments: Vec<SegmentMeta>,
         published: u64,
         stats: Arc<IoStats>,
+        expect: Expect,
     ) -> Self {
         Shared {
             dir,
             segments: RwLock::new(segments),
             published: AtomicU64::new(published),
             stats,
+            expect,
         }
     }
 

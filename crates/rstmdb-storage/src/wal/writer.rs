@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use super::WalOptions;
 use super::disk::{Disk, FaultPlan};
 use super::error::WalError;
-use super::format::{encode_record, record_len};
+use super::format::{Expect, encode_record, encode_sealed_record, record_len};
 use super::index::SparseIndex;
 use super::reader::WalReader;
 use super::segment::{
@@ -26,6 +26,7 @@ use super::segment::{
     segment_file_name,
 };
 use super::shared::{IoStats, ScannedSegment, SegmentMeta, Shared};
+use crate::crypto::SEAL_OVERHEAD;
 
 /// What [`Wal::open`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +224,7 @@ impl Wal {
         let lock = lock_dir(&dir)?;
         let stats = Arc::new(IoStats::default());
         let mut disk = Disk::new(dir.clone(), Arc::clone(&stats));
+        let expect = Expect::of(opts.cipher.as_ref());
 
         let mut listed = list_segments(&dir)?;
         if listed.is_empty() {
@@ -252,16 +254,11 @@ impl Wal {
             if let Some(prev) = metas.last() {
                 check_boundary(prev, &seg)?;
             }
-            let scan = scan_segment(&seg.path, seg.first_seq, &stats)?;
+            let scan = scan_segment(&seg.path, seg.first_seq, &stats, &expect)?;
             verified_records += scan.records;
             if let Some(bad) = &scan.invalid {
                 if bad.definite || i != last_index {
-                    return Err(WalError::corrupt(
-                        &seg.path,
-                        bad.offset,
-                        Some(bad.seq),
-                        bad.reason.clone(),
-                    ));
+                    return Err(bad.clone().into_error(&seg.path));
                 }
                 if let Some((at, seq)) =
                     find_valid_record(&seg.path, bad.offset + 1, bad.seq, &stats)?
@@ -335,7 +332,7 @@ impl Wal {
             "opened WAL"
         );
         // Everything on disk at open is durable (the tail was just checked and synced).
-        let shared = Arc::new(Shared::new(dir, metas, last_seq, stats));
+        let shared = Arc::new(Shared::new(dir, metas, last_seq, stats, expect));
         let wal = Wal {
             opts,
             shared,
@@ -608,16 +605,19 @@ impl Wal {
         sealed: &mut Vec<ActiveSegment>,
     ) -> Result<(), Failure> {
         let limit = self.opts.segment_size_bytes;
+        let cipher = self.opts.cipher.clone();
+        let overhead = if cipher.is_some() { SEAL_OVERHEAD } else { 0 };
+        let stored = |p: &[u8]| record_len(p.len() + overhead);
         let mut rest = payloads;
         while let Some(next) = rest.first() {
-            if self.active.len > 0 && self.active.len + record_len(next.len()) > limit {
+            if self.active.len > 0 && self.active.len + stored(next) > limit {
                 self.rotate(sealed)?;
             }
             // As many records as fit in this segment, at least one.
             let mut take = 0usize;
             let mut bytes = 0u64;
             for p in rest {
-                let len = record_len(p.len());
+                let len = stored(p);
                 if take > 0 && self.active.len + bytes + len > limit {
                     break;
                 }
@@ -629,9 +629,17 @@ impl Wal {
             let mut offset = self.active.len;
             let mut seq = self.active.next_seq;
             for p in group {
-                encode_record(&mut buf, seq, 0, p);
+                match &cipher {
+                    Some(c) => encode_sealed_record(&mut buf, seq, c, p).map_err(|e| {
+                        Failure::write(WalError::Io {
+                            context: format!("encrypting WAL record {seq}"),
+                            source: std::io::Error::other(e),
+                        })
+                    })?,
+                    None => encode_record(&mut buf, seq, 0, p),
+                }
                 self.active.index.note(seq, offset);
-                offset += record_len(p.len());
+                offset += stored(p);
                 seq += 1;
             }
             debug_assert_eq!(buf.len() as u64, bytes);
