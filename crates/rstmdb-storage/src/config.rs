@@ -48,6 +48,9 @@ pub struct StorageConfig {
     pub subscriber_queue_depth: usize,
     /// FLUSH_ALL is refused unless this is set.
     pub allow_flush_all: bool,
+    /// WAL segments are copied here before a checkpoint deletes them (point-in-time
+    /// recovery); `None` = deleted without a copy.
+    pub wal_archive_dir: Option<PathBuf>,
 }
 
 impl StorageConfig {
@@ -69,6 +72,7 @@ impl StorageConfig {
             checkpoint_min_interval: Duration::ZERO,
             subscriber_queue_depth: 4096,
             allow_flush_all: false,
+            wal_archive_dir: None,
         }
     }
 

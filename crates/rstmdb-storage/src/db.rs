@@ -255,6 +255,10 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Wakes the checkpointer thread; dropped at close.
     checkpoint_tx: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    /// Running backups: pin id → first WAL offset the backup still needs. Checkpoints keep
+    /// every segment holding an offset at or above the lowest pin.
+    pub(crate) backup_pins: Mutex<BTreeMap<u64, u64>>,
+    pub(crate) next_pin: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -337,6 +341,28 @@ fn set_offset(out: &mut BatchOutput, seq: u64) {
 }
 
 impl Database {
+    pub(crate) fn state_db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    pub(crate) fn wal_reader(&self) -> &WalReader {
+        &self.inner.reader
+    }
+
+    /// Runs `f` holding the checkpoint lock (no checkpoint is between its steps).
+    pub(crate) fn with_checkpoint_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let _serial = self
+            .inner
+            .checkpoint_lock
+            .lock()
+            .map_err(|_| internal("checkpoint lock poisoned"))?;
+        Ok(f())
+    }
+
+    pub(crate) fn inner_pins(&self) -> (&Mutex<BTreeMap<u64, u64>>, &std::sync::atomic::AtomicU64) {
+        (&self.inner.backup_pins, &self.inner.next_pin)
+    }
+
     /// Opens (or creates) the database in `config.data_dir`: opens the state store, replays
     /// the WAL written after the last checkpoint, and starts the commit pipeline.
     pub fn open(config: StorageConfig) -> std::result::Result<Database, OpenError> {
@@ -366,6 +392,7 @@ impl Database {
             .wal_segment_size_mb
             .max(1)
             .saturating_mul(1024 * 1024);
+        wal_opts.archive_dir = config.wal_archive_dir.clone();
         let (wal, report) = Wal::open(wal_opts, checkpoint + 1)?;
         if let Some(t) = &report.torn_tail {
             tracing::warn!(segment = %t.segment.display(), file_offset = t.file_offset, bytes_removed = t.bytes_removed, "truncated a torn record at the end of the WAL");
@@ -443,6 +470,8 @@ impl Database {
             checkpoint_seq: std::sync::atomic::AtomicU64::new(checkpoint),
             threads: Mutex::new(Vec::new()),
             checkpoint_tx: Mutex::new(Some(checkpoint_tx)),
+            backup_pins: Mutex::new(BTreeMap::new()),
+            next_pin: std::sync::atomic::AtomicU64::new(0),
         });
         let database = Database { inner };
         database.load_machines()?;
@@ -1463,11 +1492,18 @@ impl Database {
         self.inner
             .checkpoint_seq
             .store(mark.checkpoint_seq, Ordering::Relaxed);
+        // A running backup still has to read the records after its pin.
+        let trim_seq = match self.inner.backup_pins.lock() {
+            Ok(pins) => pins.values().min().map_or(mark.checkpoint_seq, |&p| {
+                mark.checkpoint_seq.min(p.saturating_sub(1))
+            }),
+            Err(_) => return Err(internal("backup pin lock poisoned")),
+        };
         let (reply, rx) = oneshot::channel();
         self.inner
             .commit_tx
             .blocking_send(Command::TrimWal {
-                checkpoint_seq: mark.checkpoint_seq,
+                checkpoint_seq: trim_seq,
                 retention_bytes: self
                     .inner
                     .config
@@ -1522,7 +1558,7 @@ impl Database {
 /// process) is gone. A directory really in use elsewhere still fails after this.
 const STATE_LOCK_WAIT: Duration = Duration::from_secs(3);
 
-fn open_state(
+pub(crate) fn open_state(
     dir: &std::path::Path,
     cache_capacity_mb: u64,
 ) -> std::result::Result<sled::Db, OpenError> {

@@ -34,6 +34,7 @@
 //! See `docs/storage.md` for the durability contract and `docs/wal-format.md` for the file
 //! format.
 
+pub mod backup;
 mod commit;
 pub mod config;
 mod db;
@@ -43,6 +44,7 @@ mod state;
 pub mod wal;
 
 pub mod stats;
+pub use backup::{BackupExport, RestoreOptions, RestoreReport, RestoreTarget};
 pub use commit::CommitStats;
 pub use config::{FsyncPolicy, StorageConfig};
 pub use db::{

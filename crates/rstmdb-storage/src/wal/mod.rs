@@ -23,7 +23,7 @@ mod format;
 mod index;
 mod reader;
 mod repair;
-mod segment;
+pub(crate) mod segment;
 mod shared;
 mod writer;
 
@@ -52,6 +52,9 @@ pub struct WalOptions {
     /// Largest payload accepted by [`Wal::append`]. Readers accept anything up to
     /// [`MAX_PAYLOAD_BYTES_LIMIT`], so lowering this never makes old records unreadable.
     pub max_record_bytes: u32,
+    /// When set, a segment is copied here (file and directory fsynced) before a checkpoint
+    /// deletes it; a segment whose copy fails is kept. For point-in-time recovery.
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl WalOptions {
@@ -61,6 +64,7 @@ impl WalOptions {
             dir: dir.into(),
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            archive_dir: None,
         }
     }
 
