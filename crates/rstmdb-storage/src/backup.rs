@@ -170,6 +170,142 @@ impl Database {
     }
 }
 
+// ---- one instance back into a running database -------------------------------------------
+
+struct MemView(HashMap<Vec<u8>, Vec<u8>>);
+
+impl state::View for MemView {
+    fn get(&self, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+        Ok(self.0.get(key).cloned())
+    }
+}
+
+/// The instance `id` at a backup's end: its exported record (if any) with the backup's WAL
+/// records replayed over it through the planner, in a scratch store. `None`: absent or
+/// deleted at the end.
+pub fn materialize_instance(
+    id: &str,
+    exported: Option<Value>,
+    wal: &[(u64, Value)],
+) -> Result<Option<Instance>> {
+    let mut view = MemView(HashMap::new());
+    if let Some(v) = exported {
+        let inst: Instance = serde_json::from_value(v)
+            .map_err(|e| Error::bad_request("instance", format!("not an instance record: {e}")))?;
+        if inst.id != id {
+            return Err(Error::bad_request(
+                "instance",
+                format!("the record is for instance {:?}, not {id:?}", inst.id),
+            ));
+        }
+        let bytes =
+            serde_json::to_vec(&inst).map_err(|e| internal(format!("encoding instance: {e}")))?;
+        view.0.insert(keys::instance(id), bytes);
+    }
+    let mut records: Vec<&(u64, Value)> = wal.iter().collect();
+    records.sort_by_key(|(o, _)| *o);
+    for (offset, entry) in records {
+        let e: WalEntry = serde_json::from_value(entry.clone()).map_err(|e| {
+            Error::bad_request("wal", format!("record {offset} is not a WAL entry: {e}"))
+        })?;
+        let plan = state::plan(&e, *offset, i64::MAX, &view, &[]).map_err(internal)?;
+        if plan.flush {
+            view.0.clear();
+        }
+        for (k, v) in plan.writes {
+            match v {
+                Some(v) => view.0.insert(k, v),
+                None => view.0.remove(&k),
+            };
+        }
+    }
+    match view.0.get(&keys::instance(id)) {
+        None => Ok(None),
+        Some(bytes) => {
+            let inst = state::decode_instance(bytes).map_err(internal)?;
+            Ok((!inst.deleted).then_some(inst))
+        }
+    }
+}
+
+/// What RESTORE_INSTANCE did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredInstance {
+    pub instance: Instance,
+    pub wal_offset: u64,
+    /// A live instance with that id was replaced.
+    pub replaced: bool,
+}
+
+impl Database {
+    /// Puts instance `id` as a backup held it at its end (see [`materialize_instance`]) back,
+    /// under `as_id` when given, with one WAL record. Its machine version must exist and hold
+    /// its state. A live instance with the target id is an `INSTANCE_EXISTS` error unless
+    /// `replace`. Nothing else changes.
+    pub async fn restore_instance(
+        &self,
+        id: &str,
+        exported: Option<Value>,
+        wal: &[(u64, Value)],
+        as_id: Option<&str>,
+        replace: bool,
+    ) -> Result<RestoredInstance> {
+        let inst =
+            materialize_instance(id, exported, wal)?.ok_or_else(|| Error::InstanceNotFound {
+                instance_id: id.to_owned(),
+            })?;
+        let target = as_id.unwrap_or(id).to_owned();
+        rstmdb_core::names::validate_instance_id(&target)?;
+        let machine = self.machine_def(&inst.machine, inst.version)?;
+        if !machine.has_state(&inst.state) {
+            return Err(Error::bad_request(
+                "instance",
+                format!(
+                    "state {:?} is not in machine {} v{} on this server",
+                    inst.state, inst.machine, inst.version
+                ),
+            ));
+        }
+        let guards = self.lock_instances(&[target.as_str()]).await;
+        let existing = self.load_instance(&target)?;
+        let replaced = existing.as_ref().is_some_and(|e| !e.deleted);
+        if replaced && !replace {
+            return Err(Error::InstanceExists {
+                instance_id: target,
+            });
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let entry = WalEntry::RestoreInstance {
+            instance_id: target.clone(),
+            machine: inst.machine.clone(),
+            version: inst.version,
+            state: inst.state.clone(),
+            ctx: inst.ctx.clone(),
+            last_event_id: inst.last_event_id.clone(),
+            created_at: inst.created_at,
+            updated_at: now,
+        };
+        let seq = self
+            .commit_entry(entry, vec![(target.clone(), existing)], guards)
+            .await?;
+        let instance = Instance {
+            id: target,
+            last_wal_offset: seq,
+            updated_at: now,
+            deleted: false,
+            ..inst
+        };
+        Ok(RestoredInstance {
+            instance,
+            wal_offset: seq,
+            replaced,
+        })
+    }
+}
+
 // ---- restore ------------------------------------------------------------------------------
 
 /// Where a restore stops.
@@ -376,9 +512,10 @@ fn archived_segments(dir: &Path) -> std::result::Result<Vec<(u64, PathBuf)>, Str
 
 /// Offline restore of a whole database from a backup's records into an empty directory, then
 /// (optionally) forward through archived WAL segments. The restored database is opened once
-/// (recovery replays the WAL part) and closed with a checkpoint.
+/// (recovery replays the WAL part) and closed with a checkpoint. On failure (a damaged backup
+/// found half-way, a target beyond the archive…) what was written is removed again.
 pub fn restore(
-    mut records: impl Iterator<Item = std::result::Result<Record, String>>,
+    records: impl Iterator<Item = std::result::Result<Record, String>>,
     base_offset: u64,
     wal_end: u64,
     opts: &RestoreOptions,
@@ -389,6 +526,21 @@ pub fn restore(
             opts.data_dir.display()
         ));
     }
+    let result = restore_into(records, base_offset, wal_end, opts);
+    if result.is_err() {
+        let config = StorageConfig::new(&opts.data_dir);
+        let _ = std::fs::remove_dir_all(config.state_dir());
+        let _ = std::fs::remove_dir_all(config.wal_dir());
+    }
+    result
+}
+
+fn restore_into(
+    mut records: impl Iterator<Item = std::result::Result<Record, String>>,
+    base_offset: u64,
+    wal_end: u64,
+    opts: &RestoreOptions,
+) -> std::result::Result<RestoreReport, String> {
     match opts.target {
         RestoreTarget::Offset(n) if n < wal_end => {
             return Err(format!(

@@ -341,6 +341,31 @@ fn set_offset(out: &mut BatchOutput, seq: u64) {
 }
 
 impl Database {
+    pub(crate) fn machine_def(&self, name: &str, version: u32) -> Result<Arc<Machine>> {
+        self.machine(name, version)
+    }
+
+    pub(crate) async fn lock_instances(
+        &self,
+        ids: &[&str],
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        self.inner.locks.lock_all(ids).await
+    }
+
+    pub(crate) fn load_instance(&self, id: &str) -> Result<Option<Instance>> {
+        self.staged().load(id)
+    }
+
+    /// Commits one entry under the caller's instance locks; returns its offset.
+    pub(crate) async fn commit_entry(
+        &self,
+        entry: WalEntry,
+        hints: state::Hints,
+        guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<u64> {
+        Ok(self.commit(entry, hints, guards).await?.seq)
+    }
+
     pub(crate) fn state_db(&self) -> &sled::Db {
         &self.inner.db
     }
