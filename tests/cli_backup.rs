@@ -775,3 +775,50 @@ fn pitr_replays_archived_segments_to_exactly_the_requested_offset() {
         e.stdout
     );
 }
+
+#[test]
+fn backup_and_restore_ops_need_the_admin_role() {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = tempdir();
+    let file = secrets.path().join("secrets");
+    let sha = |t: &str| {
+        use sha2::Digest;
+        hex(&sha2::Sha256::digest(t.as_bytes()))
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "{} boss admin\n{} app write\n",
+            sha("admin-token"),
+            sha("write-token")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::with_config(json!({
+        "auth": {"required": true, "secrets_file": s(&file)},
+    }));
+    let cli = Cli::new(&server);
+    let out = cli.home().join("b.rbk");
+    let e = cli
+        .run(&["-t", "write-token", "backup", "--out", &s(&out)])
+        .fails_with(1)
+        .to_owned();
+    assert!(e.contains("UNAUTHORIZED"), "{e}");
+    assert!(!out.exists());
+    cli.run(&["-t", "admin-token", "backup", "--out", &s(&out)])
+        .ok();
+    let e = cli
+        .run(&[
+            "-t",
+            "write-token",
+            "restore-instance",
+            "--from",
+            &s(&out),
+            "--instance",
+            "x",
+        ])
+        .fails_with(1)
+        .to_owned();
+    assert!(e.contains("UNAUTHORIZED"), "{e}");
+}

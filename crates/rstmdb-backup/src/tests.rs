@@ -156,3 +156,45 @@ fn a_key_file_others_can_read_is_refused() {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(Key::from_file(&p).is_ok());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small_file() -> Vec<u8> {
+        file(None, 0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        /// Any bytes: an error or a summary, never a panic or a huge allocation.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = verify(&bytes[..], None, |_| {});
+            let _ = read_manifest(&mut &bytes[..]);
+        }
+
+        /// A valid file with any byte changed never verifies.
+        #[test]
+        fn any_changed_byte_of_a_valid_file_is_caught(pos in any::<prop::sample::Index>(), x in 1u8..=255) {
+            let mut f = small_file();
+            let i = pos.index(f.len());
+            f[i] ^= x;
+            let r = verify(&f[..], None, |_| ());
+            prop_assert!(r.is_err());
+        }
+
+        /// A valid header followed by arbitrary chunk bytes never panics.
+        #[test]
+        fn valid_header_then_garbage(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let f = small_file();
+            let (_, m) = read_manifest(&mut &f[..]).unwrap();
+            let header_len = 14 + m.len() + 4;
+            let mut g = f[..header_len].to_vec();
+            g.extend_from_slice(&tail);
+            let r = verify(&g[..], None, |_| ());
+            prop_assert!(r.is_err());
+        }
+    }
+}
