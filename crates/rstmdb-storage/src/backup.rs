@@ -477,6 +477,14 @@ impl Restorer {
             }
         };
         if past {
+            if offset <= self.report.backup_wal_end {
+                // The exported state may already hold this record's change: no exact state
+                // exists before the backup's end.
+                return Err(format!(
+                    "the target is before the backup's end {} (record {offset} is stamped later); a backup restores to its end or later",
+                    self.report.backup_wal_end
+                ));
+            }
             self.stopped = true;
             return Ok(false);
         }

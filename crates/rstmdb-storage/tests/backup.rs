@@ -249,6 +249,14 @@ async fn backup_under_writes_and_checkpoints_restores_the_state_at_its_end() {
     )
     .unwrap_err();
     assert!(err.contains("before the backup's end"), "{err}");
+    // A time before records inside the backup's WAL part: no exact state either.
+    let err = restore_to(&recs, &ex, o2.path(), RestoreTarget::Time(0), None).unwrap_err();
+    assert!(err.contains("before the backup's end"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(o2.path()).unwrap().count(),
+        0,
+        "left files behind"
+    );
     db.close().await.unwrap();
 }
 
