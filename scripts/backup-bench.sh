@@ -67,6 +67,7 @@ t1=$(now); c1=$(cpu_ticks "$pid")
 touch "$dir/stop"; wait "$load" || true
 cat "$dir/backup.json"
 echo "backup: $(secs "$t0" "$t1") s wall, server CPU $(awk -v a="$c0" -v b="$c1" -v t="$tck" 'BEGIN {printf "%.1f", (b - a) / t}') s (load included), file $(du -h "$dir/backup.rbk" | cut -f1)"
+grep "backup exported" "$dir/server.log" | sed 's/^/server: /' || true
 echo "load during the backup:"; cat "$dir/load.txt"
 stop_server
 
