@@ -46,7 +46,7 @@ static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0)
 /// Writer `w`: creates its instances, applies events, deletes every fifth instance and
 /// recreates it, recording every acknowledged result.
 async fn writer(db: Database, w: usize, rounds: usize, hist: Arc<Mutex<History>>) {
-    let pad = "x".repeat(200);
+    let pad = "x".repeat(1000);
     for r in 0..rounds {
         let id = format!("w{w}-i{}", r % 7);
         let exists = db.get_instance(&id).is_ok();
@@ -324,5 +324,60 @@ async fn pitr_through_the_archive_reproduces_the_state_at_each_offset() {
     )
     .unwrap_err();
     assert!(err.contains("beyond"), "{err}");
+    db.close().await.unwrap();
+}
+
+/// Checkpoints that run while a backup exports must keep the WAL segments the backup still
+/// has to copy (retention 0 would delete them otherwise); once it is done they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_backup_pins_the_wal_it_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), None).await;
+    let hist = Arc::new(Mutex::new(History::new()));
+    writer(db.clone(), 0, 20, hist.clone()).await;
+    let db2 = db.clone();
+    let h2 = hist.clone();
+    let handle = tokio::runtime::Handle::current();
+    let (recs, ex, during) = tokio::task::spawn_blocking(move || {
+        let mut recs = Vec::new();
+        let mut during = None;
+        let ex = db2
+            .backup_export(&mut |r| {
+                if during.is_none() && matches!(r, Record::Instance { .. }) {
+                    // Mid-export: about 3 MB of writes (several 1 MB segments), then a
+                    // checkpoint with no retention.
+                    during = Some(handle.block_on(async {
+                        for w in 1..4 {
+                            writer(db2.clone(), w, 700, h2.clone()).await;
+                        }
+                        db2.checkpoint().await.unwrap()
+                    }));
+                }
+                recs.push(r.clone());
+                Ok(())
+            })
+            .unwrap();
+        (recs, ex, during.unwrap())
+    })
+    .await
+    .unwrap();
+    // Every segment holds a record after the backup's pin, so none may go.
+    assert!(
+        during.wal_segments >= 3,
+        "the writes filled several segments: {during:?}"
+    );
+    assert_eq!(during.segments_deleted, 0, "{during:?}");
+    assert!(ex.counts.wal_records >= 2100, "{ex:?}");
+    let after = db.checkpoint().await.unwrap();
+    assert!(
+        after.segments_deleted >= 2,
+        "released after the backup: {after:?}"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    restore_to(&recs, &ex, out.path(), RestoreTarget::End, None).unwrap();
+    let r = Database::open(config(out.path(), None)).unwrap();
+    assert_eq!(live(&r), expected_at(&hist.lock().unwrap(), ex.wal_end));
+    r.close().await.unwrap();
     db.close().await.unwrap();
 }
