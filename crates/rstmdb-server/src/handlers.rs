@@ -190,6 +190,7 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
                         "writes": s.writes,
                         "reads": s.reads,
                         "fsyncs": s.fsyncs,
+                        "archive_failures": s.archive_failures,
                     },
                 }),
                 None,

@@ -210,6 +210,8 @@ pub struct WalStatsOutcome {
     pub writes: u64,
     pub reads: u64,
     pub fsyncs: u64,
+    /// WAL segments a checkpoint could not copy to `wal_archive_dir` (kept, not deleted).
+    pub archive_failures: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1440,6 +1442,7 @@ impl Database {
             writes: s.writes,
             reads: s.reads,
             fsyncs: s.fsyncs,
+            archive_failures: s.archive_failures,
         })
     }
 

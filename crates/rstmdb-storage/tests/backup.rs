@@ -381,3 +381,40 @@ async fn a_running_backup_pins_the_wal_it_still_needs() {
     r.close().await.unwrap();
     db.close().await.unwrap();
 }
+
+/// A segment that cannot be archived is not deleted: the checkpoint keeps it, counts the
+/// failure, and deletes it once archiving works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_cannot_be_archived_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    // A regular file where the archive directory should be: every copy fails.
+    let archive = scratch.path().join("archive");
+    std::fs::write(&archive, b"not a directory").unwrap();
+    let db = open(dir.path(), Some(&archive)).await;
+    let hist = Arc::new(Mutex::new(History::new()));
+    writer(db.clone(), 0, 2500, hist.clone()).await;
+    let cp = db.checkpoint().await.unwrap();
+    assert!(cp.wal_segments >= 3, "{cp:?}");
+    assert_eq!(
+        cp.segments_deleted, 0,
+        "deleted without an archive copy: {cp:?}"
+    );
+    let stats = db.wal_stats().await.unwrap();
+    assert_eq!(
+        stats.earliest_offset,
+        Some(1),
+        "the oldest record is still there"
+    );
+    assert!(stats.archive_failures >= 1, "{stats:?}");
+    db.close().await.unwrap();
+
+    // Archiving works again: the next checkpoint copies, then deletes.
+    std::fs::remove_file(&archive).unwrap();
+    let db = open(dir.path(), Some(&archive)).await;
+    let cp = db.checkpoint().await.unwrap();
+    assert!(cp.segments_deleted >= 2, "{cp:?}");
+    let archived = std::fs::read_dir(&archive).unwrap().count() as u64;
+    assert_eq!(archived, cp.segments_deleted);
+    db.close().await.unwrap();
+}

@@ -66,6 +66,8 @@ pub struct WalStats {
     pub reads: u64,
     /// fsync / fdatasync calls, files and directory.
     pub fsyncs: u64,
+    /// Segments a checkpoint could not copy to the archive (and kept).
+    pub archive_failures: u64,
 }
 
 /// One segment file, for retention decisions.
@@ -516,6 +518,7 @@ impl Wal {
             writes: io.writes.load(Ordering::Relaxed),
             reads: io.reads.load(Ordering::Relaxed),
             fsyncs: io.fsyncs.load(Ordering::Relaxed),
+            archive_failures: io.archive_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -594,11 +597,6 @@ impl Wal {
             tracing::info!(segments = removed, bytes, below, "removed old WAL segments");
         }
         Ok((removed, bytes))
-    }
-
-    /// WAL segments that could not be copied to the archive (and were therefore kept).
-    pub fn archive_failures(&self) -> u64 {
-        self.shared.stats.archive_failures.load(Ordering::Relaxed)
     }
 
     /// Injects faults into the next file-system calls: for tests of the error paths.
