@@ -615,7 +615,9 @@ fn restore_into(
     if let Some(archive) = &opts.wal_archive
         && !r.stopped
     {
-        'segments: for (first, path) in archived_segments(archive)? {
+        let segments = archived_segments(archive)?;
+        let count = segments.len();
+        'segments: for (k, (first, path)) in segments.into_iter().enumerate() {
             if r.stopped {
                 break;
             }
@@ -626,7 +628,12 @@ fn restore_into(
                 recs.push((seq, payload.to_vec()))
             });
             if let Some(why) = scan.invalid {
-                return Err(format!("archived segment {}: {why}", path.display()));
+                // A torn tail is possible only in the newest segment (a live segment copied in
+                // after a crash); its valid records are used. Anything else is corruption.
+                if scan.definite || k + 1 != count {
+                    return Err(format!("archived segment {}: {why}", path.display()));
+                }
+                tracing::warn!(segment = %path.display(), reason = %why, "using the records before a torn tail in the newest archived segment");
             }
             for (seq, payload) in recs {
                 if seq <= r.last {

@@ -324,6 +324,44 @@ async fn pitr_through_the_archive_reproduces_the_state_at_each_offset() {
     )
     .unwrap_err();
     assert!(err.contains("beyond"), "{err}");
+
+    // The archive plus the live segments (overlapping, the newest torn by 3 bytes): up to the
+    // last whole record.
+    let full = tempfile::tempdir().unwrap();
+    for d in [archive.path().to_path_buf(), dir.path().join("wal")] {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "wal") {
+                std::fs::copy(&p, full.path().join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let mut names: Vec<_> = std::fs::read_dir(full.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let newest = names.last().unwrap();
+    let len = std::fs::metadata(newest).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(newest)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let rep = restore_to(
+        &recs,
+        &ex,
+        out.path(),
+        RestoreTarget::End,
+        Some(full.path()),
+    )
+    .unwrap();
+    assert_eq!(rep.restored_to, last - 1);
+    let r = Database::open(config(out.path(), None)).unwrap();
+    assert_eq!(live(&r), expected_at(&h, last - 1));
+    r.close().await.unwrap();
     db.close().await.unwrap();
 }
 
