@@ -5,6 +5,7 @@
 //! asked so the key never leaves this machine, and renames the file into place only once it
 //! is complete and fsynced.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -334,15 +335,27 @@ async fn download(
 
 // ---- restore-instance / restore-machine ---------------------------------------------------
 
-/// Whether a WAL entry may change instance `id` (batches by their members; FLUSH_ALL always).
-fn touches(entry: &Value, id: &str) -> bool {
+/// The instance ids a WAL entry may change (batches by their members), and whether it is a
+/// FLUSH_ALL (which changes every instance).
+fn entry_ids<'a>(entry: &'a Value, out: &mut Vec<&'a str>) -> bool {
     match entry.get("type").and_then(Value::as_str) {
         Some("flush_all") => true,
-        Some("batch") => entry
-            .get("entries")
-            .and_then(Value::as_array)
-            .is_some_and(|l| l.iter().any(|e| touches(e, id))),
-        _ => entry.get("instance_id").and_then(Value::as_str) == Some(id),
+        Some("batch") => {
+            let mut flush = false;
+            for e in entry
+                .get("entries")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                flush |= entry_ids(e, out);
+            }
+            flush
+        }
+        _ => {
+            out.extend(entry.get("instance_id").and_then(Value::as_str));
+            false
+        }
     }
 }
 
@@ -363,7 +376,23 @@ fn open_backup(
 struct Found {
     instances: Vec<(String, Option<Value>)>,
     machines: Vec<(String, u32, Value)>,
+    /// The WAL records kept, in offset order.
     wal: Vec<(u64, Value)>,
+    /// Per instance id, the indexes into `wal` of its records.
+    by_id: HashMap<String, Vec<usize>>,
+    /// Indexes of FLUSH_ALL records (they concern every instance).
+    flushes: Vec<usize>,
+}
+
+impl Found {
+    /// The WAL records instance `id` needs, in offset order.
+    fn records_of(&self, id: &str) -> Vec<&(u64, Value)> {
+        let mut idx: Vec<usize> = self.flushes.clone();
+        idx.extend(self.by_id.get(id).into_iter().flatten());
+        idx.sort_unstable();
+        idx.dedup();
+        idx.iter().filter_map(|&i| self.wal.get(i)).collect()
+    }
 }
 
 /// Reads the whole backup (checking it end to end) and keeps what concerns `want_instance`
@@ -375,10 +404,7 @@ fn collect(
     want_machine: Option<&str>,
 ) -> Result<Found, CliError> {
     let mut found = Found::default();
-    let mut ids: Vec<String> = want_instance
-        .map(|s| vec![s.to_owned()])
-        .unwrap_or_default();
-    let mut records: Vec<(u64, Value)> = Vec::new();
+    let mut ids: HashSet<String> = want_instance.map(|s| s.to_owned()).into_iter().collect();
     for r in open_backup(from, key)? {
         match r.map_err(|e| input(format!("{}: {e}", from.display())))? {
             Record::Machine {
@@ -394,9 +420,7 @@ fn collect(
                 let m = instance.get("machine").and_then(Value::as_str);
                 if Some(id) == want_instance || (want_machine.is_some() && m == want_machine) {
                     let id = id.to_owned();
-                    if !ids.contains(&id) {
-                        ids.push(id.clone());
-                    }
+                    ids.insert(id.clone());
                     found.instances.push((id, Some(instance)));
                 }
             }
@@ -413,14 +437,31 @@ fn collect(
                         if e.get("type").and_then(Value::as_str) == Some("create_instance")
                             && e.get("machine").and_then(Value::as_str) == Some(m)
                             && let Some(id) = e.get("instance_id").and_then(Value::as_str)
-                            && !ids.iter().any(|x| x == id)
+                            && ids.insert(id.to_owned())
                         {
-                            ids.push(id.to_owned());
                             found.instances.push((id.to_owned(), None));
                         }
                     }
                 }
-                records.push((offset, entry));
+                // Instance records come before WAL records and a create before the records
+                // after it, so every id is known when its records pass: only those are kept.
+                let mut touched = Vec::new();
+                let flush = entry_ids(&entry, &mut touched);
+                let mine: Vec<String> = touched
+                    .into_iter()
+                    .filter(|id| ids.contains(*id))
+                    .map(str::to_owned)
+                    .collect();
+                if flush || !mine.is_empty() {
+                    let i = found.wal.len();
+                    if flush {
+                        found.flushes.push(i);
+                    }
+                    for id in mine {
+                        found.by_id.entry(id).or_default().push(i);
+                    }
+                    found.wal.push((offset, entry));
+                }
             }
             _ => {}
         }
@@ -430,10 +471,6 @@ fn collect(
     {
         found.instances.push((id.to_owned(), None));
     }
-    found.wal = records
-        .into_iter()
-        .filter(|(_, e)| ids.iter().any(|id| touches(e, id)))
-        .collect();
     Ok(found)
 }
 
@@ -441,13 +478,13 @@ async fn restore_one(
     client: &Client,
     id: &str,
     instance: Option<&Value>,
-    wal: &[(u64, Value)],
+    found: &Found,
     as_id: Option<&str>,
     replace: bool,
 ) -> Result<Value, CliError> {
-    let wal: Vec<Value> = wal
-        .iter()
-        .filter(|(_, e)| touches(e, id))
+    let wal: Vec<Value> = found
+        .records_of(id)
+        .into_iter()
         .map(|(o, e)| json!({"offset": o, "entry": e}))
         .collect();
     let mut params = json!({"instance_id": id, "wal": wal, "replace": replace});
@@ -481,7 +518,7 @@ pub async fn restore_instance(cli: &Cli, a: &RestoreInstanceArgs) -> Result<Exit
         &client,
         &a.instance,
         instance,
-        &found.wal,
+        &found,
         a.as_id.as_deref(),
         a.replace,
     )
@@ -526,7 +563,7 @@ pub async fn restore_machine(cli: &Cli, a: &RestoreMachineArgs) -> Result<ExitCo
     let mut restored = Vec::new();
     let mut skipped = Vec::new();
     for (id, instance) in &found.instances {
-        match restore_one(&client, id, instance.as_ref(), &found.wal, None, a.replace).await {
+        match restore_one(&client, id, instance.as_ref(), &found, None, a.replace).await {
             Ok(_) => restored.push(id.clone()),
             Err(CliError::Client(e))
                 if matches!(
