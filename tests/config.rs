@@ -97,6 +97,14 @@ fn unknown_fsync_policy_is_refused() {
 }
 
 #[test]
+fn wal_archive_dir_inside_the_wal_directory_is_refused() {
+    assert_refused(
+        "network:\n  bind_addr: \"127.0.0.1:0\"\nstorage:\n  data_dir: \"{tmp}/data\"\n  wal_archive_dir: \"{tmp}/data/wal\"\n",
+        "wal_archive_dir",
+    );
+}
+
+#[test]
 fn wrongly_typed_boolean_is_refused() {
     assert_refused(&minimal("auth:\n  required: [true]\n"), "required");
 }

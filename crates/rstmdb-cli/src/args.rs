@@ -170,6 +170,82 @@ pub enum Cmd {
     },
     /// Write a development CA, a server certificate and a client certificate (PEM).
     GenCerts(GenCertsArgs),
+    /// Take a consistent online backup into a file (`backup --out FILE`), or check one
+    /// (`backup verify FILE`). Admin role.
+    Backup(BackupArgs),
+    /// Put one instance from a backup back into the running server (nothing else changes).
+    RestoreInstance(RestoreInstanceArgs),
+    /// Put one machine (every version of its definition, and its instances) from a backup
+    /// back into the running server.
+    RestoreMachine(RestoreMachineArgs),
+}
+
+/// Where an encrypted backup's key comes from: never the command line itself.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// File holding the AES-256 key: 32 raw bytes or 64 hex characters; must not be readable
+    /// by group or others. Without it, RSTMDB_BACKUP_KEY (64 hex characters) is used.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub action: Option<BackupAction>,
+    /// The backup file to write (written under a temporary name, renamed when complete).
+    #[arg(short = 'o', long)]
+    pub out: Option<PathBuf>,
+    /// Encrypt with AES-256-GCM (key from --key-file or RSTMDB_BACKUP_KEY).
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// Check a backup file end to end (offline): header, every chunk, body hash, records.
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreInstanceArgs {
+    /// The backup file.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The instance id in the backup.
+    #[arg(long)]
+    pub instance: String,
+    /// Restore it under this id instead.
+    #[arg(long = "as")]
+    pub as_id: Option<String>,
+    /// Replace a live instance with the same id (otherwise the restore is refused).
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreMachineArgs {
+    /// The backup file.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Machine name.
+    #[arg(long)]
+    pub machine: String,
+    /// Replace live instances with the same ids (otherwise those are skipped and reported).
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 /// `-n NAME -v VERSION`.

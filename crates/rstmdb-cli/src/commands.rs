@@ -35,6 +35,14 @@ pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::GenCerts(args) => return certs::generate(args, cli.json),
+        Cmd::Backup(a) => {
+            if let Some(r) = crate::backup::verify_cmd(a, cli.json) {
+                return r;
+            }
+            return crate::backup::backup(cli, a).await;
+        }
+        Cmd::RestoreInstance(a) => return crate::backup::restore_instance(cli, a).await,
+        Cmd::RestoreMachine(a) => return crate::backup::restore_machine(cli, a).await,
         _ => {}
     }
 
@@ -46,9 +54,13 @@ pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
     let client = connect(cli, reconnect).await?;
     let json_out = cli.json;
     match cmd {
-        Cmd::Repl | Cmd::HashToken { .. } | Cmd::Completions { .. } | Cmd::GenCerts(_) => {
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Repl
+        | Cmd::HashToken { .. }
+        | Cmd::Completions { .. }
+        | Cmd::GenCerts(_)
+        | Cmd::Backup(_)
+        | Cmd::RestoreInstance(_)
+        | Cmd::RestoreMachine(_) => Ok(ExitCode::SUCCESS),
         Cmd::Ping => {
             client.ping().await?;
             print(json_out, &json!({"pong": true}), || {

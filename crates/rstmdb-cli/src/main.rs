@@ -4,6 +4,7 @@
 //! handshake, server error, bad JSON, unreadable file); 2 usage errors (from clap).
 
 mod args;
+mod backup;
 mod certs;
 mod commands;
 mod diagram;

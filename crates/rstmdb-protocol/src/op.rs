@@ -57,11 +57,15 @@ pub enum Op {
     Unwatch,
     /// Remove every machine and instance (disabled unless configured).
     FlushAll,
+    BackupBegin,
+    BackupRead,
+    BackupEnd,
+    RestoreInstance,
 }
 
 impl Op {
     /// Every op, in the reference's order (FLUSH_ALL, our addition, last).
-    pub const ALL: [Op; 22] = [
+    pub const ALL: [Op; 26] = [
         Op::Hello,
         Op::Auth,
         Op::Ping,
@@ -84,6 +88,10 @@ impl Op {
         Op::WatchAll,
         Op::Unwatch,
         Op::FlushAll,
+        Op::BackupBegin,
+        Op::BackupRead,
+        Op::BackupEnd,
+        Op::RestoreInstance,
     ];
 
     /// The wire name.
@@ -111,6 +119,10 @@ impl Op {
             Op::WatchAll => "WATCH_ALL",
             Op::Unwatch => "UNWATCH",
             Op::FlushAll => "FLUSH_ALL",
+            Op::BackupBegin => "BACKUP_BEGIN",
+            Op::BackupRead => "BACKUP_READ",
+            Op::BackupEnd => "BACKUP_END",
+            Op::RestoreInstance => "RESTORE_INSTANCE",
         }
     }
 

@@ -283,3 +283,47 @@ pub struct UnwatchParams {
 /// unless `storage.allow_flush_all` is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlushAllParams {}
+
+/// BACKUP_BEGIN (extension, admin): the server exports a consistent online backup body to a
+/// spool file and describes it; the client then reads it with BACKUP_READ.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupBeginParams {}
+
+/// BACKUP_READ (extension, admin): bytes of a spooled backup body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReadParams {
+    /// From BACKUP_BEGIN.
+    pub backup_id: String,
+    /// Byte offset into the body.
+    pub offset: u64,
+    /// At most this many bytes (the server caps it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// BACKUP_END (extension, admin): delete a spooled backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEndParams {
+    /// From BACKUP_BEGIN.
+    pub backup_id: String,
+}
+
+/// RESTORE_INSTANCE (extension, admin): put one instance from a backup back. `instance` is the
+/// backup's instance record (absent when the backup only has it in its WAL part) and `wal` the
+/// backup's WAL records `{offset, entry}` that may touch it; the server replays them over the
+/// record to get the instance at the backup's end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreInstanceParams {
+    /// The instance id in the backup.
+    pub instance_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub wal: Vec<serde_json::Value>,
+    /// Restore under this id instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_id: Option<String>,
+    /// Replace a live instance with the same id (otherwise INSTANCE_EXISTS).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub replace: bool,
+}

@@ -20,10 +20,11 @@ use crate::MAX_REQUEST_ID_BYTES;
 use crate::error_code::ErrorCode;
 use crate::op::Op;
 use crate::params::{
-    ApplyEventParams, AuthParams, BatchMode, BatchParams, CompactParams, CreateInstanceParams,
-    DeleteInstanceParams, FlushAllParams, GetInstanceParams, GetMachineParams, HelloParams,
-    ListInstancesParams, PutMachineParams, SnapshotInstanceParams, UnwatchParams, WalReadParams,
-    WatchAllParams, WatchInstanceParams,
+    ApplyEventParams, AuthParams, BackupBeginParams, BackupEndParams, BackupReadParams, BatchMode,
+    BatchParams, CompactParams, CreateInstanceParams, DeleteInstanceParams, FlushAllParams,
+    GetInstanceParams, GetMachineParams, HelloParams, ListInstancesParams, PutMachineParams,
+    RestoreInstanceParams, SnapshotInstanceParams, UnwatchParams, WalReadParams, WatchAllParams,
+    WatchInstanceParams,
 };
 use crate::response::{ErrorObject, Response};
 
@@ -88,6 +89,14 @@ pub enum Command {
     Unwatch(UnwatchParams),
     /// FLUSH_ALL.
     FlushAll(FlushAllParams),
+    /// BACKUP_BEGIN (extension).
+    BackupBegin(BackupBeginParams),
+    /// BACKUP_READ (extension).
+    BackupRead(BackupReadParams),
+    /// BACKUP_END (extension).
+    BackupEnd(BackupEndParams),
+    /// RESTORE_INSTANCE (extension).
+    RestoreInstance(RestoreInstanceParams),
 }
 
 impl Command {
@@ -116,6 +125,10 @@ impl Command {
             Command::WatchAll(_) => Op::WatchAll,
             Command::Unwatch(_) => Op::Unwatch,
             Command::FlushAll(_) => Op::FlushAll,
+            Command::BackupBegin(_) => Op::BackupBegin,
+            Command::BackupRead(_) => Op::BackupRead,
+            Command::BackupEnd(_) => Op::BackupEnd,
+            Command::RestoreInstance(_) => Op::RestoreInstance,
         }
     }
 }
@@ -185,6 +198,10 @@ impl Serialize for ParamsOf<'_> {
             Command::WatchAll(params) => params.serialize(serializer),
             Command::Unwatch(params) => params.serialize(serializer),
             Command::FlushAll(params) => params.serialize(serializer),
+            Command::BackupBegin(params) => params.serialize(serializer),
+            Command::BackupRead(params) => params.serialize(serializer),
+            Command::BackupEnd(params) => params.serialize(serializer),
+            Command::RestoreInstance(params) => params.serialize(serializer),
             Command::Ping
             | Command::Bye
             | Command::Info
@@ -497,6 +514,10 @@ fn decode_command(object: &mut Map<String, Value>, at: &str) -> Result<Command, 
         Op::WatchAll => Command::WatchAll(typed(params()?, prefix)?),
         Op::Unwatch => Command::Unwatch(typed(params()?, prefix)?),
         Op::FlushAll => Command::FlushAll(typed(params()?, prefix)?),
+        Op::BackupBegin => Command::BackupBegin(typed(params()?, prefix)?),
+        Op::BackupRead => Command::BackupRead(typed(params()?, prefix)?),
+        Op::BackupEnd => Command::BackupEnd(typed(params()?, prefix)?),
+        Op::RestoreInstance => Command::RestoreInstance(typed(params()?, prefix)?),
     };
     Ok(command)
 }

@@ -14,7 +14,13 @@ use serde_json::Value;
 /// (they are let through before this check anyway).
 pub fn required_role(op: Op) -> Role {
     match op {
-        Op::PutMachine | Op::Compact | Op::FlushAll => Role::Admin,
+        Op::PutMachine
+        | Op::Compact
+        | Op::FlushAll
+        | Op::BackupBegin
+        | Op::BackupRead
+        | Op::BackupEnd
+        | Op::RestoreInstance => Role::Admin,
         Op::CreateInstance
         | Op::ApplyEvent
         | Op::DeleteInstance
@@ -83,6 +89,11 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
         }
         Command::WalRead(_) => unrestricted_only("WAL_READ"),
         Command::FlushAll(_) => unrestricted_only("FLUSH_ALL"),
+        // A backup holds every machine; a restore may create any instance.
+        Command::BackupBegin(_) | Command::BackupRead(_) | Command::BackupEnd(_) => {
+            unrestricted_only("BACKUP")
+        }
+        Command::RestoreInstance(_) => unrestricted_only("RESTORE_INSTANCE"),
         Command::Batch(b) => {
             for (i, c) in b.ops.iter().enumerate() {
                 check_command(p, c).map_err(|mut e| {

@@ -134,6 +134,8 @@ pub struct StorageSection {
     pub commit_queue_depth: usize,
     pub allow_flush_all: bool,
     pub encryption: EncryptionSection,
+    /// WAL segments are copied here before a checkpoint deletes them (point-in-time recovery).
+    pub wal_archive_dir: Option<PathBuf>,
 }
 
 /// `storage.encryption`: encryption at rest (SECURITY.md).
@@ -159,6 +161,7 @@ impl Default for StorageSection {
             commit_queue_depth: d.commit_queue_depth,
             allow_flush_all: false,
             encryption: EncryptionSection::default(),
+            wal_archive_dir: None,
         }
     }
 }
@@ -491,6 +494,26 @@ impl Config {
                 "must be a path (omit the key for no encryption)".into(),
             ));
         }
+        if let Some(a) = &s.wal_archive_dir {
+            if a.as_os_str().is_empty() {
+                return Err(invalid(
+                    "storage.wal_archive_dir",
+                    "must not be empty (leave the key out to turn archiving off)".into(),
+                ));
+            }
+            // Segments copied into the live WAL directory (or the data directory itself)
+            // would be taken for log segments.
+            let wal = s.data_dir.join("wal");
+            if a == &wal || a == &s.data_dir || a.starts_with(&wal) {
+                return Err(invalid(
+                    "storage.wal_archive_dir",
+                    format!(
+                        "must be outside the data directory's WAL ({})",
+                        wal.display()
+                    ),
+                ));
+            }
+        }
         if s.commit_queue_depth == 0 {
             return Err(invalid(
                 "storage.commit_queue_depth",
@@ -576,6 +599,7 @@ impl Config {
         c.max_batch_ops = s.max_batch_ops;
         c.commit_queue_depth = s.commit_queue_depth;
         c.allow_flush_all = s.allow_flush_all;
+        c.wal_archive_dir = s.wal_archive_dir.clone();
         c.idempotency_ttl = Duration::from_secs(self.idempotency.ttl_hours.saturating_mul(3600));
         let compaction_on = self.compaction.enabled;
         c.checkpoint_events_threshold = if compaction_on {

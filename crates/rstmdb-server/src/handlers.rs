@@ -270,6 +270,7 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
                         "writes": s.writes,
                         "reads": s.reads,
                         "fsyncs": s.fsyncs,
+                        "archive_failures": s.archive_failures,
                     },
                 }),
                 None,
@@ -300,6 +301,45 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
                     "machines_removed": counts.machines_removed,
                 }),
                 Some(db.last_offset()),
+            ))
+        }
+        Command::BackupBegin(_) => crate::backup::begin(shared.clone()).await,
+        Command::BackupRead(p) => crate::backup::read(shared.clone(), p).await,
+        Command::BackupEnd(p) => crate::backup::end(&shared, &p.backup_id),
+        Command::RestoreInstance(p) => {
+            let mut wal = Vec::with_capacity(p.wal.len());
+            for (i, r) in p.wal.into_iter().enumerate() {
+                let offset = r.get("offset").and_then(Value::as_u64);
+                match (offset, r.get("entry")) {
+                    (Some(o), Some(e)) => wal.push((o, e.clone())),
+                    _ => {
+                        return Err(with_details(
+                            bad_request("each wal element needs `offset` and `entry`"),
+                            &[("path", Value::from(format!("wal[{i}]")))],
+                        ));
+                    }
+                }
+            }
+            let r = engine(
+                db.restore_instance(
+                    &p.instance_id,
+                    p.instance,
+                    &wal,
+                    p.as_id.as_deref(),
+                    p.replace,
+                )
+                .await,
+            )?;
+            Ok((
+                json!({
+                    "instance_id": r.instance.id,
+                    "machine": r.instance.machine,
+                    "version": r.instance.version,
+                    "state": r.instance.state,
+                    "wal_offset": r.wal_offset,
+                    "replaced": r.replaced,
+                }),
+                Some(r.wal_offset),
             ))
         }
         other => Err(bad_request(format!(

@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod handlers;

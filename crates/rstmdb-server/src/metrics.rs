@@ -397,6 +397,12 @@ pub async fn render(shared: &Shared) -> String {
             w.fsyncs,
         );
         t.one(
+            "rstmdb_wal_archive_failures_total",
+            "counter",
+            "WAL segments a checkpoint could not copy to storage.wal_archive_dir (kept)",
+            w.archive_failures,
+        );
+        t.one(
             "rstmdb_wal_latest_offset",
             "gauge",
             "Offset of the newest WAL record",

@@ -34,6 +34,8 @@ pub struct Shared {
     /// Connections and subscriptions are always counted; requests only when
     /// `metrics.enabled` (the endpoint is on).
     pub metrics: Arc<Metrics>,
+    /// Spooled online backups (BACKUP_BEGIN … BACKUP_END).
+    pub backups: crate::backup::Backups,
 }
 
 impl Shared {
@@ -45,6 +47,7 @@ impl Shared {
         audit: Option<AuditLog>,
     ) -> Shared {
         let (flush_epoch, _) = watch::channel(0u64);
+        let db_dir = db.config().data_dir.clone();
         Shared {
             db,
             config,
@@ -54,6 +57,7 @@ impl Shared {
             tls: std::sync::RwLock::new(tls),
             audit,
             metrics: Arc::new(Metrics::default()),
+            backups: crate::backup::Backups::new(&db_dir),
         }
     }
 

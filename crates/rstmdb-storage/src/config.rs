@@ -53,6 +53,9 @@ pub struct StorageConfig {
     /// hold user data). `None`: plaintext. A data directory is either encrypted with one key
     /// or plaintext; opening it with another setting is an error (`rstmdb rekey` converts).
     pub encryption: Option<EncryptionKey>,
+    /// WAL segments are copied here before a checkpoint deletes them (point-in-time
+    /// recovery); `None` = deleted without a copy.
+    pub wal_archive_dir: Option<PathBuf>,
 }
 
 impl StorageConfig {
@@ -75,6 +78,7 @@ impl StorageConfig {
             subscriber_queue_depth: 4096,
             allow_flush_all: false,
             encryption: None,
+            wal_archive_dir: None,
         }
     }
 

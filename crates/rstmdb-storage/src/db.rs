@@ -216,6 +216,8 @@ pub struct WalStatsOutcome {
     pub writes: u64,
     pub reads: u64,
     pub fsyncs: u64,
+    /// WAL segments a checkpoint could not copy to `wal_archive_dir` (kept, not deleted).
+    pub archive_failures: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,6 +263,10 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Wakes the checkpointer thread; dropped at close.
     checkpoint_tx: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    /// Running backups: pin id → first WAL offset the backup still needs. Checkpoints keep
+    /// every segment holding an offset at or above the lowest pin.
+    pub(crate) backup_pins: Mutex<BTreeMap<u64, u64>>,
+    pub(crate) next_pin: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -343,6 +349,53 @@ fn set_offset(out: &mut BatchOutput, seq: u64) {
 }
 
 impl Database {
+    pub(crate) fn machine_def(&self, name: &str, version: u32) -> Result<Arc<Machine>> {
+        self.machine(name, version)
+    }
+
+    pub(crate) async fn lock_instances(
+        &self,
+        ids: &[&str],
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        self.inner.locks.lock_all(ids).await
+    }
+
+    pub(crate) fn load_instance(&self, id: &str) -> Result<Option<Instance>> {
+        self.staged().load(id)
+    }
+
+    /// Commits one entry under the caller's instance locks; returns its offset.
+    pub(crate) async fn commit_entry(
+        &self,
+        entry: WalEntry,
+        hints: state::Hints,
+        guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<u64> {
+        Ok(self.commit(entry, hints, guards).await?.seq)
+    }
+
+    pub(crate) fn state_db(&self) -> &Store {
+        &self.inner.db
+    }
+
+    pub(crate) fn wal_reader(&self) -> &WalReader {
+        &self.inner.reader
+    }
+
+    /// Runs `f` holding the checkpoint lock (no checkpoint is between its steps).
+    pub(crate) fn with_checkpoint_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let _serial = self
+            .inner
+            .checkpoint_lock
+            .lock()
+            .map_err(|_| internal("checkpoint lock poisoned"))?;
+        Ok(f())
+    }
+
+    pub(crate) fn inner_pins(&self) -> (&Mutex<BTreeMap<u64, u64>>, &std::sync::atomic::AtomicU64) {
+        (&self.inner.backup_pins, &self.inner.next_pin)
+    }
+
     /// Opens (or creates) the database in `config.data_dir`: opens the state store, replays
     /// the WAL written after the last checkpoint, and starts the commit pipeline.
     pub fn open(config: StorageConfig) -> std::result::Result<Database, OpenError> {
@@ -379,6 +432,7 @@ impl Database {
             .max(1)
             .saturating_mul(1024 * 1024);
         wal_opts.cipher = cipher.clone();
+        wal_opts.archive_dir = config.wal_archive_dir.clone();
         let (wal, report) = Wal::open(wal_opts, checkpoint + 1)?;
         if marker_missing {
             // Only now that the log has accepted the key (or its absence): a new state store
@@ -471,6 +525,8 @@ impl Database {
             checkpoint_seq: std::sync::atomic::AtomicU64::new(checkpoint),
             threads: Mutex::new(Vec::new()),
             checkpoint_tx: Mutex::new(Some(checkpoint_tx)),
+            backup_pins: Mutex::new(BTreeMap::new()),
+            next_pin: std::sync::atomic::AtomicU64::new(0),
         });
         let database = Database { inner };
         database.load_machines()?;
@@ -1417,6 +1473,7 @@ impl Database {
             writes: s.writes,
             reads: s.reads,
             fsyncs: s.fsyncs,
+            archive_failures: s.archive_failures,
         })
     }
 
@@ -1494,11 +1551,18 @@ impl Database {
         self.inner
             .checkpoint_seq
             .store(mark.checkpoint_seq, Ordering::Relaxed);
+        // A running backup still has to read the records after its pin.
+        let trim_seq = match self.inner.backup_pins.lock() {
+            Ok(pins) => pins.values().min().map_or(mark.checkpoint_seq, |&p| {
+                mark.checkpoint_seq.min(p.saturating_sub(1))
+            }),
+            Err(_) => return Err(internal("backup pin lock poisoned")),
+        };
         let (reply, rx) = oneshot::channel();
         self.inner
             .commit_tx
             .blocking_send(Command::TrimWal {
-                checkpoint_seq: mark.checkpoint_seq,
+                checkpoint_seq: trim_seq,
                 retention_bytes: self
                     .inner
                     .config

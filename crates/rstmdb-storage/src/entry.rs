@@ -60,6 +60,21 @@ pub enum WalEntry {
     /// An atomic BATCH: every sub-entry is applied, or (if this record is not in the log)
     /// none is.
     Batch { entries: Vec<WalEntry> },
+    /// RESTORE_INSTANCE (extension): puts an instance, as a backup held it, back in place of
+    /// whatever has this id (nothing, a tombstone, or a live instance when replacing).
+    RestoreInstance {
+        instance_id: String,
+        machine: String,
+        version: u32,
+        state: String,
+        ctx: Map<String, Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_event_id: Option<String>,
+        /// Unix ms, from the backup.
+        created_at: i64,
+        /// Unix ms: when it was restored.
+        updated_at: i64,
+    },
     /// FLUSH_ALL: removes every machine, instance and idempotency record written before it.
     FlushAll {
         /// Unix ms.

@@ -36,6 +36,7 @@
 //! See `docs/storage.md` for the durability contract and `docs/wal-format.md` for the file
 //! format.
 
+pub mod backup;
 mod commit;
 pub mod config;
 pub mod crypto;
@@ -48,6 +49,7 @@ mod store;
 pub mod wal;
 
 pub mod stats;
+pub use backup::{BackupExport, RestoreOptions, RestoreReport, RestoreTarget};
 pub use commit::CommitStats;
 pub use config::{FsyncPolicy, StorageConfig};
 pub use crypto::{EncryptionKey, KeyError};

@@ -542,6 +542,44 @@ impl Planner<'_> {
                     )?;
                 }
             }
+            WalEntry::RestoreInstance {
+                instance_id,
+                machine,
+                version,
+                state,
+                ctx,
+                last_event_id,
+                created_at,
+                updated_at,
+            } => {
+                let Some(current) = self.instance_to_change(instance_id)? else {
+                    return Ok(());
+                };
+                if let Some(old) = current {
+                    if old.deleted {
+                        self.del(keys::tombstone(instance_id));
+                    } else {
+                        self.del(keys::by_state(&old.machine, &old.state, instance_id));
+                        self.count(&old.machine, &old.state, -1);
+                    }
+                }
+                let inst = Instance {
+                    id: instance_id.clone(),
+                    machine: machine.clone(),
+                    version: *version,
+                    state: state.clone(),
+                    ctx: ctx.clone(),
+                    last_event_id: last_event_id.clone(),
+                    last_wal_offset: self.seq,
+                    created_at: *created_at,
+                    updated_at: *updated_at,
+                    deleted: false,
+                };
+                self.put(keys::instance(instance_id), json(&inst)?);
+                self.put(keys::by_state(machine, state, instance_id), Vec::new());
+                self.count(machine, state, 1);
+                self.touched.insert(instance_id.clone());
+            }
             WalEntry::Batch { entries } => {
                 for e in entries {
                     self.entry(e)?;

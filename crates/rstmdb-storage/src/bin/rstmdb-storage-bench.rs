@@ -7,7 +7,12 @@
 //! rstmdb-storage-bench crypto  --dir D [--bytes 300,1300] [--iterations 200000]
 //! rstmdb-storage-bench writer  --dir D [--tasks 16] [--key-file K]
 //! rstmdb-storage-bench open    --dir D [--probe ID]      (used by `restart`)
+//! rstmdb-storage-bench fill    --dir D [--megabytes 1024] [--ctx-bytes 4096]
 //! ```
+//!
+//! `fill` creates instances of machine `bench` (each with a `ctx-bytes` padding) in atomic
+//! batches of 100 until about `megabytes` of context is stored, then checkpoints and closes:
+//! a large database for the backup benchmark (`scripts/backup-bench.sh`).
 //!
 //! `apply` and `restart` print one JSON document per measurement. `apply --key-file K` turns
 //! on encryption at rest with that key file; `--ctx-bytes N` gives every instance a context
@@ -18,7 +23,8 @@
 //! the crash test SIGKILLs it and checks every acknowledged write survived.
 
 use rstmdb_storage::{
-    ApplyEvent, CreateInstance, Database, EncryptionKey, FsyncPolicy, StorageConfig,
+    ApplyEvent, BatchMode, BatchOp, CreateInstance, Database, EncryptionKey, FsyncPolicy,
+    StorageConfig,
 };
 use serde_json::json;
 use std::io::Write;
@@ -369,6 +375,50 @@ async fn writer(dir: PathBuf, tasks: usize, key: Option<EncryptionKey>) {
     }
 }
 
+async fn fill(dir: PathBuf, megabytes: u64, ctx_bytes: usize) {
+    let started = Instant::now();
+    let mut cfg = StorageConfig::new(&dir);
+    cfg.fsync_policy = FsyncPolicy::Never;
+    let db = Database::open(cfg).unwrap_or_else(|e| fail(e));
+    if let Err(e) = db.put_machine("bench", 1, &machine_def()).await
+        && e.code() != rstmdb_core::ErrorCode::MachineVersionExists
+    {
+        fail(e);
+    }
+    let pad = "x".repeat(ctx_bytes);
+    let target = megabytes.saturating_mul(1024 * 1024);
+    let per_batch = 100u64;
+    let batches = target / (ctx_bytes as u64 * per_batch).max(1) + 1;
+    for b in 0..batches {
+        let ops = (0..per_batch)
+            .map(|i| {
+                BatchOp::Create(CreateInstance {
+                    instance_id: Some(format!("fill-{b:07}-{i:03}")),
+                    machine: "bench".into(),
+                    version: 1,
+                    initial_ctx: Some(json!({"pad": pad, "n": b * per_batch + i})),
+                    idempotency_key: None,
+                })
+            })
+            .collect();
+        if let Err(e) = db.batch(BatchMode::Atomic, ops).await {
+            fail(format!("{e:?}"));
+        }
+    }
+    if let Err(e) = db.close().await {
+        fail(e);
+    }
+    println!(
+        "{}",
+        json!({
+            "mode": "fill",
+            "instances": batches * per_batch,
+            "ctx_bytes": ctx_bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_default();
@@ -413,6 +463,15 @@ fn main() {
                     .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
                     .unwrap_or(200_000),
             ),
+            "fill" => {
+                let mb = arg(&args, "--megabytes")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(1024);
+                let ctx = arg(&args, "--ctx-bytes")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(4096);
+                fill(dir, mb, ctx).await;
+            }
             "writer" => {
                 let tasks = arg(&args, "--tasks")
                     .map(|s| s.parse().unwrap_or_else(|e| fail(e)))

@@ -24,7 +24,7 @@ mod index;
 mod reader;
 mod repair;
 mod rewrite;
-mod segment;
+pub(crate) mod segment;
 mod shared;
 mod writer;
 
@@ -64,6 +64,9 @@ pub struct WalOptions {
     /// must be sealed with this key; without one every record must be plaintext. A mismatch
     /// is [`WalError::Encryption`], never a torn tail.
     pub cipher: Option<Arc<Cipher>>,
+    /// When set, a segment is copied here (file and directory fsynced) before a checkpoint
+    /// deletes it; a segment whose copy fails is kept. For point-in-time recovery.
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl WalOptions {
@@ -74,6 +77,7 @@ impl WalOptions {
             segment_size_bytes: DEFAULT_SEGMENT_SIZE_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             cipher: None,
+            archive_dir: None,
         }
     }
 
@@ -125,14 +129,29 @@ pub fn scan_segment_image(
     first_seq: u64,
     on_record: impl FnMut(u64, &[u8]),
 ) -> ImageScan {
+    scan_image(image, first_seq, &format::Expect::Any, on_record)
+}
+
+/// [`scan_segment_image`] for a segment whose records must all be plaintext (an encrypted
+/// record is a definite stop): what an offline restore can replay without the data key.
+pub(crate) fn scan_plain_segment_image(
+    image: &[u8],
+    first_seq: u64,
+    on_record: impl FnMut(u64, &[u8]),
+) -> ImageScan {
+    scan_image(image, first_seq, &format::Expect::Plain, on_record)
+}
+
+fn scan_image(
+    image: &[u8],
+    first_seq: u64,
+    expect: &format::Expect,
+    on_record: impl FnMut(u64, &[u8]),
+) -> ImageScan {
     let mut on_record = on_record;
-    let scan = match segment::scan_records(
-        image,
-        image.len() as u64,
-        first_seq,
-        &format::Expect::Any,
-        |h, p| on_record(h.seq, p),
-    ) {
+    let scan = match segment::scan_records(image, image.len() as u64, first_seq, expect, |h, p| {
+        on_record(h.seq, p)
+    }) {
         Ok(scan) => scan,
         // Reading a slice of exactly `image.len()` bytes cannot come up short.
         Err(e) => {

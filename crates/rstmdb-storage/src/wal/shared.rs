@@ -18,6 +18,8 @@ pub(crate) struct IoStats {
     pub writes: AtomicU64,
     pub reads: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Segments a checkpoint could not copy to the archive directory (kept, not deleted).
+    pub archive_failures: AtomicU64,
 }
 
 impl IoStats {

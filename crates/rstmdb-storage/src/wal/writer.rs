@@ -67,6 +67,8 @@ pub struct WalStats {
     pub reads: u64,
     /// fsync / fdatasync calls, files and directory.
     pub fsyncs: u64,
+    /// Segments a checkpoint could not copy to the archive (and kept).
+    pub archive_failures: u64,
 }
 
 /// One segment file, for retention decisions.
@@ -513,6 +515,7 @@ impl Wal {
             writes: io.writes.load(Ordering::Relaxed),
             reads: io.reads.load(Ordering::Relaxed),
             fsyncs: io.fsyncs.load(Ordering::Relaxed),
+            archive_failures: io.archive_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -559,6 +562,20 @@ impl Wal {
         let mut removed = 0u64;
         let mut bytes = 0u64;
         for (k, meta) in doomed.iter().enumerate() {
+            if let Some(archive) = &self.opts.archive_dir
+                && let Err(e) = archive_segment(&meta.path, archive)
+            {
+                // Not archived, so not deleted: this and the newer doomed segments go back.
+                self.shared
+                    .stats
+                    .archive_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(segment = %meta.path.display(), archive = %archive.display(), error = %e, "archiving a WAL segment failed; keeping it");
+                let mut table = self.shared.segments_mut();
+                let keep = doomed.get(k..).unwrap_or_default();
+                table.splice(0..0, keep.iter().cloned());
+                break;
+            }
             match fs::remove_file(&meta.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -881,4 +898,26 @@ impl WalPublisher {
             .unwrap_or(0);
         self.shared.raise_published(seq.min(last));
     }
+}
+
+/// Copies a sealed segment into `archive` under its own name: to a temporary name, fsync,
+/// rename, fsync the directory. An archive copy of the same length is taken as done (a
+/// checkpoint that failed after archiving retries).
+fn archive_segment(path: &Path, archive: &Path) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("segment path has no file name"))?;
+    fs::create_dir_all(archive)?;
+    let dest = archive.join(name);
+    let len = fs::metadata(path)?.len();
+    if fs::metadata(&dest).is_ok_and(|m| m.len() == len) {
+        return Ok(());
+    }
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = archive.join(tmp_name);
+    fs::copy(path, &tmp)?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, &dest)?;
+    crate::wal::segment::sync_dir(archive)
 }
