@@ -509,6 +509,24 @@ async fn write<W: AsyncWrite + Unpin>(
 }
 
 impl Session {
+    /// Runs `work` once every earlier request on the connection has finished; later
+    /// requests wait for it (a barrier in [`Ordering`]).
+    fn after_earlier(
+        &mut self,
+        work: impl FnOnce(Arc<Shared>) -> Outgoing + Send + 'static,
+    ) -> Pending {
+        let (waits, done) = self.ordering.admit(Scope::Barrier);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            for w in waits {
+                w.await;
+            }
+            let out = work(shared);
+            drop(done);
+            out
+        })
+    }
+
     fn out(
         &self,
         id: Option<String>,
@@ -738,13 +756,8 @@ impl Session {
             Command::Info => {
                 // Ordered after every earlier request, so `wal_offset` covers the client's
                 // own pipelined writes.
-                let (waits, done) = self.ordering.admit(Scope::Barrier);
-                let shared = self.shared.clone();
                 let mode = self.mode;
-                Box::pin(async move {
-                    for w in waits {
-                        w.await;
-                    }
+                self.after_earlier(move |shared| {
                     let cfg = &shared.config;
                     let info = json!({
                         "server_name": "rstmdb",
@@ -755,7 +768,6 @@ impl Session {
                         "max_batch_ops": cfg.storage.max_batch_ops,
                         "wal_offset": shared.db.last_offset(),
                     });
-                    drop(done);
                     Outgoing {
                         response: respond(id, Ok((info, None))),
                         mode,
@@ -810,13 +822,8 @@ impl Session {
         }
         let sub = format!("sub-{}", uuid::Uuid::now_v7());
         self.watches.insert(sub.clone(), None);
-        let (waits, done) = self.ordering.admit(Scope::Barrier);
-        let shared = self.shared.clone();
         let mode = self.mode;
-        Box::pin(async move {
-            for w in waits {
-                w.await;
-            }
+        self.after_earlier(move |shared| {
             let checked = match &target {
                 Target::Instance(p) if principal.restricted() => shared
                     .db
@@ -833,7 +840,6 @@ impl Session {
             };
             let r = checked
                 .and_then(|()| subscribe(&shared, sub.clone(), target, principal.machines.clone()));
-            drop(done);
             match r {
                 Ok((v, w)) => Outgoing {
                     response: respond(id, Ok((v, None))),

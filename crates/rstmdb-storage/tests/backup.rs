@@ -28,8 +28,7 @@ fn config(dir: &Path, archive: Option<&Path>) -> StorageConfig {
     }
 }
 
-async fn open(dir: &Path, archive: Option<&Path>) -> Database {
-    let db = Database::open(config(dir, archive)).unwrap();
+async fn put_flip(db: &Database) {
     db.put_machine(
         "flip",
         1,
@@ -38,6 +37,11 @@ async fn open(dir: &Path, archive: Option<&Path>) -> Database {
     )
     .await
     .unwrap();
+}
+
+async fn open(dir: &Path, archive: Option<&Path>) -> Database {
+    let db = Database::open(config(dir, archive)).unwrap();
+    put_flip(&db).await;
     db
 }
 
@@ -522,14 +526,7 @@ async fn an_encrypted_database_backs_up_and_restores() {
         ..config(dir.path(), None)
     };
     let db = Database::open(cfg.clone()).unwrap();
-    db.put_machine(
-        "flip",
-        1,
-        &json!({"states": ["a", "b"], "initial": "a", "transitions": [
-            {"from": "a", "event": "T", "to": "b"}, {"from": "b", "event": "T", "to": "a"}]}),
-    )
-    .await
-    .unwrap();
+    put_flip(&db).await;
     for i in 0..20 {
         let id = format!("enc-{i}");
         db.create_instance(CreateInstance {
@@ -579,14 +576,7 @@ async fn an_encrypted_archive_is_refused_by_offline_restore() {
         ..config(dir.path(), Some(archive.path()))
     };
     let db = Database::open(cfg).unwrap();
-    db.put_machine(
-        "flip",
-        1,
-        &json!({"states": ["a", "b"], "initial": "a", "transitions": [
-            {"from": "a", "event": "T", "to": "b"}, {"from": "b", "event": "T", "to": "a"}]}),
-    )
-    .await
-    .unwrap();
+    put_flip(&db).await;
     let (recs, ex) = export(&db).await;
     let pad = "x".repeat(20_000);
     for i in 0..120 {
