@@ -85,6 +85,10 @@ enum Cmd {
         /// Directory of archived WAL segments to replay after the backup's end.
         #[arg(long)]
         wal_archive: Option<PathBuf>,
+        /// The data key (`storage.encryption.key_file`) of the server that wrote the
+        /// archive, when it ran with encryption at rest. The restored data is plaintext.
+        #[arg(long, requires = "wal_archive")]
+        archive_key_file: Option<PathBuf>,
         /// Key of an encrypted backup: 32 raw bytes or 64 hex characters, mode 600.
         /// Otherwise RSTMDB_BACKUP_KEY (hex) is used.
         #[arg(long)]
@@ -144,9 +148,11 @@ fn restore_cmd(
     until_offset: Option<u64>,
     until_time: Option<&str>,
     wal_archive: Option<PathBuf>,
+    archive_key_file: Option<&std::path::Path>,
     key_file: Option<&std::path::Path>,
     wal_segment_size_mb: u64,
 ) -> Result<String, String> {
+    let wal_archive_key = load_key(archive_key_file).map_err(|e| e.to_string())?;
     use rstmdb_storage::{RestoreOptions, RestoreTarget};
     let target = match (until_offset, until_time) {
         (Some(n), _) => RestoreTarget::Offset(n),
@@ -163,6 +169,7 @@ fn restore_cmd(
         data_dir: data_dir.to_path_buf(),
         target,
         wal_archive,
+        wal_archive_key,
         wal_segment_size_mb,
     };
     let records = reader.records().map(|r| r.map_err(|e| e.to_string()));
@@ -238,6 +245,7 @@ fn main() -> ExitCode {
         until_offset,
         until_time,
         wal_archive,
+        archive_key_file,
         key_file,
         wal_segment_size_mb,
     }) = &cli.command
@@ -248,6 +256,7 @@ fn main() -> ExitCode {
             *until_offset,
             until_time.as_deref(),
             wal_archive.clone(),
+            archive_key_file.as_deref(),
             key_file.as_deref(),
             *wal_segment_size_mb,
         ) {

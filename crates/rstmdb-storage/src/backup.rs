@@ -328,6 +328,9 @@ pub struct RestoreOptions {
     pub target: RestoreTarget,
     /// Archived WAL segments to replay past the backup's end.
     pub wal_archive: Option<PathBuf>,
+    /// The data key of the server that wrote the archive, when it ran with encryption at
+    /// rest (`storage.encryption.key_file`). The restored directory is plaintext either way.
+    pub wal_archive_key: Option<crate::crypto::EncryptionKey>,
     pub wal_segment_size_mb: u64,
 }
 
@@ -617,6 +620,10 @@ fn restore_into(
         && !r.stopped
     {
         let segments = archived_segments(archive)?;
+        let archive_cipher = opts
+            .wal_archive_key
+            .as_ref()
+            .map(|k| std::sync::Arc::new(crate::crypto::Cipher::new(k)));
         let count = segments.len();
         'segments: for (k, (first, path)) in segments.into_iter().enumerate() {
             if r.stopped {
@@ -625,11 +632,14 @@ fn restore_into(
             let image =
                 std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
             let mut recs: Vec<(u64, Vec<u8>)> = Vec::new();
-            // Encrypted archives (a data directory with encryption at rest) are refused here,
-            // naming the segment: replaying them needs the data key, not supported yet.
-            let scan = crate::wal::scan_plain_segment_image(&image, first, |seq, payload| {
-                recs.push((seq, payload.to_vec()))
-            });
+            // An archive written with encryption at rest needs the data key
+            // (`wal_archive_key`); without one, its first sealed record stops the restore.
+            let scan = crate::wal::scan_archived_segment_image(
+                &image,
+                first,
+                archive_cipher.as_ref(),
+                |seq, payload| recs.push((seq, payload.to_vec())),
+            );
             if let Some(why) = scan.invalid {
                 // A torn tail is possible only in the newest segment (a live segment copied in
                 // after a crash); its valid records are used. Anything else is corruption.

@@ -146,12 +146,24 @@ fn restore_to(
     target: RestoreTarget,
     archive: Option<&Path>,
 ) -> Result<rstmdb_storage::RestoreReport, String> {
+    restore_with_key(recs, ex, dir, target, archive, None)
+}
+
+fn restore_with_key(
+    recs: &[Record],
+    ex: &rstmdb_storage::BackupExport,
+    dir: &Path,
+    target: RestoreTarget,
+    archive: Option<&Path>,
+    wal_archive_key: Option<rstmdb_storage::EncryptionKey>,
+) -> Result<rstmdb_storage::RestoreReport, String> {
     // `restore` runs its own runtime: not on an async worker.
     let (recs, base, end) = (recs.to_vec(), ex.base_offset, ex.wal_end);
     let opts = RestoreOptions {
         data_dir: dir.to_path_buf(),
         target,
         wal_archive: archive.map(Path::to_path_buf),
+        wal_archive_key,
         wal_segment_size_mb: 1,
     };
     std::thread::spawn(move || restore(recs.into_iter().map(Ok), base, end, &opts))
@@ -565,17 +577,19 @@ async fn an_encrypted_database_backs_up_and_restores() {
     again.close().await.unwrap();
 }
 
-/// Replaying an encrypted WAL archive needs the data key, which offline restore does not
-/// take yet: it must refuse, naming the segment, rather than write sealed bytes as records.
+/// Replaying an encrypted WAL archive needs the data key of the server that wrote it:
+/// without it (or with another key) offline restore refuses, naming the segment, rather than
+/// write sealed bytes as records; with it, the restored state is the source's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_encrypted_archive_is_refused_by_offline_restore() {
+async fn an_encrypted_archive_replays_only_with_its_data_key() {
     let dir = tempfile::tempdir().unwrap();
     let archive = tempfile::tempdir().unwrap();
+    let key = rstmdb_storage::EncryptionKey::from_bytes([9; 32]);
     let cfg = StorageConfig {
-        encryption: Some(rstmdb_storage::EncryptionKey::from_bytes([9; 32])),
+        encryption: Some(key.clone()),
         ..config(dir.path(), Some(archive.path()))
     };
-    let db = Database::open(cfg).unwrap();
+    let db = Database::open(cfg.clone()).unwrap();
     put_flip(&db).await;
     let (recs, ex) = export(&db).await;
     let pad = "x".repeat(20_000);
@@ -584,26 +598,46 @@ async fn an_encrypted_archive_is_refused_by_offline_restore() {
             instance_id: Some(format!("a-{i}")),
             machine: "flip".into(),
             version: 1,
-            initial_ctx: Some(json!({"pad": pad})),
+            initial_ctx: Some(json!({"pad": pad, "n": i})),
             idempotency_key: None,
         })
         .await
         .unwrap();
     }
     db.checkpoint().await.unwrap();
+    let want = live(&db);
     db.close().await.unwrap();
-    assert!(
-        std::fs::read_dir(archive.path()).unwrap().count() > 0,
-        "the checkpoint archived nothing"
-    );
+    // Everything after the backup is only in the archive and the live WAL; copy the live
+    // segments into the archive too, as an operator recovering a lost disk would.
+    for entry in std::fs::read_dir(dir.path().join("wal")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "wal") {
+            std::fs::copy(&p, archive.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
     let target = tempfile::tempdir().unwrap();
-    let err = restore_to(
-        &recs,
-        &ex,
-        &target.path().join("r"),
-        RestoreTarget::End,
-        Some(archive.path()),
+    let restore = |name: &str, key: Option<rstmdb_storage::EncryptionKey>| {
+        restore_with_key(
+            &recs,
+            &ex,
+            &target.path().join(name),
+            RestoreTarget::End,
+            Some(archive.path()),
+            key,
+        )
+    };
+    let err = restore("no-key", None).unwrap_err();
+    assert!(err.contains("archived segment"), "{err}");
+    let err = restore(
+        "wrong-key",
+        Some(rstmdb_storage::EncryptionKey::from_bytes([1; 32])),
     )
     .unwrap_err();
     assert!(err.contains("archived segment"), "{err}");
+    let report = restore("right-key", Some(key)).unwrap();
+    assert!(report.wal_records_from_archive >= 120, "{report:?}");
+    let restored = Database::open(config(&target.path().join("right-key"), None)).unwrap();
+    assert_eq!(live(&restored), want);
+    assert_eq!(want.len(), 120);
+    restored.close().await.unwrap();
 }

@@ -129,28 +129,48 @@ pub fn scan_segment_image(
     first_seq: u64,
     on_record: impl FnMut(u64, &[u8]),
 ) -> ImageScan {
-    scan_image(image, first_seq, &format::Expect::Any, on_record)
+    let mut on_record = on_record;
+    scan_image(image, first_seq, &format::Expect::Any, |seq, _, p| {
+        on_record(seq, p)
+    })
 }
 
-/// [`scan_segment_image`] for a segment whose records must all be plaintext (an encrypted
-/// record is a definite stop): what an offline restore can replay without the data key.
-pub(crate) fn scan_plain_segment_image(
+/// [`scan_segment_image`] for an archived segment that an offline restore replays: with
+/// `cipher` every record must be sealed with that key and `on_record` gets it decrypted;
+/// without, every record must be plaintext. A record that is not as expected (or does not
+/// decrypt) is a definite stop, reported in [`ImageScan::invalid`].
+pub(crate) fn scan_archived_segment_image(
     image: &[u8],
     first_seq: u64,
-    on_record: impl FnMut(u64, &[u8]),
+    cipher: Option<&Arc<Cipher>>,
+    mut on_record: impl FnMut(u64, &[u8]),
 ) -> ImageScan {
-    scan_image(image, first_seq, &format::Expect::Plain, on_record)
+    let expect = format::Expect::of(cipher);
+    let mut failed: Option<(u64, String)> = None;
+    let mut scan = scan_image(image, first_seq, &expect, |seq, h, payload| {
+        if failed.is_some() {
+            return;
+        }
+        match expect.open(h, payload.to_vec()) {
+            Ok(plain) => on_record(seq, &plain),
+            Err(why) => failed = Some((seq, why)),
+        }
+    });
+    if let Some((seq, why)) = failed {
+        scan.invalid = Some(format!("record {seq} cannot be decrypted: {why}"));
+        scan.definite = true;
+    }
+    scan
 }
 
 fn scan_image(
     image: &[u8],
     first_seq: u64,
     expect: &format::Expect,
-    on_record: impl FnMut(u64, &[u8]),
+    mut on_record: impl FnMut(u64, &format::RecordHeader, &[u8]),
 ) -> ImageScan {
-    let mut on_record = on_record;
     let scan = match segment::scan_records(image, image.len() as u64, first_seq, expect, |h, p| {
-        on_record(h.seq, p)
+        on_record(h.seq, h, p)
     }) {
         Ok(scan) => scan,
         // Reading a slice of exactly `image.len()` bytes cannot come up short.
