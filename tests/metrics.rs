@@ -154,6 +154,26 @@ fn reference_metric_families_and_counts() {
     );
 }
 
+/// A subscription counts as active from its WATCH response on: a scrape right after the
+/// answer always includes it (it used to be counted only once its forwarding task ran).
+#[test]
+fn a_watch_is_counted_before_its_response_arrives() {
+    let s = Server::with_config(json!({
+        "metrics": {"enabled": true, "bind_addr": "127.0.0.1:0"}
+    }));
+    let m = metrics_addr(&s);
+    let mut c = s.connect();
+    for n in 1..=40 {
+        c.ok("WATCH_ALL", json!({}));
+        let body = get(m, "/metrics").2;
+        assert_eq!(
+            sample(&body, "rstmdb_subscriptions_active{type=\"all\"}"),
+            f64::from(n),
+            "after WATCH number {n}"
+        );
+    }
+}
+
 #[test]
 fn gauges_come_back_down_however_connections_end() {
     let s = Server::with_config(json!({

@@ -21,7 +21,7 @@ use crate::auth::{Principal, glob_match};
 use crate::authz;
 use crate::error::bad_request;
 use crate::handlers::{self, Payload};
-use crate::metrics::{Closure, SubKind};
+use crate::metrics::{Closure, SubKind, SubscriptionGuard};
 use crate::server::Shared;
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared as SharedFuture};
@@ -129,6 +129,10 @@ fn scope_of(cmd: &Command) -> Scope<'_> {
 /// the response always precedes the subscription's events.
 struct PendingWatch {
     id: String,
+    /// Counts the subscription as active from its successful WATCH on (before the response
+    /// is written, so a client never sees its WATCH answered but not counted) until the
+    /// forwarding task ends or the watch is dropped unstarted.
+    active: SubscriptionGuard,
     stream: ChangeStream,
     filter: Filter,
     include_ctx: bool,
@@ -266,6 +270,7 @@ fn subscribe(
                 }),
                 PendingWatch {
                     id: sub,
+                    active: shared.metrics.subscription(SubKind::Instance),
                     stream,
                     filter: Filter::Instance(p.instance_id),
                     include_ctx: p.include_ctx,
@@ -279,6 +284,7 @@ fn subscribe(
                 json!({"subscription_id": sub, "wal_offset": db.last_offset()}),
                 PendingWatch {
                     id: sub,
+                    active: shared.metrics.subscription(SubKind::All),
                     stream,
                     include_ctx: p.include_ctx,
                     filter: Filter::All(p),
@@ -874,10 +880,10 @@ impl Session {
             Filter::All(_) => SubKind::All,
         };
         *slot = Some(tokio::spawn(async move {
-            // Counted down however the task ends (UNWATCH, disconnect, FLUSH_ALL, abort).
-            let _active = metrics.subscription(kind);
             let PendingWatch {
                 id,
+                // Counted down however the task ends (UNWATCH, disconnect, FLUSH_ALL, abort).
+                active: _active,
                 mut stream,
                 filter,
                 include_ctx,
