@@ -154,6 +154,42 @@ fn reference_metric_families_and_counts() {
     );
 }
 
+/// Every forwarded event is observed in the lag histogram, with its distance from the log's
+/// end; a subscriber that keeps up is at most a few offsets behind.
+#[test]
+fn forwarded_events_are_observed_in_the_lag_histogram() {
+    let s = Server::with_config(json!({
+        "metrics": {"enabled": true, "bind_addr": "127.0.0.1:0"}
+    }));
+    let m = metrics_addr(&s);
+    let mut w = s.connect();
+    let mut c = s.connect();
+    put_counter(&mut c, "lagm");
+    create(&mut c, "lagm", "l1", json!({}));
+    w.ok("WATCH_ALL", json!({}));
+    for _ in 0..5 {
+        apply(&mut c, "l1", "inc", json!({}));
+    }
+    for _ in 0..5 {
+        w.next_event(Duration::from_secs(5));
+    }
+    let body = get(m, "/metrics").2;
+    assert_eq!(
+        sample(&body, "rstmdb_subscription_lag_offsets_count"),
+        5.0,
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "rstmdb_subscription_lag_offsets_bucket{le=\"+Inf\"}"),
+        5.0
+    );
+    assert!(
+        sample(&body, "rstmdb_subscription_lag_offsets_bucket{le=\"4\"}") >= 1.0,
+        "{body}"
+    );
+    promtool_check(&body);
+}
+
 /// A subscription counts as active from its WATCH response on: a scrape right after the
 /// answer always includes it (it used to be counted only once its forwarding task ran).
 #[test]

@@ -22,6 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Request duration bounds in µs: the reference's 1 ms … 1 s seconds buckets.
+/// `rstmdb_subscription_lag_offsets` buckets: WAL offsets between the log's end and an event
+/// as it is forwarded.
+const LAG_OFFSETS: &[u64] = &[0, 1, 4, 16, 64, 256, 1024, 4096, 16384, 65536];
+
 const REQUEST_MICROS: &[u64] = &[
     1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
 ];
@@ -58,6 +62,7 @@ pub struct Metrics {
     subscriptions_active: [AtomicI64; 2],
     events_forwarded: [AtomicU64; 2],
     closures: [AtomicU64; 3],
+    subscription_lag: Histogram,
     pub auth_failures: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     pub reloads_ok: AtomicU64,
@@ -80,6 +85,7 @@ impl Default for Metrics {
             subscriptions_active: Default::default(),
             events_forwarded: Default::default(),
             closures: Default::default(),
+            subscription_lag: Histogram::new(LAG_OFFSETS),
             auth_failures: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
@@ -149,8 +155,10 @@ impl Metrics {
         }
     }
 
-    pub fn event_forwarded(&self, kind: SubKind) {
+    /// An event went to a subscriber `lag` WAL offsets behind the end of the log.
+    pub fn event_forwarded(&self, kind: SubKind, lag: u64) {
         self.events_forwarded[kind as usize].fetch_add(1, Relaxed);
+        self.subscription_lag.observe(lag);
     }
 
     pub fn subscriber_closed(&self, why: Closure) {
@@ -280,6 +288,17 @@ pub async fn render(shared: &Shared) -> String {
     for (k, c) in SUB_KINDS.iter().zip(&m.events_forwarded) {
         t.labelled("rstmdb_events_forwarded_total", "type", k, c.load(Relaxed));
     }
+    t.head(
+        "rstmdb_subscription_lag_offsets",
+        "histogram",
+        "WAL offsets between the end of the log and each event as it is forwarded to a subscriber",
+    );
+    t.histogram(
+        "rstmdb_subscription_lag_offsets",
+        "",
+        &m.subscription_lag.snapshot(),
+        1.0,
+    );
     t.head(
         "rstmdb_subscription_closures_total",
         "counter",

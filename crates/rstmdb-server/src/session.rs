@@ -915,7 +915,8 @@ impl Session {
                             continue;
                         };
                         match tx.try_send(bytes) {
-                            Ok(()) => metrics.event_forwarded(kind),
+                            Ok(()) => metrics
+                                .event_forwarded(kind, stream.head().saturating_sub(ev.wal_offset)),
                             Err(mpsc::error::TrySendError::Full(_)) => {
                                 metrics.subscriber_closed(Closure::QueueFull);
                                 overflow.notify_one();

@@ -1782,6 +1782,12 @@ pub enum WatchError {
 }
 
 impl ChangeStream {
+    /// The end of the log as published now: an event's distance from it is how far this
+    /// subscriber lags.
+    pub fn head(&self) -> u64 {
+        self.reader.published_seq()
+    }
+
     /// The next committed change.
     pub async fn next(&mut self) -> std::result::Result<Arc<ChangeEvent>, WatchError> {
         loop {
