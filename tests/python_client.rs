@@ -6,8 +6,6 @@
 
 #[path = "support/pki.rs"]
 mod pki;
-#[path = "support/process.rs"]
-mod process;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -26,7 +24,7 @@ fn run(cmd: &mut Command, timeout: Duration) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let (status, out, err) = process::wait_with_timeout(child, timeout);
+    let (status, out, err) = support::process::wait_with_timeout(child, timeout);
     let text = format!("--- stdout\n{out}\n--- stderr\n{err}");
     match status {
         Some(st) => (st.success(), format!("exit {st}\n{text}")),

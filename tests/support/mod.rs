@@ -4,6 +4,8 @@
 //! rstmdb-client, so that a misreading of the spec cannot hide on both sides).
 #![allow(dead_code)]
 
+pub mod process;
+
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -520,34 +522,8 @@ pub fn run_to_exit(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn rstmdb");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let h_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).to_string()
-    });
-    let h_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).to_string()
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let o = h_out.join().unwrap_or_default();
-    let e = h_err.join().unwrap_or_default();
-    (status, o, e)
+    let child = cmd.spawn().expect("spawn rstmdb");
+    process::wait_with_timeout(child, timeout)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -387,6 +387,28 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// Puts the live instance `inst` (a create or a restore) in place of `old`: a tombstone
+    /// goes, a live older version (replay over a store that got ahead) leaves its index
+    /// entry and count; then the instance, its index entry and its count.
+    fn install(&mut self, old: Option<Instance>, inst: Instance) -> Result<(), String> {
+        if let Some(old) = old {
+            if old.deleted {
+                self.del(keys::tombstone(&inst.id));
+            } else {
+                self.del(keys::by_state(&old.machine, &old.state, &inst.id));
+                self.count(&old.machine, &old.state, -1);
+            }
+        }
+        self.put(keys::instance(&inst.id), json(&inst)?);
+        self.put(
+            keys::by_state(&inst.machine, &inst.state, &inst.id),
+            Vec::new(),
+        );
+        self.count(&inst.machine, &inst.state, 1);
+        self.touched.insert(inst.id);
+        Ok(())
+    }
+
     fn entry(&mut self, entry: &WalEntry) -> Result<(), String> {
         match entry {
             WalEntry::PutMachine {
@@ -420,34 +442,21 @@ impl Planner<'_> {
                 let Some(current) = self.instance_to_change(instance_id)? else {
                     return Ok(());
                 };
-                if let Some(old) = current {
-                    if old.deleted {
-                        self.del(keys::tombstone(instance_id));
-                    } else {
-                        // Replay over a live instance with an older offset: replace it.
-                        self.del(keys::by_state(&old.machine, &old.state, instance_id));
-                        self.count(&old.machine, &old.state, -1);
-                    }
-                }
-                let inst = Instance {
-                    id: instance_id.clone(),
-                    machine: machine.clone(),
-                    version: *version,
-                    state: initial_state.clone(),
-                    ctx: initial_ctx.clone(),
-                    last_event_id: None,
-                    last_wal_offset: self.seq,
-                    created_at: *created_at,
-                    updated_at: *created_at,
-                    deleted: false,
-                };
-                self.put(keys::instance(instance_id), json(&inst)?);
-                self.put(
-                    keys::by_state(machine, initial_state, instance_id),
-                    Vec::new(),
-                );
-                self.count(machine, initial_state, 1);
-                self.touched.insert(instance_id.clone());
+                self.install(
+                    current,
+                    Instance {
+                        id: instance_id.clone(),
+                        machine: machine.clone(),
+                        version: *version,
+                        state: initial_state.clone(),
+                        ctx: initial_ctx.clone(),
+                        last_event_id: None,
+                        last_wal_offset: self.seq,
+                        created_at: *created_at,
+                        updated_at: *created_at,
+                        deleted: false,
+                    },
+                )?;
                 if let Some(key) = idempotency_key {
                     let result = serde_json::json!({
                         "instance_id": instance_id,
@@ -555,30 +564,21 @@ impl Planner<'_> {
                 let Some(current) = self.instance_to_change(instance_id)? else {
                     return Ok(());
                 };
-                if let Some(old) = current {
-                    if old.deleted {
-                        self.del(keys::tombstone(instance_id));
-                    } else {
-                        self.del(keys::by_state(&old.machine, &old.state, instance_id));
-                        self.count(&old.machine, &old.state, -1);
-                    }
-                }
-                let inst = Instance {
-                    id: instance_id.clone(),
-                    machine: machine.clone(),
-                    version: *version,
-                    state: state.clone(),
-                    ctx: ctx.clone(),
-                    last_event_id: last_event_id.clone(),
-                    last_wal_offset: self.seq,
-                    created_at: *created_at,
-                    updated_at: *updated_at,
-                    deleted: false,
-                };
-                self.put(keys::instance(instance_id), json(&inst)?);
-                self.put(keys::by_state(machine, state, instance_id), Vec::new());
-                self.count(machine, state, 1);
-                self.touched.insert(instance_id.clone());
+                self.install(
+                    current,
+                    Instance {
+                        id: instance_id.clone(),
+                        machine: machine.clone(),
+                        version: *version,
+                        state: state.clone(),
+                        ctx: ctx.clone(),
+                        last_event_id: last_event_id.clone(),
+                        last_wal_offset: self.seq,
+                        created_at: *created_at,
+                        updated_at: *updated_at,
+                        deleted: false,
+                    },
+                )?;
             }
             WalEntry::Batch { entries } => {
                 for e in entries {
