@@ -190,6 +190,40 @@ fn forwarded_events_are_observed_in_the_lag_histogram() {
     promtool_check(&body);
 }
 
+/// Instance lookups are counted as cache hits or misses, and the ratio follows them.
+#[test]
+fn instance_cache_hits_and_misses_are_exported() {
+    let s = Server::with_config(json!({
+        "metrics": {"enabled": true, "bind_addr": "127.0.0.1:0"}
+    }));
+    let m = metrics_addr(&s);
+    let mut c = s.connect();
+    put_counter(&mut c, "cachem");
+    create(&mut c, "cachem", "k1", json!({}));
+    let body = get(m, "/metrics").2;
+    let (hits0, misses0) = (
+        sample(&body, "rstmdb_instance_cache_hits_total"),
+        sample(&body, "rstmdb_instance_cache_misses_total"),
+    );
+    assert_eq!(
+        sample(&body, "rstmdb_instance_cache_entries"),
+        1.0,
+        "{body}"
+    );
+    assert!(sample(&body, "rstmdb_instance_cache_bytes") > 0.0, "{body}");
+    for _ in 0..4 {
+        c.ok("GET_INSTANCE", json!({"instance_id": "k1"}));
+    }
+    c.err("GET_INSTANCE", json!({"instance_id": "absent"}));
+    let body = get(m, "/metrics").2;
+    let hits = sample(&body, "rstmdb_instance_cache_hits_total");
+    let misses = sample(&body, "rstmdb_instance_cache_misses_total");
+    assert_eq!((hits - hits0, misses - misses0), (4.0, 1.0), "{body}");
+    let ratio = sample(&body, "rstmdb_instance_cache_hit_ratio");
+    assert!((ratio - hits / (hits + misses)).abs() < 1e-9, "{body}");
+    promtool_check(&body);
+}
+
 /// A subscription counts as active from its WATCH response on: a scrape right after the
 /// answer always includes it (it used to be counted only once its forwarding task ran).
 #[test]

@@ -128,6 +128,7 @@ pub struct StorageSection {
     pub fsync_policy: FsyncPolicyConfig,
     pub max_machine_versions: u32,
     pub cache_capacity_mb: u64,
+    pub instance_cache_mb: u64,
     pub wal_retention_mb: u64,
     pub max_ctx_bytes: usize,
     pub max_batch_ops: usize,
@@ -155,6 +156,7 @@ impl Default for StorageSection {
             fsync_policy: FsyncPolicyConfig::EveryWrite,
             max_machine_versions: d.max_machine_versions,
             cache_capacity_mb: d.cache_capacity_mb,
+            instance_cache_mb: d.instance_cache_mb,
             wal_retention_mb: d.wal_retention_mb,
             max_ctx_bytes: d.max_ctx_bytes,
             max_batch_ops: d.max_batch_ops,
@@ -593,6 +595,7 @@ impl Config {
         c.wal_segment_size_mb = s.wal_segment_size_mb;
         c.fsync_policy = s.fsync_policy.into();
         c.cache_capacity_mb = s.cache_capacity_mb;
+        c.instance_cache_mb = s.instance_cache_mb;
         c.wal_retention_mb = s.wal_retention_mb;
         c.max_machine_versions = s.max_machine_versions;
         c.max_ctx_bytes = s.max_ctx_bytes;

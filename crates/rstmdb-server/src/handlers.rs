@@ -163,7 +163,7 @@ pub async fn execute_payload(
     let db = &shared.db;
     match command {
         Command::GetInstance(p) => {
-            let i = engine(db.get_instance(&p.instance_id))?;
+            let i = engine(db.get_instance_shared(&p.instance_id))?;
             Ok((Payload::Raw(to_raw(&InstanceResult::of(&i))?), None))
         }
         Command::ApplyEvent(p) => {

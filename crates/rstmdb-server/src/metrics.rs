@@ -480,6 +480,42 @@ pub async fn render(shared: &Shared) -> String {
         "WAL records replayed at the last startup",
         cs.recovery_records.load(Relaxed),
     );
+    let ic = db.instance_cache_stats();
+    t.one(
+        "rstmdb_instance_cache_hits_total",
+        "counter",
+        "Instance lookups answered from the decoded-instance cache",
+        ic.hits,
+    );
+    t.one(
+        "rstmdb_instance_cache_misses_total",
+        "counter",
+        "Instance lookups that read the state store (unknown ids included)",
+        ic.misses,
+    );
+    let lookups = ic.hits + ic.misses;
+    t.one(
+        "rstmdb_instance_cache_hit_ratio",
+        "gauge",
+        "Share of instance lookups since startup answered from the cache (0 before any)",
+        if lookups == 0 {
+            0.0
+        } else {
+            ic.hits as f64 / lookups as f64
+        },
+    );
+    t.one(
+        "rstmdb_instance_cache_entries",
+        "gauge",
+        "Instances held in the decoded-instance cache",
+        ic.entries,
+    );
+    t.one(
+        "rstmdb_instance_cache_bytes",
+        "gauge",
+        "Estimated memory held by the decoded-instance cache (bounded by storage.instance_cache_mb)",
+        ic.weight_bytes,
+    );
     process_metrics(&mut t);
     t.0
 }

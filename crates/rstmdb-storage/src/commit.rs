@@ -21,6 +21,7 @@
 //! - a caller that goes away after submitting cannot leave a durable record unapplied: the
 //!   threads finish the work regardless.
 
+use crate::cache::InstanceCache;
 use crate::config::FsyncPolicy;
 use crate::entry::WalEntry;
 use crate::state::{self, ChangeEvent, FlushCounts, View, keys};
@@ -477,6 +478,8 @@ pub(crate) struct ApplyStage {
     counts: HashMap<Vec<u8>, u64>,
     /// Groups written but not yet durable, planned ahead, oldest first.
     waiting: std::collections::VecDeque<Planned>,
+    /// Updated right after each sled batch, before acknowledging (see `cache`).
+    cache: Arc<InstanceCache>,
 }
 
 /// A group planned while its sync runs. `batch` is `None` when it holds a FLUSH_ALL, which
@@ -490,6 +493,8 @@ struct Planned {
 struct PlannedBatch {
     writes: state::Writes,
     count_deltas: HashMap<Vec<u8>, i64>,
+    /// Instance versions written, in order, for the instance cache.
+    instances: Vec<(rstmdb_core::Instance, usize)>,
 }
 
 /// The state store as the planner reads it (pending writes are the planner's own).
@@ -509,6 +514,7 @@ impl ApplyStage {
         stats: Arc<CommitStats>,
         publisher: WalPublisher,
         high_water: u64,
+        cache: Arc<InstanceCache>,
     ) -> Self {
         ApplyStage {
             db,
@@ -520,6 +526,7 @@ impl ApplyStage {
             high_water,
             counts: HashMap::new(),
             waiting: std::collections::VecDeque::new(),
+            cache,
         }
     }
 
@@ -575,9 +582,7 @@ impl ApplyStage {
     fn finish_planned(&mut self, p: Planned) {
         let last_seq = p.first_seq + p.group.len() as u64 - 1;
         let result = match p.batch {
-            Ok(Some(b)) => self
-                .write_batch(b.writes, b.count_deltas, last_seq)
-                .map(|()| HashMap::new()),
+            Ok(Some(b)) => self.write_batch(b, last_seq).map(|()| HashMap::new()),
             Ok(None) => self.apply_group(&p.group, p.first_seq),
             Err(e) => Err(e),
         };
@@ -648,6 +653,7 @@ impl ApplyStage {
         let mut batch = PlannedBatch {
             writes: state::Writes::new(),
             count_deltas: HashMap::new(),
+            instances: Vec::new(),
         };
         for (i, req) in reqs.iter().enumerate() {
             let plan = state::plan(
@@ -661,6 +667,7 @@ impl ApplyStage {
             for (k, d) in plan.counts {
                 *batch.count_deltas.entry(k).or_insert(0) += d;
             }
+            batch.instances.extend(plan.instances);
         }
         Ok(batch)
     }
@@ -679,11 +686,16 @@ impl ApplyStage {
         if plan.flush {
             self.flush_all(seq)?;
         } else {
-            let mut deltas: HashMap<Vec<u8>, i64> = HashMap::new();
+            let mut count_deltas: HashMap<Vec<u8>, i64> = HashMap::new();
             for (k, d) in plan.counts {
-                *deltas.entry(k).or_insert(0) += d;
+                *count_deltas.entry(k).or_insert(0) += d;
             }
-            self.write_batch(writes, deltas, seq)?;
+            let batch = PlannedBatch {
+                writes,
+                count_deltas,
+                instances: plan.instances,
+            };
+            self.write_batch(batch, seq)?;
         }
         self.high_water = self.high_water.max(seq);
         Ok(())
@@ -705,7 +717,7 @@ impl ApplyStage {
                 .map_or(group.len(), |p| start + p);
             if end > start {
                 let b = self.plan_records(&group[start..end], first_seq + start as u64)?;
-                self.write_batch(b.writes, b.count_deltas, first_seq + end as u64 - 1)?;
+                self.write_batch(b, first_seq + end as u64 - 1)?;
             }
             if end < group.len() {
                 let seq = first_seq + end as u64;
@@ -730,12 +742,13 @@ impl ApplyStage {
         Ok(c)
     }
 
-    fn write_batch(
-        &mut self,
-        writes: state::Writes,
-        count_deltas: HashMap<Vec<u8>, i64>,
-        high_water: u64,
-    ) -> Result<(), String> {
+    /// Writes a planned batch to sled, then puts its instance versions in the cache.
+    fn write_batch(&mut self, planned: PlannedBatch, high_water: u64) -> Result<(), String> {
+        let PlannedBatch {
+            writes,
+            count_deltas,
+            instances,
+        } = planned;
         let mut batch = self.db.batch();
         let seal = |e: crate::crypto::SealError| format!("writing state: {e}");
         for (k, v) in writes {
@@ -771,6 +784,9 @@ impl ApplyStage {
             .map_err(|e| format!("writing state: {e}"))?;
         for (k, n) in new_counts {
             self.counts.insert(k, n);
+        }
+        for (inst, encoded) in instances {
+            self.cache.put(Arc::new(inst), encoded);
         }
         Ok(())
     }
@@ -839,6 +855,8 @@ impl ApplyStage {
             )
             .map_err(seal)?;
         self.db.apply_batch(batch).map_err(err)?;
+        // Every lock shard is held (live) or nothing else runs (replay): see `cache`.
+        self.cache.clear();
         Ok(counts)
     }
 

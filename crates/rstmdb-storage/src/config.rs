@@ -29,6 +29,9 @@ pub struct StorageConfig {
     pub fsync_policy: FsyncPolicy,
     /// sled page cache; bounds memory independently of the number of instances.
     pub cache_capacity_mb: u64,
+    /// Decoded live instances kept in memory for reads and write checks (estimated size);
+    /// 0 = off. Counted by `Database::instance_cache_stats`.
+    pub instance_cache_mb: u64,
     /// WAL kept below the checkpoint for WAL_READ and watch resume.
     pub wal_retention_mb: u64,
     /// 0 = unlimited.
@@ -66,6 +69,7 @@ impl StorageConfig {
             wal_segment_size_mb: 64,
             fsync_policy: FsyncPolicy::EveryWrite,
             cache_capacity_mb: 128,
+            instance_cache_mb: 64,
             wal_retention_mb: 256,
             max_machine_versions: 0,
             max_ctx_bytes: rstmdb_core::limits::DEFAULT_MAX_CTX_BYTES,

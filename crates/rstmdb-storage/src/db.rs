@@ -4,6 +4,7 @@
 //! hand the WAL entry to the commit pipeline → wait until it is durable and applied → answer.
 //! Read path: straight from sled (its page cache bounds memory).
 
+use crate::cache::{InstanceCache, InstanceCacheStats};
 use crate::commit::{
     ApplyStage, CheckpointMark, CheckpointTrigger, Command, CommitError, CommitOutcome,
     CommitRequest, CommitStats, pipeline,
@@ -249,6 +250,8 @@ impl std::fmt::Debug for Database {
 struct Inner {
     config: StorageConfig,
     db: Store,
+    /// Decoded live instances; see `cache` for why it never serves a stale version.
+    cache: Arc<InstanceCache>,
     commit_tx: mpsc::Sender<Command>,
     reader: WalReader,
     locks: LockTable,
@@ -305,9 +308,14 @@ fn validate_idempotency_key(key: &Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// Where an operation reads instances from: sled, or sled under a batch's staged changes.
+/// Where an operation reads instances from: the instance cache, then sled — or a batch's
+/// staged changes over them.
 struct Staged<'a> {
     db: &'a Store,
+    cache: &'a InstanceCache,
+    /// `None`: the caller holds the lock shard of every id it loads, so a miss may fill the
+    /// cache. `Some`: it holds none; a miss fills the cache only if the shard is free.
+    locks: Option<&'a LockTable>,
     overlay: HashMap<String, Option<Instance>>,
 }
 
@@ -316,10 +324,25 @@ impl Staged<'_> {
         if let Some(v) = self.overlay.get(id) {
             return Ok(v.clone());
         }
-        match self.db.get(&keys::instance(id)).map_err(sled_err)? {
-            Some(bytes) => state::decode_instance(&bytes).map(Some).map_err(internal),
-            None => Ok(None),
+        Ok(self.load_shared(id)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The committed version of `id` (deleted ones included), ignoring the overlay.
+    fn load_shared(&self, id: &str) -> Result<Option<Arc<Instance>>> {
+        if let Some(inst) = self.cache.get(id) {
+            return Ok(Some(inst));
         }
+        // Only under the shard may what sled returns go into the cache (see `cache`).
+        let shard = self.locks.map(|locks| locks.try_lock(id));
+        let fill = shard.as_ref().is_none_or(Option::is_some);
+        let Some(bytes) = self.db.get(&keys::instance(id)).map_err(sled_err)? else {
+            return Ok(None);
+        };
+        let inst = Arc::new(state::decode_instance(&bytes).map_err(internal)?);
+        if fill {
+            self.cache.put(inst.clone(), bytes.len());
+        }
+        Ok(Some(inst))
     }
 }
 
@@ -360,6 +383,7 @@ impl Database {
         self.inner.locks.lock_all(ids).await
     }
 
+    /// Loads `id`; the caller holds its lock shard.
     pub(crate) fn load_instance(&self, id: &str) -> Result<Option<Instance>> {
         self.staged().load(id)
     }
@@ -458,6 +482,7 @@ impl Database {
         let (checkpoint_tx, checkpoint_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let due_tx = checkpoint_tx.clone();
         let mut wal = wal;
+        let cache = Arc::new(InstanceCache::new(config.instance_cache_mb));
         let mut apply = ApplyStage::new(
             db.clone(),
             i64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
@@ -465,6 +490,7 @@ impl Database {
             stats.clone(),
             wal.publisher(),
             high_water,
+            cache.clone(),
         );
 
         // Replay everything after the checkpoint, through the apply stage's planner.
@@ -514,6 +540,7 @@ impl Database {
             machines: RwLock::new(HashMap::new()),
             config,
             db,
+            cache,
             commit_tx,
             reader,
             locks: LockTable::new(),
@@ -1047,10 +1074,21 @@ impl Database {
         }
     }
 
+    /// Reads for a caller holding the lock shards of the ids it loads.
     fn staged(&self) -> Staged<'_> {
         Staged {
             db: &self.inner.db,
+            cache: &self.inner.cache,
+            locks: None,
             overlay: HashMap::new(),
+        }
+    }
+
+    /// Reads for a caller holding no lock.
+    fn unlocked(&self) -> Staged<'_> {
+        Staged {
+            locks: Some(&self.inner.locks),
+            ..self.staged()
         }
     }
 
@@ -1074,12 +1112,22 @@ impl Database {
 
     /// GET_INSTANCE: deleted instances are not found.
     pub fn get_instance(&self, id: &str) -> Result<Instance> {
-        match self.staged().load(id)? {
+        self.get_instance_shared(id).map(Arc::unwrap_or_clone)
+    }
+
+    /// GET_INSTANCE without copying the instance out of the cache.
+    pub fn get_instance_shared(&self, id: &str) -> Result<Arc<Instance>> {
+        match self.unlocked().load_shared(id)? {
             Some(i) if !i.deleted => Ok(i),
             _ => Err(Error::InstanceNotFound {
                 instance_id: id.to_owned(),
             }),
         }
+    }
+
+    /// Hits, misses and size of the decoded-instance cache (`StorageConfig::instance_cache_mb`).
+    pub fn instance_cache_stats(&self) -> InstanceCacheStats {
+        self.inner.cache.stats()
     }
 
     /// APPLY_EVENT.
@@ -1393,7 +1441,7 @@ impl Database {
             }
             // Lists are not snapshots: an instance deleted or moved since the index was read
             // is left out rather than reported in a state it no longer has.
-            match self.staged().load(&id)? {
+            match self.unlocked().load(&id)? {
                 Some(i) if matches(&i) => page.push(i),
                 _ => {}
             }

@@ -30,6 +30,7 @@
 //!   stage (sled, publish, watch events, acknowledge), overlapping.
 //! - `store`: sled as the engine sees it, sealing the values that hold user data when
 //!   encryption at rest is on ([`crypto`]: the key, AES-256-GCM; [`rekey()`]: key rotation).
+//! - `cache`: decoded live instances in front of the store, coherent with it by construction.
 //! - [`Database`]: locks, validation through `rstmdb-core`, reads, lists, watches,
 //!   checkpoints, recovery.
 //!
@@ -37,6 +38,7 @@
 //! format.
 
 pub mod backup;
+mod cache;
 mod commit;
 pub mod config;
 pub mod crypto;
@@ -50,6 +52,7 @@ pub mod wal;
 
 pub mod stats;
 pub use backup::{BackupExport, RestoreOptions, RestoreReport, RestoreTarget};
+pub use cache::InstanceCacheStats;
 pub use commit::CommitStats;
 pub use config::{FsyncPolicy, StorageConfig};
 pub use crypto::{EncryptionKey, KeyError};

@@ -32,6 +32,11 @@ impl LockTable {
         (self.hasher.hash_one(key) as usize) % self.shards.len()
     }
 
+    /// The shard of `key` if it is free right now (never waits).
+    pub fn try_lock(&self, key: &str) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.shards.get(self.shard(key))?.try_lock().ok()
+    }
+
     /// Locks every shard, in order (FLUSH_ALL: nothing else may be mid-write).
     pub async fn lock_every_shard(&self) -> Vec<OwnedMutexGuard<()>> {
         let mut guards = Vec::with_capacity(self.shards.len());

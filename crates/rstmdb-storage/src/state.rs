@@ -251,6 +251,9 @@ pub(crate) struct Plan {
     pub new_machines: Vec<StoredMachine>,
     /// Set when the record was a FLUSH_ALL; the apply stage executes it.
     pub flush: bool,
+    /// Every instance version written, in order, with the length of its encoding: the apply
+    /// stage puts them in the instance cache once the store has them.
+    pub instances: Vec<(Instance, usize)>,
 }
 
 /// The watch events of the record `entry` at `seq`, appended to `out` (batches in order).
@@ -330,6 +333,15 @@ impl Planner<'_> {
         self.pending.insert(key, None);
     }
 
+    /// Writes an instance version: its encoding to the store, the decoded value to the plan.
+    fn put_instance(&mut self, inst: Instance) -> Result<(), String> {
+        let bytes = json(&inst)?;
+        let len = bytes.len();
+        self.put(keys::instance(&inst.id), bytes);
+        self.plan.instances.push((inst, len));
+        Ok(())
+    }
+
     fn count(&mut self, machine: &str, state: &str, delta: i64) {
         self.plan.counts.push((keys::count(machine, state), delta));
     }
@@ -399,14 +411,13 @@ impl Planner<'_> {
                 self.count(&old.machine, &old.state, -1);
             }
         }
-        self.put(keys::instance(&inst.id), json(&inst)?);
         self.put(
             keys::by_state(&inst.machine, &inst.state, &inst.id),
             Vec::new(),
         );
         self.count(&inst.machine, &inst.state, 1);
-        self.touched.insert(inst.id);
-        Ok(())
+        self.touched.insert(inst.id.clone());
+        self.put_instance(inst)
     }
 
     fn entry(&mut self, entry: &WalEntry) -> Result<(), String> {
@@ -497,7 +508,7 @@ impl Planner<'_> {
                     self.count(&old.machine, &old.state, -1);
                     self.count(&old.machine, &next.state, 1);
                 }
-                self.put(keys::instance(instance_id), json(&next)?);
+                self.put_instance(next)?;
                 self.touched.insert(instance_id.clone());
                 let mut result = serde_json::json!({
                     "from_state": from_state,
@@ -531,7 +542,7 @@ impl Planner<'_> {
                 next.last_wal_offset = self.seq;
                 self.del(keys::by_state(&old.machine, &old.state, instance_id));
                 self.count(&old.machine, &old.state, -1);
-                self.put(keys::instance(instance_id), json(&next)?);
+                self.put_instance(next)?;
                 self.put(
                     keys::tombstone(instance_id),
                     self.seq.to_le_bytes().to_vec(),
