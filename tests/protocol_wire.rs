@@ -184,6 +184,34 @@ fn frame_split_across_writes_is_reassembled() {
     assert_eq!(c.read_response("fs")["status"], "ok");
 }
 
+/// The server reads every already-received request before flushing answers (so pipelined
+/// answers share writes), but a half-received frame behind them must not hold them back.
+#[test]
+fn answers_are_not_held_back_by_a_partial_frame_behind_them() {
+    let s = Server::start();
+    let mut c = s.connect();
+    let mut bytes = Vec::new();
+    for id in ["p1", "p2", "p3"] {
+        bytes.extend(frame(
+            request_json(id, "PING", Some(json!({})))
+                .to_string()
+                .as_bytes(),
+        ));
+    }
+    let last = frame(
+        request_json("p4", "PING", Some(json!({})))
+            .to_string()
+            .as_bytes(),
+    );
+    bytes.extend(&last[..10]);
+    c.send_raw(&bytes);
+    for id in ["p1", "p2", "p3"] {
+        assert_eq!(c.read_response(id)["status"], "ok");
+    }
+    c.send_raw(&last[10..]);
+    assert_eq!(c.read_response("p4")["status"], "ok");
+}
+
 #[test]
 fn pipelined_200_requests_are_answered_in_order_with_ids_echoed() {
     let s = Server::start();

@@ -22,7 +22,7 @@
 
 use bytes::Bytes;
 use clap::Parser;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use rstmdb_protocol::FrameCodec;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -76,6 +76,10 @@ struct Args {
     /// extra wake-ups per request.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Requests in flight per connection (closed loop only). With N > 1 each connection
+    /// drives N instances, so its requests never wait on each other's instance lock.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pipeline: u64,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -88,12 +92,22 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2)
 }
 
-async fn send(conn: &mut Conn, id: u64, op: &str, params: Value) -> Result<(), String> {
+fn request_bytes(id: u64, op: &str, params: Value) -> Result<Bytes, String> {
     let req = json!({"type": "request", "id": id.to_string(), "op": op, "params": params});
-    let bytes = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    conn.send(Bytes::from(bytes))
-        .await
+    serde_json::to_vec(&req)
+        .map(Bytes::from)
         .map_err(|e| e.to_string())
+}
+
+async fn send(conn: &mut Conn, id: u64, op: &str, params: Value) -> Result<(), String> {
+    let bytes = request_bytes(id, op, params)?;
+    conn.send(bytes).await.map_err(|e| e.to_string())
+}
+
+/// Buffers a request without flushing it.
+async fn feed(conn: &mut Conn, id: u64, op: &str, params: Value) -> Result<(), String> {
+    let bytes = request_bytes(id, op, params)?;
+    conn.feed(bytes).await.map_err(|e| e.to_string())
 }
 
 /// The next message (response or event).
@@ -207,7 +221,15 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     (sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e6).round()
 }
 
-async fn setup(t: &Target, connections: usize, run: usize) {
+/// The instance that request slot `slot` of connection `i` drives.
+fn instance_name(run: usize, i: usize, slot: usize) -> String {
+    match slot {
+        0 => format!("bench-{run}-{i}"),
+        s => format!("bench-{run}-{i}-p{s}"),
+    }
+}
+
+async fn setup(t: &Target, connections: usize, run: usize, pipeline: usize) {
     let mut c = connect(t).await;
     let def = json!({"states": ["a", "b"], "initial": "a", "transitions": [
         {"from": "a", "event": "GO", "to": "b"}, {"from": "b", "event": "GO", "to": "a"}]});
@@ -219,8 +241,8 @@ async fn setup(t: &Target, connections: usize, run: usize) {
     )
     .await
     .unwrap_or_else(|e| fail(e));
-    for i in 0..connections {
-        let id = format!("bench-{run}-{i}");
+    for (i, slot) in (0..connections).flat_map(|i| (0..pipeline).map(move |s| (i, s))) {
+        let id = instance_name(run, i, slot);
         let r = call(
             &mut c,
             2,
@@ -304,8 +326,82 @@ fn spawn_watchers(
         .collect()
 }
 
+/// Closed loop with `depth` requests in flight on one connection. Responses come back in
+/// request order (protocol.md), so request n drives instance slot n mod depth and a slot
+/// never has two requests in flight.
+async fn pipelined(
+    conn: &mut Conn,
+    workload: &str,
+    i: usize,
+    run: usize,
+    depth: usize,
+    deadline: Instant,
+    errors: &AtomicU64,
+) -> Vec<Duration> {
+    let instances: Vec<String> = (0..depth).map(|s| instance_name(run, i, s)).collect();
+    let mut inflight: std::collections::VecDeque<(u64, Instant)> = Default::default();
+    let mut lat = Vec::new();
+    let mut n = 0u64;
+    let send_next = |n: u64| {
+        let instance = &instances[(n as usize - 1) % depth];
+        request(workload, i, n, instance, run)
+    };
+    while inflight.len() < depth {
+        n += 1;
+        let (op, params) = send_next(n);
+        feed(conn, n, op, params).await.unwrap_or_else(|e| fail(e));
+        inflight.push_back((n, Instant::now()));
+    }
+    // Requests are buffered and flushed only when no response is ready to read, the way a
+    // pipelining client batches its writes.
+    while let Some((id, t0)) = inflight.pop_front() {
+        let v = loop {
+            let frame = match conn.next().now_or_never() {
+                Some(f) => f,
+                None => {
+                    SinkExt::<Bytes>::flush(conn)
+                        .await
+                        .unwrap_or_else(|e| fail(e));
+                    conn.next().await
+                }
+            };
+            let frame = frame
+                .unwrap_or_else(|| fail("connection closed"))
+                .unwrap_or_else(|e| fail(e));
+            let v: Value = serde_json::from_slice(&frame.payload).unwrap_or_else(|e| fail(e));
+            if v["type"] == "response" {
+                break v;
+            }
+        };
+        if v["id"].as_str() != Some(id.to_string().as_str()) {
+            fail(format!("response {} arrived for request {id}", v["id"]));
+        }
+        if v["status"] == "ok" {
+            lat.push(t0.elapsed());
+        } else {
+            let e = v["error"].to_string();
+            if e.contains("RATE_LIMITED") || e.contains("CONFLICT") {
+                errors.fetch_add(1, Ordering::Relaxed);
+            } else {
+                fail(e);
+            }
+        }
+        if Instant::now() < deadline {
+            n += 1;
+            let (op, params) = send_next(n);
+            feed(conn, n, op, params).await.unwrap_or_else(|e| fail(e));
+            inflight.push_back((n, Instant::now()));
+        }
+    }
+    lat
+}
+
 async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
-    setup(t, connections, run).await;
+    let depth = args.pipeline as usize;
+    if depth > 1 && (args.rate.is_some() || args.workload == "watch-fanout") {
+        fail("--pipeline works only in the closed loop, without --rate or watch-fanout");
+    }
+    setup(t, connections, run, depth).await;
     let epoch = Instant::now();
     let fanout = args.workload == "watch-fanout";
     let stop = Instant::now() + Duration::from_secs(args.seconds);
@@ -333,7 +429,10 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
         let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = connect(&t).await;
-            let instance = format!("bench-{run}-{i}");
+            if depth > 1 {
+                return pipelined(&mut conn, &workload, i, run, depth, deadline, &errors).await;
+            }
+            let instance = instance_name(run, i, 0);
             let mut lat = Vec::new();
             let mut n = 0u64;
             // Spread the connections' schedules over one interval.
@@ -382,6 +481,7 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     let mut out = json!({
         "workload": args.workload,
         "connections": connections,
+        "pipeline": depth,
         "target_rate": args.rate,
         "ops": all.len(),
         "errors": errors.load(Ordering::Relaxed),
@@ -412,9 +512,10 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     if args.format == "text" {
         let o = &out;
         println!(
-            "{:<12} conns={:<4} ops/s={:<8} p50={}µs p99={}µs p999={}µs max={}µs errors={} cpu/op={} client_cpu/op={}{}",
+            "{:<12} conns={:<4} depth={:<3} ops/s={:<8} p50={}µs p99={}µs p999={}µs max={}µs errors={} cpu/op={} client_cpu/op={}{}",
             args.workload,
             connections,
+            depth,
             o["ops_per_sec"],
             o["p50_us"],
             o["p99_us"],

@@ -14,7 +14,7 @@
 //! Limits: `max_inflight_per_connection` requests at once (reading pauses beyond it),
 //! `max_subscriptions_per_connection`, `subscription_queue_depth` events buffered (a
 //! subscriber that falls further behind is disconnected rather than slowing writers or
-//! growing memory), `idle_timeout_secs` without a request.
+//! growing memory), `idle_timeout_secs` without a request while nothing is in flight.
 
 use crate::audit::Record;
 use crate::auth::{Principal, glob_match};
@@ -370,7 +370,7 @@ pub async fn run<R, W>(
     let mut deadline = Instant::now() + idle;
     let event_burst = (net.subscription_queue_depth / 2).max(1);
 
-    loop {
+    'session: loop {
         if s.closing && pending.is_empty() {
             break;
         }
@@ -402,12 +402,51 @@ pub async fn run<R, W>(
                 tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
                 break;
             }
-            Some(out) = pending.next(), if !pending.is_empty() => {
-                let close_after = out.close_after;
-                // A peer that stops reading fills its TCP window and parks this write: a
-                // subscriber overflow or a stall as long as the idle timeout ends it.
-                let written = tokio::select! {
-                    r = write(&mut writer, &out.response, out.mode) => r,
+            Some(first) = pending.next(), if !pending.is_empty() => {
+                // Every response that is ready now (a group commit completes many at once)
+                // is encoded into the write buffer, then they all go out with one flush.
+                let mut next = Some(first);
+                while let Some(out) = next.take() {
+                    // A peer that stops reading fills its TCP window and parks this write:
+                    // a subscriber overflow or a stall as long as the idle timeout ends it.
+                    let written = tokio::select! {
+                        r = feed(&mut writer, &out.response, out.mode) => r,
+                        _ = overflow.notified() => {
+                            tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
+                            break 'session;
+                        }
+                        _ = tokio::time::sleep(idle) => {
+                            tracing::warn!(peer = %s.peer, "client stopped reading responses; closing the connection");
+                            break 'session;
+                        }
+                    };
+                    if let Err(e) = written {
+                        tracing::debug!(peer = %s.peer, error = %e, "write failed");
+                        break 'session;
+                    }
+                    if let Some(w) = out.start_watch {
+                        s.start_forwarding(w);
+                    }
+                    if let Some(sub) = out.failed_watch {
+                        s.watches.remove(&sub);
+                    }
+                    if out.close_after {
+                        break 'session; // flushed below
+                    }
+                    next = pending.next().now_or_never().flatten();
+                    // Pipelined requests already received are read before flushing (no
+                    // syscall: the reader's buffer), so their answers share the write too.
+                    while next.is_none()
+                        && !s.closing
+                        && pending.len() < net.max_inflight_per_connection
+                    {
+                        let Some(item) = reader.next().now_or_never() else { break };
+                        s.on_read(item, &mut pending);
+                        next = pending.next().now_or_never().flatten();
+                    }
+                }
+                let flushed_out = tokio::select! {
+                    r = SinkExt::<Bytes>::flush(&mut writer) => r,
                     _ = overflow.notified() => {
                         tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
                         break;
@@ -417,19 +456,13 @@ pub async fn run<R, W>(
                         break;
                     }
                 };
-                if let Err(e) = written {
+                if let Err(e) = flushed_out {
                     tracing::debug!(peer = %s.peer, error = %e, "write failed");
                     break;
                 }
-                if let Some(w) = out.start_watch {
-                    s.start_forwarding(w);
-                }
-                if let Some(sub) = out.failed_watch {
-                    s.watches.remove(&sub);
-                }
-                if close_after {
-                    break;
-                }
+                // Time spent on requests is not idle time: the clock restarts once the
+                // connection has nothing in flight (a long BACKUP_BEGIN is not cut off).
+                deadline = Instant::now() + idle;
             }
             Some(ev) = events_rx.recv(), if events_allowed => {
                 writer.encoder_mut().set_mode(s.mode);
@@ -449,23 +482,11 @@ pub async fn run<R, W>(
                     break;
                 }
             }
-            item = reader.next(), if can_read => match item {
-                None => {
-                    // Half-close: answer everything already read, then close.
-                    s.closing = true;
-                }
-                Some(Err(e)) => {
-                    // The byte stream is out of sync; nothing after this can be trusted.
-                    tracing::debug!(peer = %s.peer, error = %e, "framing error; closing");
-                    s.closing = true;
-                    // Answer what was read before the bad frame, then close.
-                }
-                Some(Ok(inbound)) => {
-                    deadline = Instant::now() + idle;
-                    pending.push_back(s.dispatch(inbound));
-                }
-            },
-            _ = tokio::time::sleep_until(deadline), if !s.closing => {
+            item = reader.next(), if can_read => {
+                s.on_read(item, &mut pending);
+                deadline = Instant::now() + idle;
+            }
+            _ = tokio::time::sleep_until(deadline), if !s.closing && pending.is_empty() => {
                 tracing::debug!(peer = %s.peer, "idle timeout");
                 break;
             }
@@ -480,7 +501,9 @@ pub async fn run<R, W>(
     tracing::debug!(peer = %s.peer, "client disconnected");
 }
 
-async fn write<W: AsyncWrite + Unpin>(
+/// Encodes `response` into the write buffer (written out by the caller's flush, or earlier
+/// when the buffer fills).
+async fn feed<W: AsyncWrite + Unpin>(
     writer: &mut FramedWrite<W, OutboundCodec>,
     response: &Response,
     mode: WireMode,
@@ -496,7 +519,7 @@ async fn write<W: AsyncWrite + Unpin>(
         }
     };
     writer.encoder_mut().set_mode(mode);
-    match writer.send(bytes).await {
+    match writer.feed(bytes).await {
         Ok(()) => Ok(()),
         Err(rstmdb_protocol::FrameError::PayloadTooLarge { len, max }) => {
             // Never drop a response: say why instead (WAL_READ pages stop well before this).
@@ -508,7 +531,7 @@ async fn write<W: AsyncWrite + Unpin>(
                 ),
             );
             let b = e.to_json_bytes().map_err(std::io::Error::other)?;
-            writer.send(b).await.map_err(std::io::Error::other)
+            writer.feed(b).await.map_err(std::io::Error::other)
         }
         Err(e) => Err(std::io::Error::other(e)),
     }
@@ -549,6 +572,25 @@ impl Session {
 
     /// Runs one request; with the audit log or metrics on, its outcome is recorded when it
     /// completes.
+    /// Takes one item from the reader: a request to run, the end of the stream, or a framing
+    /// error (after which nothing can be trusted: what was read before it is answered, then
+    /// the connection closes).
+    fn on_read<E: std::fmt::Display>(
+        &mut self,
+        item: Option<Result<Inbound, E>>,
+        pending: &mut FuturesOrdered<Pending>,
+    ) {
+        match item {
+            // Half-close: answer everything already read, then close.
+            None => self.closing = true,
+            Some(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "framing error; closing");
+                self.closing = true;
+            }
+            Some(Ok(inbound)) => pending.push_back(self.dispatch(inbound)),
+        }
+    }
+
     fn dispatch(&mut self, inbound: Inbound) -> Pending {
         let decoded = decode_request(&inbound.payload);
         let audit = self.shared.audit.clone();
