@@ -1,15 +1,15 @@
 //! The decoded-instance cache: the latest committed version of recently used live instances,
-//! so that GET_INSTANCE and the checks of a write skip sled's lookup and the JSON decode.
+//! so that GET_INSTANCE and the checks of a write skip the store lookup and the JSON decode.
 //!
-//! Coherence — a cached instance is always the version sled holds:
+//! Coherence — a cached instance is always the version the store (overlay, then sled) holds:
 //! - The apply stage puts every instance it writes (and removes every one it deletes) right
-//!   after sled accepted the batch, before the write is acknowledged. FLUSH_ALL clears the
+//!   after the store accepted the batch, before the write is acknowledged. FLUSH_ALL clears the
 //!   cache the same way.
 //! - Readers fill it only while holding the instance's lock shard. Every writer holds that
-//!   shard from its checks until the apply stage has updated the cache, so under it sled holds
+//!   shard from its checks until the apply stage has updated the cache, so under it the store holds
 //!   the latest committed version and no write of the instance is in flight. A reader without
 //!   the shard (GET_INSTANCE, LIST_INSTANCES) tries it once on a miss and, if it is busy,
-//!   reads sled without filling the cache.
+//!   reads the store without filling the cache.
 //! - Eviction and removal may happen at any moment: they only cause misses.
 //!
 //! Deleted instances (kept as tombstones until a checkpoint purges them) are never cached.

@@ -7,7 +7,8 @@
 //!   them durable with one `fdatasync` (under `every_write`: group commit), and hands the
 //!   group to the apply stage;
 //! - the **apply stage** owns sled. It plans each record's state changes in sequence order,
-//!   writes the group with one atomic batch (carrying the high-water offset), publishes the
+//!   adds the group's writes (and the high-water offset) to the store atomically — the
+//!   store's overlay, which reaches sled in large batches (`crate::store`) — publishes the
 //!   new end of the log to readers, broadcasts watch events, and only then acknowledges.
 //!
 //! The stages overlap: while group N is applied, group N+1 is already being synced, so the
@@ -16,7 +17,7 @@
 //! - a change is visible (reads, WAL_READ, watchers, the response) only once durable under
 //!   the fsync policy, and sled never holds a change whose record is not in the WAL file;
 //! - recovery never reuses an offset, even when a lost WAL tail (under `never`) is behind
-//!   the state: the high-water mark is in every sled batch;
+//!   the state: the high-water mark is in every overlay flush;
 //! - events leave in WAL order, which makes gap-free watch resume possible;
 //! - a caller that goes away after submitting cannot leave a durable record unapplied: the
 //!   threads finish the work regardless.
@@ -478,7 +479,7 @@ pub(crate) struct ApplyStage {
     counts: HashMap<Vec<u8>, u64>,
     /// Groups written but not yet durable, planned ahead, oldest first.
     waiting: std::collections::VecDeque<Planned>,
-    /// Updated right after each sled batch, before acknowledging (see `cache`).
+    /// Updated right after each store batch, before acknowledging (see `cache`).
     cache: Arc<InstanceCache>,
 }
 

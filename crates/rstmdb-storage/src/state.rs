@@ -1,8 +1,8 @@
 //! The sled-held state and the one function that changes it.
 //!
 //! Everything lives in one sled tree under short key prefixes, so that a whole commit group
-//! (instances, indexes, counters, idempotency records and the high-water mark) is written
-//! with one atomic `apply_batch`:
+//! (instances, indexes, counters, idempotency records and the high-water mark) is applied
+//! atomically, and many groups reach sled with one atomic batch (`crate::store`):
 //!
 //! | key | value |
 //! |---|---|
