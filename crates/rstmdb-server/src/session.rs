@@ -434,11 +434,13 @@ pub async fn run<R, W>(
                         break 'session; // flushed below
                     }
                     next = pending.next().now_or_never().flatten();
-                    // Pipelined requests already received are read before flushing (no
-                    // syscall: the reader's buffer), so their answers share the write too.
+                    // Pipelined requests already received are read before flushing, so their
+                    // answers share the write too. Only from the reader's buffer: with nothing
+                    // buffered, asking the socket would cost a syscall per answer.
                     while next.is_none()
                         && !s.closing
                         && pending.len() < net.max_inflight_per_connection
+                        && !reader.read_buffer().is_empty()
                     {
                         let Some(item) = reader.next().now_or_never() else { break };
                         s.on_read(item, &mut pending);
