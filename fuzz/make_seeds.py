@@ -176,6 +176,18 @@ WAL_ENTRIES = [
 ]
 
 
+BACKUP_RECORDS = [
+    {"t": "machine", "machine": "order", "version": 1, "checksum": "00" * 32,
+     "definition": DEFINITIONS[next(iter(DEFINITIONS))], "wal_offset": 1},
+    {"t": "instance", "instance": {"id": "o-1", "machine": "order", "version": 1,
+                                   "state": "pending", "ctx": {"n": 1}, "last_wal_offset": 2,
+                                   "created_at": 1, "updated_at": 1, "deleted": False}},
+    {"t": "idempotency", "scope": "c\u0000k1", "record": {"fingerprint": "f", "result": {},
+                                                         "expires_at": 9, "wal_offset": 2}},
+    {"t": "wal", "offset": 1, "entry": WAL_ENTRIES[0]},
+]
+
+
 def write(target, name, data):
     d = os.path.join(SEEDS, target)
     os.makedirs(d, exist_ok=True)
@@ -232,6 +244,14 @@ def main():
     # Mode byte 4: first seq 3, so this segment starts in the middle of the log.
     write("wal_record", "first_seq_3", b"\4" + b"".join(
         wal_record(3 + i, js(e)) for i, e in enumerate(WAL_ENTRIES[2:4])))
+
+    # backup_file, mode bit 0: the rest is a body, wrapped in a valid container by the target;
+    # bit 1: encrypted. One record of each kind, in the order verify requires.
+    body = b"".join(js(r) + b"\n" for r in BACKUP_RECORDS)
+    for mode, name in ((1, "body_plain"), (3, "body_encrypted"), (5, "body_plain_flip1")):
+        write("backup_file", name, bytes([mode]) + body)
+    write("backup_file", "body_unterminated", b"\1" + body[:-1])
+    write("backup_file", "not_a_backup", b"\0RSTMDB\0B\1\0")
 
 
 if __name__ == "__main__":
