@@ -481,6 +481,9 @@ pub(crate) struct ApplyStage {
     waiting: std::collections::VecDeque<Planned>,
     /// Updated right after each store batch, before acknowledging (see `cache`).
     cache: Arc<InstanceCache>,
+    /// Set when writing the overlay to sled failed after a group was applied to the store:
+    /// that group is visible, so it is acknowledged, and then the stage is poisoned.
+    flush_failure: Option<String>,
 }
 
 /// A group planned while its sync runs. `batch` is `None` when it holds a FLUSH_ALL, which
@@ -528,6 +531,7 @@ impl ApplyStage {
             counts: HashMap::new(),
             waiting: std::collections::VecDeque::new(),
             cache,
+            flush_failure: None,
         }
     }
 
@@ -541,6 +545,11 @@ impl ApplyStage {
                     group,
                     durable: true,
                 } => {
+                    // Poisoned: nothing more reaches the store (or readers).
+                    if let Some(reason) = self.poison.get() {
+                        fail_all(group, CommitError::Apply(reason));
+                        continue;
+                    }
                     let r = self.apply_group(&group, first_seq);
                     self.complete(first_seq, group, r);
                 }
@@ -581,6 +590,9 @@ impl ApplyStage {
     }
 
     fn finish_planned(&mut self, p: Planned) {
+        if let Some(reason) = self.poison.get() {
+            return fail_all(p.group, CommitError::Apply(reason));
+        }
         let last_seq = p.first_seq + p.group.len() as u64 - 1;
         let result = match p.batch {
             Ok(Some(b)) => self.write_batch(b, last_seq).map(|()| HashMap::new()),
@@ -626,6 +638,10 @@ impl ApplyStage {
                 for ev in events {
                     // No receivers is fine.
                     let _ = self.events.send(ev);
+                }
+                if let Some(reason) = self.flush_failure.take() {
+                    tracing::error!(error = %reason, last_seq, "writing the state store to disk failed; refusing writes until restart (the WAL holds every acknowledged change)");
+                    self.poison.set(reason);
                 }
             }
             Err(reason) => {
@@ -697,6 +713,9 @@ impl ApplyStage {
                 instances: plan.instances,
             };
             self.write_batch(batch, seq)?;
+            if let Some(reason) = self.flush_failure.take() {
+                return Err(reason);
+            }
         }
         self.high_water = self.high_water.max(seq);
         Ok(())
@@ -788,6 +807,13 @@ impl ApplyStage {
         }
         for (inst, encoded) in instances {
             self.cache.put(Arc::new(inst), encoded);
+        }
+        // The batch is applied (readers see it): a failure to write the overlay to sled no
+        // longer concerns this group; `complete` poisons the stage after acknowledging it.
+        if let Err(e) = self.db.flush_if_full()
+            && self.flush_failure.is_none()
+        {
+            self.flush_failure = Some(format!("writing state to disk: {e}"));
         }
         Ok(())
     }

@@ -75,7 +75,7 @@ pub(crate) fn parse_marker(value: &[u8]) -> Result<Option<String>, String> {
 type Writes = BTreeMap<Vec<u8>, Option<sled::IVec>>;
 type OverlayEntry = (Vec<u8>, Option<sled::IVec>);
 
-/// Bounds of the overlay: past either, the next [`Store::apply_batch`] writes it to sled.
+/// Bounds of the overlay: past either, [`Store::flush_if_full`] writes it to sled.
 pub(crate) const OVERLAY_MAX_KEYS: usize = 8192;
 pub(crate) const OVERLAY_MAX_BYTES: usize = 16 * 1024 * 1024;
 
@@ -197,17 +197,25 @@ impl Store {
         Batch { writes: Vec::new() }
     }
 
-    /// Adds the batch to the overlay atomically (readers see all of it or none), then writes
-    /// the overlay to sled if it has grown past its bounds.
+    /// Adds the batch to the overlay atomically: readers see all of it or none. An error
+    /// (a poisoned lock) means nothing was added. Writing to sled is separate
+    /// ([`Store::flush_if_full`]), so a failing disk never makes a batch that readers already
+    /// see look unapplied.
     pub fn apply_batch(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut st = self.write()?;
+        for (k, v) in batch.writes {
+            st.active_bytes = st
+                .active_bytes
+                .saturating_add(k.len() + v.as_ref().map_or(0, |v| v.len()));
+            st.active.insert(k, v);
+        }
+        Ok(())
+    }
+
+    /// Writes the overlay to sled if it has grown past its bounds.
+    pub fn flush_if_full(&self) -> Result<(), StoreError> {
         let full = {
-            let mut st = self.write()?;
-            for (k, v) in batch.writes {
-                st.active_bytes = st
-                    .active_bytes
-                    .saturating_add(k.len() + v.as_ref().map_or(0, |v| v.len()));
-                st.active.insert(k, v);
-            }
+            let st = self.read()?;
             st.active.len() >= OVERLAY_MAX_KEYS || st.active_bytes >= OVERLAY_MAX_BYTES
         };
         if full {
@@ -508,6 +516,7 @@ mod tests {
             let mut b = store.batch();
             b.insert(format!("k{i:06}"), vec![1]).unwrap();
             store.apply_batch(b).unwrap();
+            store.flush_if_full().unwrap();
         }
         assert_eq!(
             db.len(),
