@@ -406,6 +406,7 @@ pub async fn run<R, W>(
                 // Every response that is ready now (a group commit completes many at once)
                 // is encoded into the write buffer, then they all go out with one flush.
                 let mut next = Some(first);
+                let mut read_ahead = 0;
                 while let Some(out) = next.take() {
                     // A peer that stops reading fills its TCP window and parks this write:
                     // a subscriber overflow or a stall as long as the idle timeout ends it.
@@ -435,13 +436,18 @@ pub async fn run<R, W>(
                     }
                     next = pending.next().now_or_never().flatten();
                     // Pipelined requests already received are read before flushing, so their
-                    // answers share the write too. Only from the reader's buffer: with nothing
-                    // buffered, asking the socket would cost a syscall per answer.
+                    // answers share the write too: only while the reader's buffer holds bytes
+                    // (with nothing buffered, asking the socket would cost a syscall per
+                    // answer; a partial frame costs one read attempt), and at most
+                    // READ_AHEAD_MAX per flush, so a client streaming requests whose answers
+                    // are ready at once cannot keep events, shutdown and the flush waiting.
                     while next.is_none()
                         && !s.closing
                         && pending.len() < net.max_inflight_per_connection
+                        && read_ahead < READ_AHEAD_MAX
                         && !reader.read_buffer().is_empty()
                     {
+                        read_ahead += 1;
                         let Some(item) = reader.next().now_or_never() else { break };
                         s.on_read(item, &mut pending);
                         next = pending.next().now_or_never().flatten();
@@ -494,7 +500,12 @@ pub async fn run<R, W>(
             }
         }
     }
-    let _ = SinkExt::<Bytes>::flush(&mut writer).await;
+    // Bounded: a peer that stopped reading must not hold the task and its connection slot.
+    let _ = tokio::time::timeout(
+        idle.min(FINAL_FLUSH_TIMEOUT),
+        SinkExt::<Bytes>::flush(&mut writer),
+    )
+    .await;
     for (_, task) in s.watches.drain() {
         if let Some(t) = task {
             t.abort();
@@ -502,6 +513,12 @@ pub async fn run<R, W>(
     }
     tracing::debug!(peer = %s.peer, "client disconnected");
 }
+
+/// Requests read from the buffer before one flush of answers (see the session loop).
+const READ_AHEAD_MAX: usize = 64;
+
+/// How long the answers left at the close (e.g. BYE's) may take to reach a slow reader.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Encodes `response` into the write buffer (written out by the caller's flush, or earlier
 /// when the buffer fills).
