@@ -770,10 +770,9 @@ impl ApplyStage {
             instances,
         } = planned;
         let mut batch = self.db.batch();
-        let seal = |e: crate::crypto::SealError| format!("writing state: {e}");
         for (k, v) in writes {
             match v {
-                Some(v) => batch.insert(k, v).map_err(seal)?,
+                Some(v) => batch.insert(k, v),
                 None => batch.remove(k),
             }
         }
@@ -787,18 +786,14 @@ impl ApplyStage {
             if n == 0 {
                 batch.remove(k.clone());
             } else {
-                batch
-                    .insert(k.clone(), state::encode_u64(n))
-                    .map_err(seal)?;
+                batch.insert(k.clone(), state::encode_u64(n));
             }
             new_counts.push((k, n));
         }
-        batch
-            .insert(
-                keys::HIGH_WATER,
-                state::encode_u64(high_water.max(self.high_water)),
-            )
-            .map_err(seal)?;
+        batch.insert(
+            keys::HIGH_WATER,
+            state::encode_u64(high_water.max(self.high_water)),
+        );
         self.db
             .apply_batch(batch)
             .map_err(|e| format!("writing state: {e}"))?;
@@ -825,7 +820,6 @@ impl ApplyStage {
         let mut batch = self.db.batch();
         let mut survivors: HashMap<Vec<u8>, u64> = HashMap::new();
         let err = |e: StoreError| format!("flushing state: {e}");
-        let seal = |e: crate::crypto::SealError| format!("flushing state: {e}");
         for item in self.db.scan_prefix(keys::INSTANCE) {
             let (k, v) = item.map_err(err)?;
             let inst = state::decode_instance(&v)?;
@@ -870,17 +864,13 @@ impl ApplyStage {
         }
         self.counts.clear();
         for (k, n) in survivors {
-            batch
-                .insert(k.clone(), state::encode_u64(n))
-                .map_err(seal)?;
+            batch.insert(k.clone(), state::encode_u64(n));
             self.counts.insert(k, n);
         }
-        batch
-            .insert(
-                keys::HIGH_WATER,
-                state::encode_u64(seq.max(self.high_water)),
-            )
-            .map_err(seal)?;
+        batch.insert(
+            keys::HIGH_WATER,
+            state::encode_u64(seq.max(self.high_water)),
+        );
         self.db.apply_batch(batch).map_err(err)?;
         // Every lock shard is held (live) or nothing else runs (replay): see `cache`.
         self.cache.clear();
@@ -928,9 +918,7 @@ impl ApplyStage {
             }
             batch.remove(k);
         }
-        batch
-            .insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq))
-            .map_err(|e| format!("checkpoint: {e}"))?;
+        batch.insert(keys::CHECKPOINT, state::encode_u64(checkpoint_seq));
         self.db.apply_batch(batch).map_err(err)?;
         Ok(CheckpointMark {
             checkpoint_seq,

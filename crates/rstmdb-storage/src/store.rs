@@ -320,10 +320,9 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: Vec<u8>) -> Result<(), SealError> {
+    pub fn insert(&mut self, key: impl AsRef<[u8]>, value: Vec<u8>) {
         self.writes
             .push((key.as_ref().to_vec(), Some(sled::IVec::from(value))));
-        Ok(())
     }
 
     pub fn remove(&mut self, key: impl AsRef<[u8]>) {
@@ -418,9 +417,7 @@ mod tests {
         for op in ops {
             match op {
                 Op::Put(k, v) => {
-                    batch
-                        .insert(key(*k), vec![*v; 1 + *v as usize % 5])
-                        .unwrap();
+                    batch.insert(key(*k), vec![*v; 1 + *v as usize % 5]);
                     pending.insert(key(*k), Some(vec![*v; 1 + *v as usize % 5]));
                 }
                 Op::Del(k) => {
@@ -493,12 +490,12 @@ mod tests {
             })
         };
         let mut b = store.batch();
-        b.insert(b"k", 0u64.to_le_bytes().to_vec()).unwrap();
+        b.insert(b"k", 0u64.to_le_bytes().to_vec());
         store.apply_batch(b).unwrap();
         for i in 1..20_000u64 {
             let mut b = store.batch();
-            b.insert(b"k", i.to_le_bytes().to_vec()).unwrap();
-            b.insert(format!("pad{}", i % 500), vec![0; 64]).unwrap();
+            b.insert(b"k", i.to_le_bytes().to_vec());
+            b.insert(format!("pad{}", i % 500), vec![0; 64]);
             store.apply_batch(b).unwrap();
             if i.is_multiple_of(50) {
                 store.flush_overlay().unwrap();
@@ -514,7 +511,7 @@ mod tests {
         let store = Store::new(db.clone(), None);
         for i in 0..OVERLAY_MAX_KEYS {
             let mut b = store.batch();
-            b.insert(format!("k{i:06}"), vec![1]).unwrap();
+            b.insert(format!("k{i:06}"), vec![1]);
             store.apply_batch(b).unwrap();
             store.flush_if_full().unwrap();
         }
