@@ -259,6 +259,7 @@ impl Store {
             }
         }
         self.db.apply_batch(batch)?;
+        reclaim_sled_garbage(frozen.len());
         self.write()?.frozen = Arc::new(Writes::new());
         Ok(())
     }
@@ -268,6 +269,20 @@ impl Store {
         self.flush_overlay()?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// Lets crossbeam-epoch free what sled retired while it took a flush of `writes` keys.
+///
+/// sled retires the old copy of a tree node on every insert and frees it (and reuses its log
+/// segments) only when the global epoch collector runs: on every 128th pin of a thread, at
+/// most 8 × 64 retired objects per run. sled reads pin it, but once the instance cache answers
+/// the reads hardly anything does, and the garbage piled up without bound (measured: RSS
+/// +200 MB/s, state directory +20 MB/s under sustained writes to 4,096 instances). Each
+/// pin-and-flush here runs one collection step; steps with nothing due are cheap.
+fn reclaim_sled_garbage(writes: usize) {
+    for _ in 0..writes / 64 + 16 {
+        crossbeam_epoch::pin().flush();
     }
 }
 
