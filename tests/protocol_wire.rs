@@ -639,6 +639,29 @@ fn idle_connection_is_closed_after_idle_timeout() {
 }
 
 #[test]
+fn activity_pushes_the_idle_timeout_back() {
+    // The session arms its idle timer once and moves it only when it fires early: requests
+    // past the first deadline must keep the connection, and the close must come a full
+    // timeout after the last one.
+    let s = Server::with_config(json!({"network": {"idle_timeout_secs": 2}}));
+    let mut c = s.connect();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        c.ping();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    c.ping();
+    let last = std::time::Instant::now();
+    c.expect_closed(Duration::from_secs(8));
+    assert!(
+        last.elapsed() >= Duration::from_millis(1800),
+        "closed {:?} after the last request, before the 2 s idle timeout",
+        last.elapsed()
+    );
+    second_connection_works(&s);
+}
+
+#[test]
 fn connections_beyond_max_connections_are_closed() {
     let s = Server::with_config(json!({"network": {"max_connections": 2}}));
     let mut a = s.connect();

@@ -324,7 +324,7 @@ pub async fn run<R, W>(
     wr: W,
     info: ConnInfo,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -365,9 +365,21 @@ pub async fn run<R, W>(
         ordering: Ordering::default(),
     };
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let mut flushed = s.shared.flush_epoch.subscribe();
+    // The wake-up sources live across loop turns: a fresh `changed()`/`notified()`/`sleep`
+    // in every select! registered and removed a waiter (on lists shared by all sessions, and
+    // in the timer wheel) two or three times per request.
+    let mut stop_changed = next_change(stop);
+    let mut flush_changed = next_change(s.shared.flush_epoch.subscribe());
+    let mut overflowed: Signal = {
+        let overflow = overflow.clone();
+        Box::pin(async move { overflow.notified().await })
+    };
     let idle = std::time::Duration::from_secs(net.idle_timeout_secs);
+    // The idle timer is armed once and only moved when it fires early: activity just pushes
+    // `deadline` forward.
     let mut deadline = Instant::now() + idle;
+    let idle_timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(idle_timer);
     let event_burst = (net.subscription_queue_depth / 2).max(1);
 
     'session: loop {
@@ -380,12 +392,12 @@ pub async fn run<R, W>(
         let events_allowed = pending.is_empty() || events_rx.len() >= event_burst;
         tokio::select! {
             biased;
-            changed = stop.changed(), if !s.closing => {
+            _ = &mut stop_changed, if !s.closing => {
                 // Server shutdown (or the server dropped the sender): answer what was read.
-                let _ = changed;
+                // The finished future is never polled again: `closing` stays set.
                 s.closing = true;
             }
-            changed = flushed.changed() => {
+            (changed, rx) = &mut flush_changed => {
                 if changed.is_ok() {
                     // FLUSH_ALL: what was watched is gone, so are the subscriptions.
                     for (_, task) in s.watches.drain() {
@@ -393,12 +405,13 @@ pub async fn run<R, W>(
                             t.abort();
                         }
                     }
+                    flush_changed = next_change(rx);
                 } else {
                     // The server is going away; stop polling a closed channel.
-                    flushed = watch::channel(0).1;
+                    flush_changed = Box::pin(std::future::pending());
                 }
             }
-            _ = overflow.notified() => {
+            _ = &mut overflowed => {
                 tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
                 break;
             }
@@ -408,16 +421,16 @@ pub async fn run<R, W>(
                 let mut next = Some(first);
                 let mut read_ahead = 0;
                 while let Some(out) = next.take() {
-                    // A peer that stops reading fills its TCP window and parks this write:
-                    // a subscriber overflow or a stall as long as the idle timeout ends it.
-                    let written = tokio::select! {
-                        r = feed(&mut writer, &out.response, out.mode) => r,
-                        _ = overflow.notified() => {
-                            tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
-                            break 'session;
-                        }
-                        _ = tokio::time::sleep(idle) => {
-                            tracing::warn!(peer = %s.peer, "client stopped reading responses; closing the connection");
+                    let written = match unless_stalled(
+                        feed(&mut writer, &out.response, out.mode),
+                        &mut overflowed,
+                        idle,
+                    )
+                    .await
+                    {
+                        Guarded::Done(r) => r,
+                        stalled => {
+                            stalled.log(s.peer, "responses");
                             break 'session;
                         }
                     };
@@ -453,14 +466,16 @@ pub async fn run<R, W>(
                         next = pending.next().now_or_never().flatten();
                     }
                 }
-                let flushed_out = tokio::select! {
-                    r = SinkExt::<Bytes>::flush(&mut writer) => r,
-                    _ = overflow.notified() => {
-                        tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
-                        break;
-                    }
-                    _ = tokio::time::sleep(idle) => {
-                        tracing::warn!(peer = %s.peer, "client stopped reading responses; closing the connection");
+                let flushed_out = match unless_stalled(
+                    SinkExt::<Bytes>::flush(&mut writer),
+                    &mut overflowed,
+                    idle,
+                )
+                .await
+                {
+                    Guarded::Done(r) => r,
+                    stalled => {
+                        stalled.log(s.peer, "responses");
                         break;
                     }
                 };
@@ -474,14 +489,10 @@ pub async fn run<R, W>(
             }
             Some(ev) = events_rx.recv(), if events_allowed => {
                 writer.encoder_mut().set_mode(s.mode);
-                let sent = tokio::select! {
-                    r = writer.send(ev) => r,
-                    _ = overflow.notified() => {
-                        tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
-                        break;
-                    }
-                    _ = tokio::time::sleep(idle) => {
-                        tracing::warn!(peer = %s.peer, "client stopped reading events; closing the connection");
+                let sent = match unless_stalled(writer.send(ev), &mut overflowed, idle).await {
+                    Guarded::Done(r) => r,
+                    stalled => {
+                        stalled.log(s.peer, "events");
                         break;
                     }
                 };
@@ -494,9 +505,12 @@ pub async fn run<R, W>(
                 s.on_read(item, &mut pending);
                 deadline = Instant::now() + idle;
             }
-            _ = tokio::time::sleep_until(deadline), if !s.closing && pending.is_empty() => {
-                tracing::debug!(peer = %s.peer, "idle timeout");
-                break;
+            () = &mut idle_timer, if !s.closing && pending.is_empty() => {
+                if Instant::now() >= deadline {
+                    tracing::debug!(peer = %s.peer, "idle timeout");
+                    break;
+                }
+                idle_timer.as_mut().reset(deadline);
             }
         }
     }
@@ -512,6 +526,63 @@ pub async fn run<R, W>(
         }
     }
     tracing::debug!(peer = %s.peer, "client disconnected");
+}
+
+/// A one-shot wake-up the session loop keeps across turns (see `run`).
+type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The next change of a watch channel, handing the receiver back for the one after.
+type Changed<T> =
+    Pin<Box<dyn Future<Output = (Result<(), watch::error::RecvError>, watch::Receiver<T>)> + Send>>;
+
+fn next_change<T: Send + Sync + 'static>(mut rx: watch::Receiver<T>) -> Changed<T> {
+    Box::pin(async move {
+        let r = rx.changed().await;
+        (r, rx)
+    })
+}
+
+/// How a write guarded by [`unless_stalled`] ended.
+enum Guarded<T> {
+    Done(T),
+    /// A subscriber of this connection fell behind.
+    Overflow,
+    /// The write made no progress for the idle timeout: the peer stopped reading.
+    Stalled,
+}
+
+impl<T> Guarded<T> {
+    fn log(&self, peer: SocketAddr, what: &str) {
+        match self {
+            Guarded::Overflow => {
+                tracing::warn!(peer = %peer, "subscriber fell behind; closing the connection")
+            }
+            Guarded::Stalled => {
+                tracing::warn!(peer = %peer, "client stopped reading {what}; closing the connection")
+            }
+            Guarded::Done(_) => {}
+        }
+    }
+}
+
+/// Runs a write. A peer that stops reading fills its TCP window and parks it: then a
+/// subscriber overflow or a stall as long as `idle` ends it. A write that finishes at once
+/// (the usual case: the buffer has room) never touches the timer.
+async fn unless_stalled<F: Future>(
+    op: F,
+    overflowed: &mut Signal,
+    idle: std::time::Duration,
+) -> Guarded<F::Output> {
+    let mut op = std::pin::pin!(op);
+    if let Some(r) = op.as_mut().now_or_never() {
+        return Guarded::Done(r);
+    }
+    tokio::select! {
+        biased;
+        r = op => Guarded::Done(r),
+        _ = overflowed => Guarded::Overflow,
+        _ = tokio::time::sleep(idle) => Guarded::Stalled,
+    }
 }
 
 /// Requests read from the buffer before one flush of answers (see the session loop).
