@@ -503,3 +503,34 @@ fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     format!("{:x}", Sha256::digest(data))
 }
+
+/// Threads of the server process named like tokio's runtime workers.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|t| {
+            let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap();
+            comm.trim() == "tokio-rt-worker"
+        })
+        .count()
+}
+
+#[test]
+fn worker_threads_sets_the_connection_threads() {
+    let with = |n: &str| {
+        format!(
+            "network:\n  bind_addr: \"127.0.0.1:0\"\n  worker_threads: {n}\nstorage:\n  data_dir: \"{{tmp}}/data\"\n"
+        )
+    };
+    let s = Server::try_start_yaml(&with("3")).expect("starts");
+    s.connect().ping();
+    assert_eq!(runtime_workers(s.pid()), 3);
+
+    // 0 (the default): one fewer than the CPUs, at least one.
+    let s = Server::try_start_yaml(&with("0")).expect("starts");
+    s.connect().ping();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(runtime_workers(s.pid()), cpus.saturating_sub(1).max(1));
+
+    assert_refused(&with("5000"), "network.worker_threads");
+}
