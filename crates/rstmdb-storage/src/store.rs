@@ -489,6 +489,10 @@ mod tests {
     fn reads_during_flushes_never_go_back() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let store = Store::new(db, None);
+        // Written before the reader starts (the test used to race its own first write).
+        let mut b = store.batch();
+        b.insert(b"k", 0u64.to_le_bytes().to_vec());
+        store.apply_batch(b).unwrap();
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let (store, done) = (store.clone(), done.clone());
@@ -508,9 +512,6 @@ mod tests {
                 reads
             })
         };
-        let mut b = store.batch();
-        b.insert(b"k", 0u64.to_le_bytes().to_vec());
-        store.apply_batch(b).unwrap();
         for i in 1..20_000u64 {
             let mut b = store.batch();
             b.insert(b"k", i.to_le_bytes().to_vec());
