@@ -75,12 +75,13 @@ pub(crate) fn parse_marker(value: &[u8]) -> Result<Option<String>, String> {
 type Writes = BTreeMap<Vec<u8>, Option<sled::IVec>>;
 type OverlayEntry = (Vec<u8>, Option<sled::IVec>);
 
-/// Bounds of the overlay: past either, [`Store::flush_if_full`] writes it to sled. Each write
-/// costs sled ~2.5 µs per distinct key when flushed, so the key bound decides how large a
-/// set of hot instances is rewritten in memory only (an APPLY writes ~3 keys): 8,192 keys
-/// made 4,096 hot instances flush every ~3,000 writes (64 × 64 in flight: 20 µs of server CPU
-/// per APPLY), 32,768 keeps them in memory (11–13 µs). ~300 bytes a key: ≤ 10 MiB.
-pub(crate) const OVERLAY_MAX_KEYS: usize = 32_768;
+/// Bounds of the overlay: past either, [`Store::flush_if_full`] writes it to sled. The flush
+/// runs on the apply stage, which waits for it: sled takes ~2.5 µs per key it already has and
+/// more for new ones, so the key bound is also the longest write stall. 32,768 kept 4,096 hot
+/// instances (~12k keys) out of sled entirely (APPLY 64 × 64 in flight: 20 → 11–13 µs) but
+/// stalled writes for ~0.5 s per flush under a mixed load that creates instances; 8,192 keeps
+/// the worst stall near 0.1 s. Flushing on a thread of its own would allow both.
+pub(crate) const OVERLAY_MAX_KEYS: usize = 8192;
 pub(crate) const OVERLAY_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Recent writes in memory, in front of sled.
