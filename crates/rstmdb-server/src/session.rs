@@ -421,21 +421,8 @@ pub async fn run<R, W>(
                 let mut next = Some(first);
                 let mut read_ahead = 0;
                 while let Some(out) = next.take() {
-                    let written = match unless_stalled(
-                        feed(&mut writer, &out.response, out.mode),
-                        &mut overflowed,
-                        idle,
-                    )
-                    .await
-                    {
-                        Guarded::Done(r) => r,
-                        stalled => {
-                            stalled.log(s.peer, "responses");
-                            break 'session;
-                        }
-                    };
-                    if let Err(e) = written {
-                        tracing::debug!(peer = %s.peer, error = %e, "write failed");
+                    let fed = feed(&mut writer, &out.response, out.mode);
+                    if !written(fed, &mut overflowed, idle, s.peer, "responses").await {
                         break 'session;
                     }
                     if let Some(w) = out.start_watch {
@@ -466,21 +453,8 @@ pub async fn run<R, W>(
                         next = pending.next().now_or_never().flatten();
                     }
                 }
-                let flushed_out = match unless_stalled(
-                    SinkExt::<Bytes>::flush(&mut writer),
-                    &mut overflowed,
-                    idle,
-                )
-                .await
-                {
-                    Guarded::Done(r) => r,
-                    stalled => {
-                        stalled.log(s.peer, "responses");
-                        break;
-                    }
-                };
-                if let Err(e) = flushed_out {
-                    tracing::debug!(peer = %s.peer, error = %e, "write failed");
+                let flush = SinkExt::<Bytes>::flush(&mut writer);
+                if !written(flush, &mut overflowed, idle, s.peer, "responses").await {
                     break;
                 }
                 // Time spent on requests is not idle time: the clock restarts once the
@@ -489,15 +463,7 @@ pub async fn run<R, W>(
             }
             Some(ev) = events_rx.recv(), if events_allowed => {
                 writer.encoder_mut().set_mode(s.mode);
-                let sent = match unless_stalled(writer.send(ev), &mut overflowed, idle).await {
-                    Guarded::Done(r) => r,
-                    stalled => {
-                        stalled.log(s.peer, "events");
-                        break;
-                    }
-                };
-                if let Err(e) = sent {
-                    tracing::debug!(peer = %s.peer, error = %e, "event write failed");
+                if !written(writer.send(ev), &mut overflowed, idle, s.peer, "events").await {
                     break;
                 }
             }
@@ -542,46 +508,43 @@ fn next_change<T: Send + Sync + 'static>(mut rx: watch::Receiver<T>) -> Changed<
     })
 }
 
-/// How a write guarded by [`unless_stalled`] ended.
-enum Guarded<T> {
-    Done(T),
-    /// A subscriber of this connection fell behind.
-    Overflow,
-    /// The write made no progress for the idle timeout: the peer stopped reading.
-    Stalled,
-}
-
-impl<T> Guarded<T> {
-    fn log(&self, peer: SocketAddr, what: &str) {
-        match self {
-            Guarded::Overflow => {
-                tracing::warn!(peer = %peer, "subscriber fell behind; closing the connection")
-            }
-            Guarded::Stalled => {
-                tracing::warn!(peer = %peer, "client stopped reading {what}; closing the connection")
-            }
-            Guarded::Done(_) => {}
-        }
-    }
-}
-
-/// Runs a write. A peer that stops reading fills its TCP window and parks it: then a
-/// subscriber overflow or a stall as long as `idle` ends it. A write that finishes at once
-/// (the usual case: the buffer has room) never touches the timer.
-async fn unless_stalled<F: Future>(
+/// Runs a write of `what` (responses, events); `false` means the connection must close, and
+/// why is logged: the write failed, a subscriber of this connection fell behind, or the write
+/// made no progress for `idle` (a peer that stops reading fills its TCP window and parks it).
+/// A write that finishes at once (the usual case: the buffer has room) never touches the timer.
+async fn written<F, E>(
     op: F,
     overflowed: &mut Signal,
     idle: std::time::Duration,
-) -> Guarded<F::Output> {
+    peer: SocketAddr,
+    what: &str,
+) -> bool
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut op = std::pin::pin!(op);
-    if let Some(r) = op.as_mut().now_or_never() {
-        return Guarded::Done(r);
-    }
-    tokio::select! {
-        biased;
-        r = op => Guarded::Done(r),
-        _ = overflowed => Guarded::Overflow,
-        _ = tokio::time::sleep(idle) => Guarded::Stalled,
+    let result = match op.as_mut().now_or_never() {
+        Some(r) => r,
+        None => tokio::select! {
+            biased;
+            r = op => r,
+            _ = overflowed => {
+                tracing::warn!(peer = %peer, "subscriber fell behind; closing the connection");
+                return false;
+            }
+            _ = tokio::time::sleep(idle) => {
+                tracing::warn!(peer = %peer, "client stopped reading {what}; closing the connection");
+                return false;
+            }
+        },
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "writing {what} failed");
+            false
+        }
     }
 }
 
