@@ -226,6 +226,10 @@ def main():
         write("request_decode", name, js(r))
     write("request_decode", "pretty_printed", json.dumps(REQUESTS["create_instance"],
                                                         indent=2).encode())
+    # A number past f64 in a field the op ignores (once accepted by the fast path only).
+    write("request_decode", "huge_number_in_unknown_field",
+          b'{"type":"request","id":"9","op":"CREATE_INSTANCE","params":{"machine":"m",'
+          b'"version":1,"initali_ctx":{"amount":5.6e66666}}}')
 
     tail = b"\n" + js(GUARD_CTX) + b"\n" + js(GUARD_PAYLOAD)
     for i, g in enumerate(GUARDS):

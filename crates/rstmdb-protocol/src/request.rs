@@ -317,6 +317,10 @@ pub fn decode_request(payload: &[u8]) -> Result<Request, RequestError> {
 /// with no repeated key, an object `params` that decodes as is); anything else — every
 /// error included — goes to [`decode_request_general`], which therefore alone defines the
 /// results and every error message. A property test checks the two agree.
+///
+/// Fields serde would skip (unknown keys, in the envelope or the params) also send a request
+/// to the general decoder: a skipped value is only scanned, so a number past f64 in it would
+/// pass here while the general decoder refuses the payload as JSON.
 mod fast {
     use super::{Command, MAX_REQUEST_ID_BYTES, Op, Request};
     use serde::Deserialize;
@@ -324,6 +328,7 @@ mod fast {
     use std::borrow::Cow;
 
     #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Envelope<'a> {
         #[serde(rename = "type", borrow)]
         _kind: Cow<'a, str>,
@@ -353,15 +358,24 @@ mod fast {
             return None;
         }
         let command = match envelope.op.parse::<Op>().ok()? {
-            Op::GetInstance => Command::GetInstance(serde_json::from_str(params).ok()?),
-            Op::ApplyEvent => Command::ApplyEvent(serde_json::from_str(params).ok()?),
-            Op::CreateInstance => Command::CreateInstance(serde_json::from_str(params).ok()?),
+            Op::GetInstance => Command::GetInstance(every_field(params)?),
+            Op::ApplyEvent => Command::ApplyEvent(every_field(params)?),
+            Op::CreateInstance => Command::CreateInstance(every_field(params)?),
             _ => return None,
         };
         Some(Request {
             id: envelope.id,
             command,
         })
+    }
+
+    /// `text` as a `T`, unless it does not decode or serde skipped any of its fields.
+    fn every_field<'de, T: Deserialize<'de>>(text: &'de str) -> Option<T> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut skipped = false;
+        let value = serde_ignored::deserialize(&mut de, |_| skipped = true).ok()?;
+        de.end().ok()?;
+        (!skipped).then_some(value)
     }
 }
 
