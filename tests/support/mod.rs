@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod scrape;
 
 use serde_json::{Map, Value, json};
 use std::collections::VecDeque;

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub tls_handshake_failures: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Requests held by the connections' ordering bookkeeping (`session::Ordering`): at most
+    /// the requests in flight, whatever a connection did before.
+    pub ordering_entries: AtomicI64,
     /// False once shutdown starts: `/readyz` answers 503.
     ready: AtomicBool,
 }
@@ -90,6 +93,7 @@ impl Default for Metrics {
             tls_handshake_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            ordering_entries: AtomicI64::new(0),
             ready: AtomicBool::new(true),
         }
     }
@@ -227,6 +231,12 @@ pub async fn render(shared: &Shared) -> String {
         "gauge",
         "Number of currently active connections",
         m.connections_active.load(Relaxed).max(0),
+    );
+    t.one(
+        "rstmdb_request_ordering_entries",
+        "gauge",
+        "Requests held by the connections' ordering bookkeeping (at most those in flight)",
+        m.ordering_entries.load(Relaxed).max(0),
     );
     t.head(
         "rstmdb_requests_total",

@@ -21,10 +21,9 @@ use crate::auth::{Principal, glob_match};
 use crate::authz;
 use crate::error::bad_request;
 use crate::handlers::{self, Payload};
-use crate::metrics::{Closure, SubKind, SubscriptionGuard};
+use crate::metrics::{Closure, Metrics, SubKind, SubscriptionGuard};
 use crate::server::Shared;
 use bytes::Bytes;
-use futures::future::{BoxFuture, Shared as SharedFuture};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use rstmdb_protocol::{
@@ -33,14 +32,15 @@ use rstmdb_protocol::{
 };
 use rstmdb_storage::{ChangeEvent, ChangeStream, WatchError};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -62,15 +62,66 @@ struct Outgoing {
 
 type Pending = Pin<Box<dyn Future<Output = Outgoing> + Send>>;
 
-/// Resolves when a request has finished (or was dropped).
-type Done = SharedFuture<BoxFuture<'static, ()>>;
+/// Marks one admitted request finished: set when its [`DoneGuard`] drops (the request ran,
+/// or its future was dropped), whether or not anything ever waits on it. Bookkeeping can
+/// therefore drop finished requests without polling anything.
+#[derive(Default)]
+struct Completion {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+type Done = Arc<Completion>;
+
+impl Completion {
+    fn is_done(&self) -> bool {
+        self.done.load(AtomicOrdering::Acquire)
+    }
+
+    /// Resolves once the request has finished.
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a finish between the two is not missed.
+            notified.as_mut().enable();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by a running request; dropping it marks the request finished.
+struct DoneGuard(Done);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.done.store(true, AtomicOrdering::Release);
+        self.0.notify.notify_waiters();
+    }
+}
+
+/// One admitted request, oldest first in [`Ordering::admitted`].
+struct Admitted {
+    done: Done,
+    /// The instance it is registered under in `by_instance`, if any.
+    instance: Option<Arc<str>>,
+}
 
 /// What a request must wait for before it runs (see the module docs).
-#[derive(Default)]
+///
+/// Holds only requests that are in flight: every entry is admitted in request order and
+/// released in the same order once it has finished ([`Ordering::release_finished`], called
+/// as answers are written), so a connection that lives for days and touches millions of
+/// instances keeps at most `max_inflight_per_connection` entries here.
 struct Ordering {
-    inflight: Vec<Done>,
+    admitted: VecDeque<Admitted>,
     barrier: Option<Done>,
-    by_instance: HashMap<String, Done>,
+    by_instance: HashMap<Arc<str>, Done>,
+    /// `rstmdb_request_ordering_entries`: the sum of `admitted.len()` over the connections.
+    gauge: Arc<Metrics>,
 }
 
 enum Scope<'a> {
@@ -83,32 +134,104 @@ enum Scope<'a> {
 }
 
 impl Ordering {
-    /// Registers a request; returns what it must wait for and the sender whose drop marks
+    fn new(gauge: Arc<Metrics>) -> Ordering {
+        Ordering {
+            admitted: VecDeque::new(),
+            barrier: None,
+            by_instance: HashMap::new(),
+            gauge,
+        }
+    }
+
+    /// Registers a request; returns what it must wait for and the guard whose drop marks
     /// it done.
-    fn admit(&mut self, scope: Scope<'_>) -> (Vec<Done>, oneshot::Sender<()>) {
-        self.inflight.retain(|d| d.peek().is_none());
-        self.by_instance.retain(|_, d| d.peek().is_none());
-        if self.barrier.as_ref().is_some_and(|b| b.peek().is_some()) {
+    fn admit(&mut self, scope: Scope<'_>) -> (Vec<Done>, DoneGuard) {
+        self.release_finished();
+        if self.barrier.as_ref().is_some_and(|b| b.is_done()) {
             self.barrier = None;
         }
-        let (tx, rx) = oneshot::channel::<()>();
-        let done: Done = rx.map(|_| ()).boxed().shared();
+        let done: Done = Arc::default();
+        let mut instance = None;
         let waits = match scope {
             Scope::Instance(id) => {
                 let mut w: Vec<Done> = self.barrier.iter().cloned().collect();
-                if let Some(prev) = self.by_instance.insert(id.to_owned(), done.clone()) {
+                let key: Arc<str> = Arc::from(id);
+                if let Some(prev) = self.by_instance.insert(key.clone(), done.clone())
+                    && !prev.is_done()
+                {
                     w.push(prev);
                 }
+                instance = Some(key);
                 w
             }
             Scope::Free => self.barrier.iter().cloned().collect(),
             Scope::Barrier => {
+                let w = self
+                    .admitted
+                    .iter()
+                    .filter(|a| !a.done.is_done())
+                    .map(|a| a.done.clone())
+                    .collect();
                 self.barrier = Some(done.clone());
-                self.inflight.clone()
+                w
             }
         };
-        self.inflight.push(done);
-        (waits, tx)
+        self.admitted.push_back(Admitted {
+            done: done.clone(),
+            instance,
+        });
+        self.gauge
+            .ordering_entries
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        (waits, DoneGuard(done))
+    }
+
+    /// Forgets the oldest requests while they have finished. Answers leave in request
+    /// order, so once a request's answer is taken every request admitted before it has
+    /// finished too and is dropped here.
+    fn release_finished(&mut self) {
+        let mut released = 0;
+        while self.admitted.front().is_some_and(|a| a.done.is_done()) {
+            let Some(a) = self.admitted.pop_front() else {
+                break;
+            };
+            released += 1;
+            if let Some(key) = a.instance
+                && self
+                    .by_instance
+                    .get(&key)
+                    .is_some_and(|d| Arc::ptr_eq(d, &a.done))
+            {
+                self.by_instance.remove(&key);
+            }
+            if self
+                .barrier
+                .as_ref()
+                .is_some_and(|b| Arc::ptr_eq(b, &a.done))
+            {
+                self.barrier = None;
+            }
+        }
+        if released > 0 {
+            self.gauge
+                .ordering_entries
+                .fetch_sub(released, AtomicOrdering::Relaxed);
+        }
+        debug_assert!(self.by_instance.len() <= self.admitted.len());
+    }
+
+    /// Entries held: admitted requests not yet released, and the instances they name.
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
+        (self.admitted.len(), self.by_instance.len())
+    }
+}
+
+impl Drop for Ordering {
+    fn drop(&mut self) {
+        self.gauge
+            .ordering_entries
+            .fetch_sub(self.admitted.len() as i64, AtomicOrdering::Relaxed);
     }
 }
 
@@ -353,6 +476,7 @@ pub async fn run<R, W>(
     );
     let (events_tx, mut events_rx) = mpsc::channel::<Bytes>(net.subscription_queue_depth);
     let overflow = Arc::new(Notify::new());
+    let ordering = Ordering::new(shared.metrics.clone());
     let mut s = Session {
         peer,
         principal,
@@ -362,7 +486,7 @@ pub async fn run<R, W>(
         closing: false,
         events_tx,
         overflow: overflow.clone(),
-        ordering: Ordering::default(),
+        ordering,
     };
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     // The wake-up sources live across loop turns: a fresh `changed()`/`notified()`/`sleep`
@@ -453,6 +577,9 @@ pub async fn run<R, W>(
                         next = pending.next().now_or_never().flatten();
                     }
                 }
+                // The answered requests leave the ordering bookkeeping now, whether or not a
+                // later request ever waited on them.
+                s.ordering.release_finished();
                 let flush = SinkExt::<Bytes>::flush(&mut writer);
                 if !written(flush, &mut overflowed, idle, s.peer, "responses").await {
                     break;
@@ -601,7 +728,7 @@ impl Session {
         let shared = self.shared.clone();
         Box::pin(async move {
             for w in waits {
-                w.await;
+                w.wait().await;
             }
             let out = work(shared);
             drop(done);
@@ -752,7 +879,7 @@ impl Session {
             let mode = self.mode;
             return Box::pin(async move {
                 for w in waits {
-                    w.await;
+                    w.wait().await;
                 }
                 let result =
                     match authz::check_instances(&shared, &principal, &req.command) {
@@ -1081,8 +1208,94 @@ impl AuditFields {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{Ordering, Scope, rfc3339};
+    use crate::metrics::Metrics;
+    use futures::FutureExt;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
+
+    /// The regression of issue 15: requests nobody waited on stayed in the bookkeeping until
+    /// the connection closed, and every admit scanned them all.
+    #[test]
+    fn ordering_forgets_requests_nobody_waited_on() {
+        let metrics = Arc::new(Metrics::default());
+        let mut o = Ordering::new(metrics.clone());
+        for n in 0..200_000u32 {
+            let id = format!("fresh-{n}");
+            let (waits, done) = o.admit(Scope::Instance(&id));
+            assert!(waits.is_empty(), "a fresh instance waits for nothing");
+            drop(done);
+            o.release_finished();
+            assert_eq!(o.sizes(), (0, 0), "after request {n}");
+        }
+        assert_eq!(metrics.ordering_entries.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn ordering_holds_at_most_the_requests_in_flight() {
+        let metrics = Arc::new(Metrics::default());
+        let mut o = Ordering::new(metrics.clone());
+        let mut in_flight = std::collections::VecDeque::new();
+        for n in 0..20_000u32 {
+            // Ten distinct instances in rotation, a barrier every 97th request.
+            let id = format!("i-{}", n % 10);
+            let scope = if n.is_multiple_of(97) {
+                Scope::Barrier
+            } else {
+                Scope::Instance(&id)
+            };
+            let (_, done) = o.admit(scope);
+            in_flight.push_back(done);
+            // Answers leave in order; keep up to 32 in flight.
+            while in_flight.len() > 32 {
+                drop(in_flight.pop_front());
+                o.release_finished();
+            }
+            let (admitted, instances) = o.sizes();
+            assert!(
+                admitted <= in_flight.len(),
+                "{admitted} > {}",
+                in_flight.len()
+            );
+            assert!(instances <= admitted);
+            assert_eq!(metrics.ordering_entries.load(Relaxed), admitted as i64);
+        }
+        in_flight.clear();
+        o.release_finished();
+        assert_eq!(o.sizes(), (0, 0));
+        drop(o);
+        assert_eq!(metrics.ordering_entries.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn ordering_waits_for_the_same_instance_and_barriers() {
+        let mut o = Ordering::new(Arc::new(Metrics::default()));
+        let (w1, d1) = o.admit(Scope::Instance("a"));
+        assert!(w1.is_empty());
+        let (w2, d2) = o.admit(Scope::Instance("b"));
+        assert!(w2.is_empty(), "another instance runs concurrently");
+        let (w3, d3) = o.admit(Scope::Instance("a"));
+        assert_eq!(w3.len(), 1, "a second op on `a` waits for the first");
+        let mut wait_a = Box::pin(w3[0].wait());
+        assert!(wait_a.as_mut().now_or_never().is_none());
+        drop(d1);
+        assert!(
+            wait_a.as_mut().now_or_never().is_some(),
+            "finished → released"
+        );
+        let (wb, db) = o.admit(Scope::Barrier);
+        assert_eq!(
+            wb.len(),
+            2,
+            "the barrier waits for everything unfinished before it"
+        );
+        let (wf, df) = o.admit(Scope::Free);
+        assert_eq!(wf.len(), 1, "later requests wait for the barrier");
+        drop((d2, d3, db, df));
+        o.release_finished();
+        assert_eq!(o.sizes(), (0, 0));
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {
