@@ -5,13 +5,20 @@
 //!     --workload apply|create|get|mixed|watch-fanout --seconds 5 \
 //!     [--rate OPS_PER_SEC] [--watchers N] [--server-pid PID] [--format json|text] \
 //!     [--tls-ca ca.pem [--server-name localhost] [--client-cert c.pem --client-key k.pem]] \
-//!     [--token TOKEN]
+//!     [--token TOKEN] [--threads N] [--pipeline N] [--instances N]
 //! ```
 //!
 //! Workloads: `apply` (durable APPLY_EVENT, each connection on its own instance), `create`
 //! (CREATE_INSTANCE with fresh ids), `get` (GET_INSTANCE), `mixed` (per request: 80 % GET,
 //! 15 % APPLY, 5 % CREATE), `watch-fanout` (APPLY load while `--watchers` connections each
 //! WATCH_ALL; reports events delivered per second and the event delay behind the write).
+//!
+//! Shapes: by default each connection drives its own instance from a client with one thread
+//! that sends every connection's request in one burst. What services do is closer to
+//! `--instances 1000 --threads 2`: a pool of instances shared by all connections, each
+//! request on a random one, from a client on several threads. Runs of 20 s and more also
+//! print a `drift` line comparing their first and last 10 s (ops/s, server CPU per op and
+//! RSS with `--server-pid`), which shows state that grows with a connection's history.
 //!
 //! Closed loop by default: every connection has one request in flight and sends the next as
 //! soon as the answer arrives. With `--rate`, requests are scheduled at a fixed total rate
@@ -80,6 +87,46 @@ struct Args {
     /// drives N instances, so its requests never wait on each other's instance lock.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pipeline: u64,
+    /// Instances shared by all connections, each request on a random one (created before
+    /// the run). Without it every connection (and pipeline slot) has an instance of its own.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    instances: Option<u64>,
+}
+
+/// splitmix64: a cheap, well-mixed pseudo-random sequence for picking instances (the load
+/// generator needs spread, not unpredictability).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id()))
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z % n.max(1) as u64) as usize
+    }
+}
+
+/// The instances a run drives: one per (connection, slot), or a shared pool.
+#[derive(Clone)]
+enum Instances {
+    Own,
+    Shared(Arc<Vec<String>>),
+}
+
+impl Instances {
+    /// The instance for request `n` of connection `i` in pipeline slot `slot`.
+    fn pick(&self, run: usize, i: usize, slot: usize, rng: &mut Rng) -> String {
+        match self {
+            Instances::Own => instance_name(run, i, slot),
+            Instances::Shared(pool) => pool[rng.below(pool.len())].clone(),
+        }
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -229,7 +276,13 @@ fn instance_name(run: usize, i: usize, slot: usize) -> String {
     }
 }
 
-async fn setup(t: &Target, connections: usize, run: usize, pipeline: usize) {
+async fn setup(
+    t: &Target,
+    connections: usize,
+    run: usize,
+    pipeline: usize,
+    shared: Option<u64>,
+) -> Instances {
     let mut c = connect(t).await;
     let def = json!({"states": ["a", "b"], "initial": "a", "transitions": [
         {"from": "a", "event": "GO", "to": "b"}, {"from": "b", "event": "GO", "to": "a"}]});
@@ -241,8 +294,13 @@ async fn setup(t: &Target, connections: usize, run: usize, pipeline: usize) {
     )
     .await
     .unwrap_or_else(|e| fail(e));
-    for (i, slot) in (0..connections).flat_map(|i| (0..pipeline).map(move |s| (i, s))) {
-        let id = instance_name(run, i, slot);
+    let names: Vec<String> = match shared {
+        Some(n) => (0..n).map(|j| format!("bench-{run}-s{j}")).collect(),
+        None => (0..connections)
+            .flat_map(|i| (0..pipeline).map(move |s| instance_name(run, i, s)))
+            .collect(),
+    };
+    for id in &names {
         let r = call(
             &mut c,
             2,
@@ -255,6 +313,10 @@ async fn setup(t: &Target, connections: usize, run: usize, pipeline: usize) {
         {
             fail(e);
         }
+    }
+    match shared {
+        Some(_) => Instances::Shared(Arc::new(names)),
+        None => Instances::Own,
     }
 }
 
@@ -326,25 +388,115 @@ fn spawn_watchers(
         .collect()
 }
 
+/// Operations of a run, counted as they complete (for the drift samples).
+#[derive(Default)]
+struct Counters {
+    completed: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Runs of at least this many seconds print a `drift` line.
+const DRIFT_MIN_SECS: u64 = 20;
+/// The windows the drift line compares: the first and the last this many seconds.
+const DRIFT_WINDOW: Duration = Duration::from_secs(10);
+
+/// One reading taken every second during a run.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Duration,
+    completed: u64,
+    server_cpu: Option<f64>,
+    server_rss_kib: Option<u64>,
+}
+
+/// Resident set size of a process (VmRSS from `/proc/PID/status`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Takes a [`Sample`] every second from `started` until `deadline`.
+async fn sample_run(
+    counters: Arc<Counters>,
+    server_pid: Option<u32>,
+    started: Instant,
+    deadline: Instant,
+) -> Vec<Sample> {
+    let take = || Sample {
+        at: started.elapsed(),
+        completed: counters.completed.load(Ordering::Relaxed),
+        server_cpu: server_pid.and_then(cpu_secs),
+        server_rss_kib: server_pid.and_then(rss_kib),
+    };
+    let mut samples = vec![take()];
+    let mut tick = tokio::time::interval_at(
+        (started + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    while Instant::now() < deadline {
+        tick.tick().await;
+        samples.push(take());
+    }
+    samples
+}
+
+/// The `drift` object: the first and last [`DRIFT_WINDOW`] of a run side by side.
+fn drift(samples: &[Sample]) -> Option<Value> {
+    let last = *samples.last()?;
+    let first_end = *samples.iter().find(|s| s.at >= DRIFT_WINDOW)?;
+    let last_start = *samples
+        .iter()
+        .rev()
+        .find(|s| s.at + DRIFT_WINDOW <= last.at)?;
+    let window = |a: Sample, b: Sample| {
+        let secs = (b.at - a.at).as_secs_f64();
+        let ops = b.completed.saturating_sub(a.completed) as f64;
+        let cpu = match (a.server_cpu, b.server_cpu) {
+            (Some(x), Some(y)) if ops > 0.0 => Some(((y - x) / ops * 1e7).round() / 10.0),
+            _ => None,
+        };
+        json!({
+            "ops_per_sec": (ops / secs.max(1e-9)).round(),
+            "server_cpu_us_per_op": cpu,
+            "server_rss_kib_at_end": b.server_rss_kib,
+        })
+    };
+    let first = window(samples[0], first_end);
+    let end = window(last_start, last);
+    let ratio = match (first["ops_per_sec"].as_f64(), end["ops_per_sec"].as_f64()) {
+        (Some(a), Some(b)) if a > 0.0 => json!((b / a * 1000.0).round() / 1000.0),
+        _ => Value::Null,
+    };
+    Some(json!({
+        "first_10s": first,
+        "last_10s": end,
+        "last_over_first_ops": ratio,
+        "server_rss_kib_at_start": samples[0].server_rss_kib,
+    }))
+}
+
 /// Closed loop with `depth` requests in flight on one connection. Responses come back in
 /// request order (protocol.md), so request n drives instance slot n mod depth and a slot
 /// never has two requests in flight.
+#[allow(clippy::too_many_arguments)]
 async fn pipelined(
     conn: &mut Conn,
     workload: &str,
     i: usize,
     run: usize,
     depth: usize,
+    instances: &Instances,
     deadline: Instant,
-    errors: &AtomicU64,
+    counters: &Counters,
 ) -> Vec<Duration> {
-    let instances: Vec<String> = (0..depth).map(|s| instance_name(run, i, s)).collect();
     let mut inflight: std::collections::VecDeque<(u64, Instant)> = Default::default();
     let mut lat = Vec::new();
     let mut n = 0u64;
-    let send_next = |n: u64| {
-        let instance = &instances[(n as usize - 1) % depth];
-        request(workload, i, n, instance, run)
+    let mut rng = Rng::new(i as u64);
+    let mut send_next = |n: u64| {
+        let instance = instances.pick(run, i, (n as usize - 1) % depth, &mut rng);
+        request(workload, i, n, &instance, run)
     };
     while inflight.len() < depth {
         n += 1;
@@ -378,10 +530,11 @@ async fn pipelined(
         }
         if v["status"] == "ok" {
             lat.push(t0.elapsed());
+            counters.completed.fetch_add(1, Ordering::Relaxed);
         } else {
             let e = v["error"].to_string();
             if e.contains("RATE_LIMITED") || e.contains("CONFLICT") {
-                errors.fetch_add(1, Ordering::Relaxed);
+                counters.errors.fetch_add(1, Ordering::Relaxed);
             } else {
                 fail(e);
             }
@@ -401,7 +554,7 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     if depth > 1 && (args.rate.is_some() || args.workload == "watch-fanout") {
         fail("--pipeline works only in the closed loop, without --rate or watch-fanout");
     }
-    setup(t, connections, run, depth).await;
+    let instances = setup(t, connections, run, depth, args.instances).await;
     let epoch = Instant::now();
     let fanout = args.workload == "watch-fanout";
     let stop = Instant::now() + Duration::from_secs(args.seconds);
@@ -417,7 +570,15 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     let cpu_before = args.server_pid.and_then(cpu_secs);
     let own_cpu_before = cpu_secs(std::process::id());
     let started = Instant::now();
-    let errors = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
+    let sampler = (args.seconds >= DRIFT_MIN_SECS).then(|| {
+        tokio::spawn(sample_run(
+            counters.clone(),
+            args.server_pid,
+            started,
+            deadline,
+        ))
+    });
     let interval = args
         .rate
         .filter(|r| *r > 0.0)
@@ -426,13 +587,17 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
     for i in 0..connections {
         let t = t.clone();
         let workload = args.workload.clone();
-        let errors = errors.clone();
+        let counters = counters.clone();
+        let instances = instances.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = connect(&t).await;
             if depth > 1 {
-                return pipelined(&mut conn, &workload, i, run, depth, deadline, &errors).await;
+                return pipelined(
+                    &mut conn, &workload, i, run, depth, &instances, deadline, &counters,
+                )
+                .await;
             }
-            let instance = instance_name(run, i, 0);
+            let mut rng = Rng::new(i as u64);
             let mut lat = Vec::new();
             let mut n = 0u64;
             // Spread the connections' schedules over one interval.
@@ -448,14 +613,18 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
                     }
                     _ => Instant::now(),
                 };
+                let instance = instances.pick(run, i, 0, &mut rng);
                 let (op, mut params) = request(&workload, i, n, &instance, run);
                 if fanout {
                     params["payload"] = json!({"t_us": epoch.elapsed().as_micros() as u64});
                 }
                 match call(&mut conn, n, op, params).await {
-                    Ok(_) => lat.push(t0.elapsed()),
+                    Ok(_) => {
+                        lat.push(t0.elapsed());
+                        counters.completed.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) if e.contains("RATE_LIMITED") || e.contains("CONFLICT") => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => fail(e),
                 }
@@ -482,9 +651,11 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
         "workload": args.workload,
         "connections": connections,
         "pipeline": depth,
+        "instances": args.instances,
+        "threads": args.threads,
         "target_rate": args.rate,
         "ops": all.len(),
-        "errors": errors.load(Ordering::Relaxed),
+        "errors": counters.errors.load(Ordering::Relaxed),
         "ops_per_sec": (ops / secs).round(),
         "p50_us": pct(&all, 0.5),
         "p99_us": pct(&all, 0.99),
@@ -493,6 +664,10 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
         "server_cpu_us_per_op": cpu_us_per_op,
         "client_cpu_us_per_op": client_cpu_us_per_op,
     });
+    if let Some(sampler) = sampler {
+        let samples = sampler.await.unwrap_or_else(|e| fail(e));
+        out["drift"] = drift(&samples).unwrap_or(Value::Null);
+    }
     if fanout {
         let mut events = 0u64;
         let mut delays = Vec::new();
@@ -541,6 +716,19 @@ async fn run_one(args: &Args, t: &Target, connections: usize, run: usize) {
                 String::new()
             }
         );
+        let d = &o["drift"];
+        if !d.is_null() {
+            println!(
+                "drift        first 10 s: ops/s={} cpu/op={}µs  last 10 s: ops/s={} cpu/op={}µs  last/first={}  server RSS {} → {} KiB",
+                d["first_10s"]["ops_per_sec"],
+                d["first_10s"]["server_cpu_us_per_op"],
+                d["last_10s"]["ops_per_sec"],
+                d["last_10s"]["server_cpu_us_per_op"],
+                d["last_over_first_ops"],
+                d["server_rss_kib_at_start"],
+                d["last_10s"]["server_rss_kib_at_end"],
+            );
+        }
     } else {
         println!("{out}");
     }
