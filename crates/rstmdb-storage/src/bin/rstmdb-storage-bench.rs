@@ -8,7 +8,15 @@
 //! rstmdb-storage-bench writer  --dir D [--tasks 16] [--key-file K]
 //! rstmdb-storage-bench open    --dir D [--probe ID]      (used by `restart`)
 //! rstmdb-storage-bench fill    --dir D [--megabytes 1024] [--ctx-bytes 4096]
+//! rstmdb-storage-bench sled    --dir D [--keys 400000] [--batch 8192]
 //! ```
+//!
+//! `sled` measures sled alone, the way the write overlay uses it (`crate::store`): batches of
+//! `--batch` keys through `apply_batch`, with the epoch collection the store runs after each.
+//! Three shapes, each printed as CPU µs per key: `fresh` (keys never seen, in the order a
+//! CREATE_INSTANCE load makes them: an instance key with a ~200-byte value and an empty
+//! by-state index key), `overwrite` (the same 2,000 keys rewritten, as APPLY_EVENT on 1,000
+//! instances does), and `fresh_sorted` (fresh keys in ascending order).
 //!
 //! `fill` creates instances of machine `bench` (each with a `ctx-bytes` padding) in atomic
 //! batches of 100 until about `megabytes` of context is stored, then checkpoints and closes:
@@ -419,6 +427,80 @@ async fn fill(dir: PathBuf, megabytes: u64, ctx_bytes: usize) {
     );
 }
 
+/// The two keys one CREATE_INSTANCE adds (instance, by-state index) for instance `n`.
+type KeysOf = Box<dyn Fn(usize) -> [Vec<u8>; 2]>;
+
+/// See the module docs (`sled` mode).
+fn bench_sled(dir: &std::path::Path, keys: usize, batch: usize) {
+    let value = vec![b'v'; 200];
+    // Interleaved connections' ids, as rstmdb-bench's create workload names them.
+    let fresh = |n: usize| -> [Vec<u8>; 2] {
+        let id = format!("bench-0-{}-{}-4242", n % 16, n / 16);
+        [
+            format!("i\0{id}").into_bytes(),
+            format!("s\0bench\0a\0{id}").into_bytes(),
+        ]
+    };
+    let shapes: [(&str, KeysOf); 3] = [
+        ("fresh", Box::new(fresh)),
+        ("overwrite", Box::new(move |n: usize| fresh(n % 1000))),
+        (
+            "fresh_sorted",
+            Box::new(|n: usize| {
+                [
+                    format!("i\0sorted-{n:012}").into_bytes(),
+                    format!("s\0bench\0a\0sorted-{n:012}").into_bytes(),
+                ]
+            }),
+        ),
+    ];
+    for (name, key_of) in shapes {
+        let path = dir.join(format!("sled-{name}"));
+        let _ = std::fs::remove_dir_all(&path);
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(128 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .unwrap_or_else(|e| fail(e));
+        let cpu0 = cpu_micros();
+        let t0 = Instant::now();
+        let mut written = 0usize;
+        let mut n = 0usize;
+        while written < keys {
+            let mut b = sled::Batch::default();
+            let mut in_batch = 0;
+            while in_batch < batch && written < keys {
+                let [k1, k2] = key_of(n);
+                b.insert(k1, value.clone());
+                b.insert(k2, Vec::new());
+                n += 1;
+                in_batch += 2;
+                written += 2;
+            }
+            db.apply_batch(b).unwrap_or_else(|e| fail(e));
+            for _ in 0..in_batch / 64 + 16 {
+                crossbeam_epoch::pin().flush();
+            }
+        }
+        let cpu = cpu_micros().saturating_sub(cpu0) as f64;
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            json!({
+                "mode": "sled",
+                "shape": name,
+                "keys": written,
+                "batch": batch,
+                "cpu_us_per_key": (cpu / written as f64 * 100.0).round() / 100.0,
+                "keys_per_sec": (written as f64 / secs).round(),
+            })
+        );
+        drop(db);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_default();
@@ -457,6 +539,15 @@ fn main() {
                 bench_restart(dir, n).await;
             }
             "open" => open_only(dir, arg(&args, "--probe")),
+            "sled" => bench_sled(
+                &dir,
+                arg(&args, "--keys")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(400_000),
+                arg(&args, "--batch")
+                    .map(|s| s.parse().unwrap_or_else(|e| fail(e)))
+                    .unwrap_or(8192),
+            ),
             "crypto" => bench_crypto(
                 &arg(&args, "--bytes").unwrap_or_else(|| "300,1300".into()),
                 arg(&args, "--iterations")
