@@ -1,6 +1,6 @@
 //! The commit pipeline: the only writer of the WAL and of sled.
 //!
-//! Two threads, each owning one structure:
+//! Two stages, each owning one structure:
 //!
 //! - the **log stage** owns the WAL. Requests queue on a bounded channel (backpressure). When
 //!   it wakes it takes every request waiting, writes their records with one `write`, makes
@@ -11,8 +11,11 @@
 //!   store's overlay, which reaches sled in large batches (`crate::store`) — publishes the
 //!   new end of the log to readers, broadcasts watch events, and only then acknowledges.
 //!
-//! The stages overlap: while group N is applied, group N+1 is already being synced, so the
-//! fsync wait and the apply work no longer add up. Guarantees:
+//! The log stage runs on its thread; the apply stage runs on a thread of its own for large
+//! groups, so that while group N is applied group N+1 is already being synced and the fsync
+//! wait and the apply work do not add up, and on the log stage's thread for small groups when
+//! its own thread is idle, which saves a thread wake-up or two per group ([`ApplyHandoff`]).
+//! Either way one message at a time, in the order the log stage made them. Guarantees:
 //!
 //! - a change is visible (reads, WAL_READ, watchers, the response) only once durable under
 //!   the fsync policy, and sled never holds a change whose record is not in the WAL file;
@@ -205,7 +208,7 @@ pub(crate) struct LogStage {
     policy: FsyncPolicy,
     stats: Arc<CommitStats>,
     poison: Arc<Poison>,
-    to_apply: std::sync::mpsc::SyncSender<ApplyMsg>,
+    to_apply: ApplyHandoff,
     /// Highest sequence handed to the apply stage (it may be applied and acknowledged).
     handed_seq: u64,
     checkpoint_due: Box<dyn Fn() + Send>,
@@ -222,21 +225,96 @@ pub(crate) struct CheckpointTrigger {
     pub size_threshold_bytes: u64,
 }
 
-/// Builds both stages. Run the apply stage's `run` on one thread and the log stage's on
+/// Groups of at most this many records are applied on the log stage's thread when the apply
+/// thread has nothing queued: for them the wake-up of a second thread (and, under
+/// `every_write`, the wake-up for `Durable`) costs more than the overlap with the next sync
+/// saves (measured: one connection's durable APPLY 273–304 → 223–227 µs of server CPU).
+/// Larger groups go to the apply thread, which applies them while the log stage writes and
+/// syncs the next (keeping the inline path for every group cost 20 % of the durable
+/// throughput at 64 connections).
+const INLINE_GROUP_RECORDS: usize = 8;
+
+/// How the log stage hands what it wrote to the apply stage: on the apply stage's thread,
+/// or, when that is idle and the work is small, on its own (see [`INLINE_GROUP_RECORDS`]).
+/// Either way one message at a time under `stage`'s lock, in the order the log stage made
+/// them: a message is handled inline only when none sent to the thread is still unhandled.
+struct ApplyHandoff {
+    stage: Arc<Mutex<ApplyStage>>,
+    tx: std::sync::mpsc::SyncSender<ApplyMsg>,
+    /// Messages sent to the apply thread and not yet handled by it.
+    queued: Arc<AtomicU64>,
+}
+
+impl ApplyHandoff {
+    /// Hands `msg` over (inline if `small` and nothing is queued); gives it back if the apply
+    /// stage is gone.
+    fn hand(&mut self, msg: ApplyMsg, small: bool) -> Result<(), ApplyMsg> {
+        if small && self.queued.load(Ordering::Acquire) == 0 {
+            return match self.stage.lock() {
+                Ok(mut stage) => {
+                    stage.handle(msg);
+                    Ok(())
+                }
+                Err(_) => Err(msg),
+            };
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(msg).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            e.0
+        })
+    }
+}
+
+/// The apply stage's own thread: run it with [`ApplyThread::run`].
+pub(crate) struct ApplyThread {
+    stage: Arc<Mutex<ApplyStage>>,
+    rx: std::sync::mpsc::Receiver<ApplyMsg>,
+    queued: Arc<AtomicU64>,
+}
+
+impl ApplyThread {
+    /// Handles what the log stage sends, in order, until the log stage stops.
+    pub fn run(self) {
+        for msg in self.rx {
+            let Ok(mut stage) = self.stage.lock() else {
+                tracing::error!("apply stage lock poisoned; stopping");
+                return;
+            };
+            stage.handle(msg);
+            drop(stage);
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Ok(stage) = self.stage.lock() {
+            tracing::debug!(high_water = stage.high_water, "apply stage stopped");
+        }
+    }
+}
+
+/// Builds both stages. Run the apply thread's `run` on one thread and the log stage's on
 /// another.
 pub(crate) fn pipeline(
     wal: Wal,
     apply: ApplyStage,
     policy: FsyncPolicy,
     trigger: CheckpointTrigger,
-) -> (LogStage, ApplyStage, std::sync::mpsc::Receiver<ApplyMsg>) {
-    let (to_apply, from_log) = std::sync::mpsc::sync_channel(APPLY_QUEUE_GROUPS);
+) -> (LogStage, ApplyThread) {
     let handed_seq = wal.last_seq().max(apply.high_water);
+    let (stats, poison) = (apply.stats.clone(), apply.poison.clone());
+    let (tx, rx) = std::sync::mpsc::sync_channel(APPLY_QUEUE_GROUPS);
+    let stage = Arc::new(Mutex::new(apply));
+    let queued = Arc::new(AtomicU64::new(0));
+    let to_apply = ApplyHandoff {
+        stage: stage.clone(),
+        tx,
+        queued: queued.clone(),
+    };
+    let thread = ApplyThread { stage, rx, queued };
     let log = LogStage {
         wal,
         policy,
-        stats: apply.stats.clone(),
-        poison: apply.poison.clone(),
+        stats,
+        poison,
         to_apply,
         handed_seq,
         checkpoint_due: trigger.due,
@@ -245,7 +323,7 @@ pub(crate) fn pipeline(
         unsynced_records: 0,
         last_sync: Instant::now(),
     };
-    (log, apply, from_log)
+    (log, thread)
 }
 
 impl LogStage {
@@ -322,9 +400,9 @@ impl LogStage {
                 self.stats
                     .bytes_since_checkpoint
                     .store(0, Ordering::Relaxed);
-                if let Err(std::sync::mpsc::SendError(ApplyMsg::Checkpoint { reply, .. })) = self
+                if let Err(ApplyMsg::Checkpoint { reply, .. }) = self
                     .to_apply
-                    .send(ApplyMsg::Checkpoint { seq, now_ms, reply })
+                    .hand(ApplyMsg::Checkpoint { seq, now_ms, reply }, true)
                 {
                     let _ = reply.send(Err("the apply stage stopped".into()));
                 }
@@ -420,13 +498,15 @@ impl LogStage {
         };
         self.handed_seq = last_seq;
         // Hand the group over before syncing, so that it is planned while the disk works.
-        if let Err(std::sync::mpsc::SendError(ApplyMsg::Group { group, .. })) =
-            self.to_apply.send(ApplyMsg::Group {
+        let small = group.len() <= INLINE_GROUP_RECORDS;
+        if let Err(ApplyMsg::Group { group, .. }) = self.to_apply.hand(
+            ApplyMsg::Group {
                 first_seq,
                 group,
                 durable: !must_sync,
-            })
-        {
+            },
+            small,
+        ) {
             fail_all(group, CommitError::Apply("the apply stage stopped".into()));
             return;
         }
@@ -440,7 +520,7 @@ impl LogStage {
                     }
                 }
             };
-            let _ = self.to_apply.send(msg);
+            let _ = self.to_apply.hand(msg, small);
         }
 
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
@@ -535,58 +615,55 @@ impl ApplyStage {
         }
     }
 
-    /// Applies groups and checkpoint marks in the order the log stage sent them, until it
-    /// stops.
-    pub fn run(mut self, rx: std::sync::mpsc::Receiver<ApplyMsg>) {
-        for msg in rx {
-            match msg {
-                ApplyMsg::Group {
+    /// One message from the log stage, on the apply thread or inline on the log stage's
+    /// ([`ApplyHandoff`]), always in the order the log stage sent them.
+    fn handle(&mut self, msg: ApplyMsg) {
+        match msg {
+            ApplyMsg::Group {
+                first_seq,
+                group,
+                durable: true,
+            } => {
+                // Poisoned: nothing more reaches the store (or readers).
+                if let Some(reason) = self.poison.get() {
+                    fail_all(group, CommitError::Apply(reason));
+                    return;
+                }
+                let r = self.apply_group(&group, first_seq);
+                self.complete(first_seq, group, r);
+            }
+            ApplyMsg::Group {
+                first_seq,
+                group,
+                durable: false,
+            } => {
+                let batch = self.plan_group(&group, first_seq);
+                self.waiting.push_back(Planned {
                     first_seq,
                     group,
-                    durable: true,
-                } => {
-                    // Poisoned: nothing more reaches the store (or readers).
-                    if let Some(reason) = self.poison.get() {
-                        fail_all(group, CommitError::Apply(reason));
-                        continue;
+                    batch,
+                });
+            }
+            ApplyMsg::Durable { up_to } => {
+                while self
+                    .waiting
+                    .front()
+                    .is_some_and(|p| p.first_seq + p.group.len() as u64 - 1 <= up_to)
+                {
+                    if let Some(p) = self.waiting.pop_front() {
+                        self.finish_planned(p);
                     }
-                    let r = self.apply_group(&group, first_seq);
-                    self.complete(first_seq, group, r);
-                }
-                ApplyMsg::Group {
-                    first_seq,
-                    group,
-                    durable: false,
-                } => {
-                    let batch = self.plan_group(&group, first_seq);
-                    self.waiting.push_back(Planned {
-                        first_seq,
-                        group,
-                        batch,
-                    });
-                }
-                ApplyMsg::Durable { up_to } => {
-                    while self
-                        .waiting
-                        .front()
-                        .is_some_and(|p| p.first_seq + p.group.len() as u64 - 1 <= up_to)
-                    {
-                        if let Some(p) = self.waiting.pop_front() {
-                            self.finish_planned(p);
-                        }
-                    }
-                }
-                ApplyMsg::Failed { error } => {
-                    for p in self.waiting.drain(..) {
-                        fail_all(p.group, CommitError::Wal(error.clone()));
-                    }
-                }
-                ApplyMsg::Checkpoint { seq, now_ms, reply } => {
-                    let _ = reply.send(self.checkpoint(seq, now_ms));
                 }
             }
+            ApplyMsg::Failed { error } => {
+                for p in self.waiting.drain(..) {
+                    fail_all(p.group, CommitError::Wal(error.clone()));
+                }
+            }
+            ApplyMsg::Checkpoint { seq, now_ms, reply } => {
+                let _ = reply.send(self.checkpoint(seq, now_ms));
+            }
         }
-        tracing::debug!(high_water = self.high_water, "apply stage stopped");
     }
 
     fn finish_planned(&mut self, p: Planned) {

@@ -530,7 +530,7 @@ impl Database {
                 .checkpoint_size_threshold_mb
                 .saturating_mul(1024 * 1024),
         };
-        let (log, apply, apply_rx) = pipeline(wal, apply, config.fsync_policy, trigger);
+        let (log, apply) = pipeline(wal, apply, config.fsync_policy, trigger);
 
         let limits = InstanceLimits {
             max_ctx_bytes: config.max_ctx_bytes,
@@ -559,7 +559,7 @@ impl Database {
         database.load_machines()?;
 
         let mut threads = vec![
-            spawn_named("rstmdb-apply", move || apply.run(apply_rx))?,
+            spawn_named("rstmdb-apply", move || apply.run())?,
             spawn_named("rstmdb-log", move || log.run(commit_rx))?,
         ];
         if let FsyncPolicy::EveryMs(ms) = database.inner.config.fsync_policy {
