@@ -724,3 +724,110 @@ fn unwatch_of_an_unknown_subscription_warns_and_succeeds() {
     let j = c.run(&["--json", "unwatch", "sub-nope"]).json();
     assert_eq!(j["removed"], false);
 }
+
+// ---- 0.3.0 additions: replication-status, flush-all -------------------------------------------
+
+#[test]
+fn replication_status_on_a_standalone_server_prints_the_reference_sentence() {
+    let (_s, c) = setup();
+    assert_eq!(
+        c.run(&["replication-status"]).ok(),
+        "Server is not configured for replication\n"
+    );
+    assert_eq!(
+        c.run(&["replication-status", "--json"]).json(),
+        json!({"role": "standalone"})
+    );
+}
+
+#[test]
+fn flush_all_piped_runs_without_asking_and_reports_the_counts() {
+    let s = Server::with_config(json!({"storage": {"allow_flush_all": true}}));
+    let c = Cli::new(&s);
+    let def = c.file("order.json", ORDER);
+    c.run(&["put-machine", "-n", "order", "-v", "1", &format!("@{def}")])
+        .ok();
+    c.run(&["create-instance", "-m", "order", "-V", "1", "-i", "a"])
+        .ok();
+    // stdin is not a terminal (run_cli gives /dev/null): no prompt, as 0.3.0's scripts expect.
+    let r = c.run(&["flush-all"]);
+    assert_eq!(
+        r.ok(),
+        "Database flushed\n  Instances removed: 1\n  Machines removed: 1\n"
+    );
+    assert_eq!(r.stderr, "", "no prompt when piped");
+    assert_eq!(
+        c.run(&["flush-all", "--json"]).json(),
+        json!({"flushed": true, "instances_removed": 0, "machines_removed": 0})
+    );
+    assert_eq!(c.run(&["list-machines"]).ok(), "No machines registered\n");
+}
+
+#[test]
+fn flush_all_refused_by_the_server_exits_1_with_its_message() {
+    let (_s, c) = setup();
+    let err = c.run(&["flush-all", "--yes"]).fails_with(1).to_string();
+    assert!(
+        err.contains("BAD_REQUEST") || err.contains("allow_flush_all"),
+        "{err}"
+    );
+}
+
+/// Runs `rstmdb-cli -s <server> <args>` on a pseudo-terminal (util-linux `script`), typing
+/// `typed` into it. Returns exit code and everything the terminal showed.
+fn on_terminal(c: &Cli, args: &[&str], typed: &str) -> (Option<i32>, String) {
+    let mut line = format!("{} -s {}", cli_bin().display(), c.server);
+    for a in args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    let mut cmd = std::process::Command::new("script");
+    scrub_env(&mut cmd);
+    cmd.env("HOME", c.home())
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("util-linux `script` runs the CLI on a terminal");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        // Typed once the prompt is up: the pty would otherwise echo it before the CLI starts.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stdin.write_all(typed.as_bytes()).expect("type");
+    }
+    let out = child.wait_with_output().expect("script finishes");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
+    )
+}
+
+#[test]
+fn flush_all_on_a_terminal_asks_and_a_no_keeps_everything() {
+    let s = Server::with_config(json!({"storage": {"allow_flush_all": true}}));
+    let c = Cli::new(&s);
+    let def = c.file("order.json", ORDER);
+    c.run(&["put-machine", "-n", "order", "-v", "1", &format!("@{def}")])
+        .ok();
+
+    let (code, shown) = on_terminal(&c, &["flush-all"], "n\n");
+    assert!(shown.contains("Continue? [y/N]"), "{shown}");
+    assert!(shown.contains("Aborted: nothing was flushed"), "{shown}");
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(c.run(&["list-machines"]).ok().contains("order v1"));
+
+    let (code, shown) = on_terminal(&c, &["flush-all"], "yes\n");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("Machines removed: 1"), "{shown}");
+
+    c.run(&["put-machine", "-n", "order", "-v", "1", &format!("@{def}")])
+        .ok();
+    // --yes: no question even on a terminal.
+    let (code, shown) = on_terminal(&c, &["flush-all", "--yes"], "");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(!shown.contains("Continue?"), "{shown}");
+    assert!(shown.contains("Machines removed: 1"), "{shown}");
+}

@@ -146,6 +146,15 @@ pub enum Cmd {
         #[arg(short = 'f', long)]
         force: bool,
     },
+    /// Show the node's replication role and, on a primary or replica, its progress.
+    ReplicationStatus,
+    /// Remove every machine and instance (the server must allow it). Asks for confirmation
+    /// when stdin is a terminal; piped or scripted runs are not asked.
+    FlushAll {
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
     /// Print the SHA-256 of a token, for the server's token list (offline).
     HashToken {
         /// The token.

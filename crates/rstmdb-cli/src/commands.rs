@@ -1,5 +1,6 @@
 //! One-shot subcommands: one connection, one request (or a few), human or `--json` output.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use futures::StreamExt;
@@ -43,6 +44,12 @@ pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
         }
         Cmd::RestoreInstance(a) => return crate::backup::restore_instance(cli, a).await,
         Cmd::RestoreMachine(a) => return crate::backup::restore_machine(cli, a).await,
+        Cmd::FlushAll { yes: false }
+            if std::io::stdin().is_terminal() && !confirm_flush(&cli.server)? =>
+        {
+            eprintln!("Aborted: nothing was flushed");
+            return Ok(ExitCode::FAILURE);
+        }
         _ => {}
     }
 
@@ -262,6 +269,24 @@ pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
             });
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::ReplicationStatus => {
+            let r = client.replication_status().await?;
+            print(json_out, &r, || {
+                for l in output::replication_status(&r) {
+                    line(l);
+                }
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::FlushAll { .. } => {
+            let r = client.flush_all().await?;
+            print(json_out, &r, || {
+                line("Database flushed");
+                line(format!("  Instances removed: {}", r.instances_removed));
+                line(format!("  Machines removed: {}", r.machines_removed));
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::WatchInstance(a) => watch_instance(client, a, json_out).await,
         Cmd::WatchAll(a) => watch_all(client, a, json_out).await,
         Cmd::Unwatch { subscription_id } => {
@@ -289,6 +314,26 @@ pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Asks on the terminal before FLUSH_ALL; true only for `y` or `yes`. An unreadable stdin
+/// (closed mid-prompt) is a refusal, never a flush.
+fn confirm_flush(server: &str) -> Result<bool, CliError> {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "This removes every machine and instance on {server}. Continue? [y/N] "
+    );
+    let _ = err.flush();
+    let mut answer = String::new();
+    match std::io::stdin().read_line(&mut answer) {
+        Ok(_) => Ok(matches!(
+            answer.trim().to_ascii_lowercase().as_str(),
+            "y" | "yes"
+        )),
+        Err(e) => Err(CliError::Input(format!("reading the confirmation: {e}"))),
     }
 }
 

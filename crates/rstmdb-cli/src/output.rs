@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use rstmdb_client::{Event, WalRecord};
+use rstmdb_client::{Event, ReplicationStatusResult, WalRecord};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -113,11 +113,156 @@ pub fn definition_counts(definition: &Value) -> (usize, usize) {
     (count("states"), count("transitions"))
 }
 
+/// The `replication-status` lines: 0.3.0's layout for each role (a table of replicas on a
+/// primary, lag on a replica, one sentence on a standalone node), then any field beyond
+/// 0.3.0's as `  name: value`, then (as 0.3.0) an empty line after the table.
+pub fn replication_status(r: &ReplicationStatusResult) -> Vec<String> {
+    let extra = r.extra.iter().map(|(k, v)| match v {
+        Value::String(s) => format!("  {k}: {s}"),
+        other => format!("  {k}: {other}"),
+    });
+    match r.role.as_str() {
+        "standalone" => {
+            let mut lines = vec!["Server is not configured for replication".to_owned()];
+            lines.extend(extra);
+            lines
+        }
+        "primary" => {
+            let mut lines = vec![
+                "Replication status".to_owned(),
+                "  Role:                primary".to_owned(),
+                format!(
+                    "  Mode:                {}",
+                    r.mode.as_deref().unwrap_or("?")
+                ),
+                format!("  Primary sequence:    {}", r.primary_sequence.unwrap_or(0)),
+                format!(
+                    "  Connected replicas:  {}",
+                    r.connected_replicas.unwrap_or(0)
+                ),
+            ];
+            lines.extend(extra);
+            lines.push(String::new());
+            match r.replicas.as_deref() {
+                Some(list) if !list.is_empty() => {
+                    lines.push(format!(
+                        "  {:<20} {:>14} {:>14}",
+                        "REPLICA-ID", "LAST-ACKED", "LAG-ENTRIES"
+                    ));
+                    for rep in list {
+                        lines.push(format!(
+                            "  {:<20} {:>14} {:>14}",
+                            rep.replica_id, rep.last_acked_sequence, rep.lag_entries
+                        ));
+                    }
+                }
+                _ => lines.push("  (no replicas connected)".to_owned()),
+            }
+            lines.push(String::new());
+            lines
+        }
+        "replica" => {
+            let mut lines = vec![
+                "Replication status".to_owned(),
+                "  Role:              replica".to_owned(),
+                format!(
+                    "  Upstream:          {}",
+                    r.upstream.as_deref().unwrap_or("?")
+                ),
+                format!("  Primary sequence:  {}", r.primary_sequence.unwrap_or(0)),
+                format!(
+                    "  Last applied:      {}",
+                    r.last_applied_sequence.unwrap_or(0)
+                ),
+                format!("  Lag (entries):     {}", r.lag_entries.unwrap_or(0)),
+                format!("  Lag (seconds):     {:.3}", r.lag_seconds.unwrap_or(0.0)),
+            ];
+            lines.extend(extra);
+            lines.push(String::new());
+            lines
+        }
+        _ => serde_json::to_value(r)
+            .map(|v| pretty(&v))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use serde_json::json;
+
+    fn status(v: Value) -> ReplicationStatusResult {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The texts 0.3.0's `rstmdb-cli replication-status` prints for each role (its
+    /// `format_replication_status`, without colours), line by line.
+    #[test]
+    fn replication_status_follows_the_reference_layout_per_role() {
+        assert_eq!(
+            replication_status(&status(json!({"role": "standalone"}))),
+            ["Server is not configured for replication"]
+        );
+        let primary = status(json!({
+            "role": "primary", "mode": "sync", "primary_sequence": 42, "connected_replicas": 1,
+            "replicas": [{"replica_id": "replica-1", "last_acked_sequence": 40, "lag_entries": 2}],
+        }));
+        assert_eq!(
+            replication_status(&primary),
+            [
+                "Replication status",
+                "  Role:                primary",
+                "  Mode:                sync",
+                "  Primary sequence:    42",
+                "  Connected replicas:  1",
+                "",
+                "  REPLICA-ID               LAST-ACKED    LAG-ENTRIES",
+                "  replica-1                        40              2",
+                "",
+            ]
+        );
+        let alone = status(json!({
+            "role": "primary", "mode": "async", "primary_sequence": 0, "connected_replicas": 0,
+            "replicas": [],
+        }));
+        assert_eq!(
+            replication_status(&alone)[5..],
+            ["", "  (no replicas connected)", ""]
+        );
+        let replica = status(json!({
+            "role": "replica", "upstream": "10.0.0.1:7401", "last_applied_sequence": 7,
+            "primary_sequence": 9, "lag_entries": 2, "lag_seconds": 0.25,
+        }));
+        assert_eq!(
+            replication_status(&replica),
+            [
+                "Replication status",
+                "  Role:              replica",
+                "  Upstream:          10.0.0.1:7401",
+                "  Primary sequence:  9",
+                "  Last applied:      7",
+                "  Lag (entries):     2",
+                "  Lag (seconds):     0.250",
+                "",
+            ]
+        );
+    }
+
+    #[test]
+    fn replication_status_shows_fields_beyond_the_reference_and_unknown_roles() {
+        let r = status(json!({"role": "standalone", "node_id": "n1"}));
+        assert_eq!(
+            replication_status(&r),
+            ["Server is not configured for replication", "  node_id: n1"]
+        );
+        let odd = replication_status(&status(json!({"role": "witness"})));
+        assert_eq!(odd.join("\n"), "{\n  \"role\": \"witness\"\n}");
+    }
 
     #[test]
     fn byte_sizes() {

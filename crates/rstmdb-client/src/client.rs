@@ -8,8 +8,9 @@ use rstmdb_protocol::{
     DeleteInstanceResult, FlushAllParams, FlushAllResult, GetInstanceParams, GetInstanceResult,
     GetMachineParams, GetMachineResult, HelloResult, InfoResult, ListInstancesParams,
     ListInstancesResult, ListMachinesResult, PutMachineParams, PutMachineResult,
-    SnapshotInstanceParams, SnapshotInstanceResult, UnwatchParams, UnwatchResult, WalReadParams,
-    WalReadResult, WalStatsResult, WatchAllParams, WatchInstanceParams,
+    ReplicationStatusResult, SnapshotInstanceParams, SnapshotInstanceResult, UnwatchParams,
+    UnwatchResult, WalReadParams, WalReadResult, WalStatsResult, WatchAllParams,
+    WatchInstanceParams,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -234,6 +235,11 @@ impl Client {
     /// FLUSH_ALL (refused unless the server enables it).
     pub async fn flush_all(&self) -> Result<FlushAllResult> {
         self.typed(Command::FlushAll(FlushAllParams {})).await
+    }
+
+    /// REPLICATION_STATUS: the node's role and, on a primary or replica, its progress.
+    pub async fn replication_status(&self) -> Result<ReplicationStatusResult> {
+        self.typed(Command::ReplicationStatus).await
     }
 
     /// UNWATCH on the current connection.

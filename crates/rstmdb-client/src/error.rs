@@ -15,7 +15,7 @@ pub enum Error {
     /// The server answered with an error object.
     #[error("server error: {code} - {message}")]
     Server {
-        /// One of the 16 RCP codes.
+        /// One of the 19 RCP codes.
         code: ErrorCode,
         /// The server's text (informative; do not parse it).
         message: String,

@@ -112,7 +112,7 @@ pub use rstmdb_protocol::{
     DeleteInstanceResult, ErrorCode, ErrorObject, Event, FlushAllResult, GetInstanceParams,
     GetInstanceResult, GetMachineParams, GetMachineResult, HelloResult, InfoResult,
     InstanceSummary, IoStats, ListInstancesParams, ListInstancesResult, ListMachinesResult,
-    MachineSummary, Op, PutMachineParams, PutMachineResult, SnapshotInstanceParams,
-    SnapshotInstanceResult, UnwatchParams, UnwatchResult, WalReadParams, WalReadResult, WalRecord,
-    WalStatsResult, WatchAllParams, WatchInstanceParams, WireMode,
+    MachineSummary, Op, PutMachineParams, PutMachineResult, ReplicaStatus, ReplicationStatusResult,
+    SnapshotInstanceParams, SnapshotInstanceResult, UnwatchParams, UnwatchResult, WalReadParams,
+    WalReadResult, WalRecord, WalStatsResult, WatchAllParams, WatchInstanceParams, WireMode,
 };

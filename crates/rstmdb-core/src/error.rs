@@ -8,7 +8,10 @@
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// The RCP error codes (protocol.md §6). Closed set: adding a code breaks published clients.
+/// The RCP error codes the engine can produce (protocol.md §6). Closed set: adding a code
+/// breaks published clients. The engine knows nothing of replication, so the three
+/// replication-only codes of the wire set (`READ_ONLY_MODE`, `REPLICATION_TIMEOUT`,
+/// `REPLICATION_ERROR`) are not here: no engine error can become one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     UnsupportedProtocol,
@@ -145,6 +148,12 @@ pub enum Error {
     #[error("instance already exists: {instance_id}")]
     InstanceExists { instance_id: String },
 
+    /// The id belongs to a deleted instance and re-creating deleted ids is turned off.
+    #[error(
+        "instance already exists: {instance_id} (it was deleted, and storage.allow_instance_recreate is false)"
+    )]
+    InstanceDeleted { instance_id: String },
+
     #[error("invalid transition: cannot apply '{event}' in state '{state}'")]
     InvalidTransition { state: String, event: String },
 
@@ -210,7 +219,9 @@ impl Error {
             Error::MachineVersionExists { .. } => ErrorCode::MachineVersionExists,
             Error::MachineVersionLimitExceeded { .. } => ErrorCode::MachineVersionLimitExceeded,
             Error::InstanceNotFound { .. } => ErrorCode::InstanceNotFound,
-            Error::InstanceExists { .. } => ErrorCode::InstanceExists,
+            Error::InstanceExists { .. } | Error::InstanceDeleted { .. } => {
+                ErrorCode::InstanceExists
+            }
             Error::InvalidTransition { .. } => ErrorCode::InvalidTransition,
             Error::GuardFailed { .. } => ErrorCode::GuardFailed,
             Error::Conflict(_) => ErrorCode::Conflict,
@@ -254,6 +265,10 @@ impl Error {
             }
             Error::InstanceNotFound { instance_id } | Error::InstanceExists { instance_id } => {
                 d.insert("instance_id".into(), Value::from(instance_id.as_str()));
+            }
+            Error::InstanceDeleted { instance_id } => {
+                d.insert("instance_id".into(), Value::from(instance_id.as_str()));
+                d.insert("reason".into(), Value::from("deleted"));
             }
             Error::InvalidTransition { state, event } => {
                 d.insert("state".into(), Value::from(state.as_str()));

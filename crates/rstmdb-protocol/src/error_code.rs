@@ -7,11 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::ParseNameError;
 
-/// An RCP error code (protocol.md §6).
+/// An RCP error code (protocol.md §6): the 19 codes of the reference's 0.3.0.
 ///
-/// The set is closed on purpose: published clients validate codes against exactly these 16
-/// and fail on any other, so a new situation must reuse one of them and explain itself in
-/// `details` instead of adding a variant.
+/// The set is closed on purpose: published clients validate codes against a fixed list and
+/// fail on any other, so a new situation must reuse one of them and explain itself in
+/// `details` instead of adding a variant. The last three came with replication in 0.3.0;
+/// the Python client 0.2.1 still knows only the first 16, so only a node with replication or
+/// a cluster configured may send them ([`ErrorCode::STANDALONE`] is what a standalone node
+/// can answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -47,11 +50,42 @@ pub enum ErrorCode {
     InternalError,
     /// The client is being throttled.
     RateLimited,
+    /// The node is a read-only replica and the op writes (replication only).
+    ReadOnlyMode,
+    /// A synchronous write was committed but not acknowledged by enough replicas in time
+    /// (replication only).
+    ReplicationTimeout,
+    /// Replication failed (replication only).
+    ReplicationError,
 }
 
 impl ErrorCode {
     /// Every code, in protocol.md's order.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::UnsupportedProtocol,
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::AuthFailed,
+        ErrorCode::NotFound,
+        ErrorCode::MachineNotFound,
+        ErrorCode::MachineVersionExists,
+        ErrorCode::MachineVersionLimitExceeded,
+        ErrorCode::InstanceNotFound,
+        ErrorCode::InstanceExists,
+        ErrorCode::InvalidTransition,
+        ErrorCode::GuardFailed,
+        ErrorCode::Conflict,
+        ErrorCode::WalIoError,
+        ErrorCode::InternalError,
+        ErrorCode::RateLimited,
+        ErrorCode::ReadOnlyMode,
+        ErrorCode::ReplicationTimeout,
+        ErrorCode::ReplicationError,
+    ];
+
+    /// The codes a node without replication or a cluster may send: 0.1.1's 16, all that
+    /// the published Python client 0.2.1 accepts.
+    pub const STANDALONE: [ErrorCode; 16] = [
         ErrorCode::UnsupportedProtocol,
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
@@ -69,6 +103,11 @@ impl ErrorCode {
         ErrorCode::InternalError,
         ErrorCode::RateLimited,
     ];
+
+    /// Whether only a node with replication (or a cluster) configured may send this code.
+    pub fn is_replication_only(self) -> bool {
+        !Self::STANDALONE.contains(&self)
+    }
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -89,15 +128,23 @@ impl ErrorCode {
             ErrorCode::WalIoError => "WAL_IO_ERROR",
             ErrorCode::InternalError => "INTERNAL_ERROR",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::ReadOnlyMode => "READ_ONLY_MODE",
+            ErrorCode::ReplicationTimeout => "REPLICATION_TIMEOUT",
+            ErrorCode::ReplicationError => "REPLICATION_ERROR",
         }
     }
 
     /// Whether the same request may succeed if simply sent again: only for transient server
-    /// conditions, never for anything the request itself got wrong.
+    /// conditions, never for anything the request itself got wrong. `REPLICATION_TIMEOUT`
+    /// is retryable as in 0.3.0, although its write was committed: a retry must carry an
+    /// idempotency key to be safe.
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::WalIoError | ErrorCode::InternalError | ErrorCode::RateLimited
+            ErrorCode::WalIoError
+                | ErrorCode::InternalError
+                | ErrorCode::RateLimited
+                | ErrorCode::ReplicationTimeout
         )
     }
 }
@@ -144,7 +191,35 @@ mod tests {
             [
                 ErrorCode::WalIoError,
                 ErrorCode::InternalError,
-                ErrorCode::RateLimited
+                ErrorCode::RateLimited,
+                ErrorCode::ReplicationTimeout,
+            ]
+        );
+    }
+
+    #[test]
+    fn the_set_is_the_reference_0_3_0_set_of_19() {
+        let names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), 19);
+        assert_eq!(
+            names[16..],
+            ["READ_ONLY_MODE", "REPLICATION_TIMEOUT", "REPLICATION_ERROR"]
+        );
+    }
+
+    #[test]
+    fn standalone_codes_are_the_first_16_and_exclude_the_replication_ones() {
+        assert_eq!(ErrorCode::STANDALONE[..], ErrorCode::ALL[..16]);
+        let only: Vec<_> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.is_replication_only())
+            .collect();
+        assert_eq!(
+            only,
+            [
+                ErrorCode::ReadOnlyMode,
+                ErrorCode::ReplicationTimeout,
+                ErrorCode::ReplicationError
             ]
         );
     }

@@ -57,6 +57,13 @@ pub enum Op {
     Unwatch,
     /// Remove every machine and instance (disabled unless configured).
     FlushAll,
+    /// The node's replication role and progress (0.3.0).
+    ReplicationStatus,
+    /// 0.3.0's name for replication traffic; never valid as a request (replication has its
+    /// own stream), always answered `BAD_REQUEST`.
+    Replicate,
+    /// As [`Op::Replicate`].
+    ReplicateAck,
     BackupBegin,
     BackupRead,
     BackupEnd,
@@ -64,8 +71,8 @@ pub enum Op {
 }
 
 impl Op {
-    /// Every op, in the reference's order (FLUSH_ALL, our addition, last).
-    pub const ALL: [Op; 26] = [
+    /// Every op: 0.1.1's in its order, FLUSH_ALL, 0.3.0's additions, then our extensions.
+    pub const ALL: [Op; 29] = [
         Op::Hello,
         Op::Auth,
         Op::Ping,
@@ -88,6 +95,9 @@ impl Op {
         Op::WatchAll,
         Op::Unwatch,
         Op::FlushAll,
+        Op::ReplicationStatus,
+        Op::Replicate,
+        Op::ReplicateAck,
         Op::BackupBegin,
         Op::BackupRead,
         Op::BackupEnd,
@@ -119,6 +129,9 @@ impl Op {
             Op::WatchAll => "WATCH_ALL",
             Op::Unwatch => "UNWATCH",
             Op::FlushAll => "FLUSH_ALL",
+            Op::ReplicationStatus => "REPLICATION_STATUS",
+            Op::Replicate => "REPLICATE",
+            Op::ReplicateAck => "REPLICATE_ACK",
             Op::BackupBegin => "BACKUP_BEGIN",
             Op::BackupRead => "BACKUP_READ",
             Op::BackupEnd => "BACKUP_END",

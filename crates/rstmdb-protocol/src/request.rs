@@ -89,6 +89,12 @@ pub enum Command {
     Unwatch(UnwatchParams),
     /// FLUSH_ALL.
     FlushAll(FlushAllParams),
+    /// REPLICATION_STATUS (params ignored).
+    ReplicationStatus,
+    /// REPLICATE sent as a request (params ignored; always refused).
+    Replicate,
+    /// REPLICATE_ACK sent as a request (params ignored; always refused).
+    ReplicateAck,
     /// BACKUP_BEGIN (extension).
     BackupBegin(BackupBeginParams),
     /// BACKUP_READ (extension).
@@ -125,6 +131,9 @@ impl Command {
             Command::WatchAll(_) => Op::WatchAll,
             Command::Unwatch(_) => Op::Unwatch,
             Command::FlushAll(_) => Op::FlushAll,
+            Command::ReplicationStatus => Op::ReplicationStatus,
+            Command::Replicate => Op::Replicate,
+            Command::ReplicateAck => Op::ReplicateAck,
             Command::BackupBegin(_) => Op::BackupBegin,
             Command::BackupRead(_) => Op::BackupRead,
             Command::BackupEnd(_) => Op::BackupEnd,
@@ -206,7 +215,10 @@ impl Serialize for ParamsOf<'_> {
             | Command::Bye
             | Command::Info
             | Command::ListMachines
-            | Command::WalStats => serializer.serialize_map(Some(0))?.end(),
+            | Command::WalStats
+            | Command::ReplicationStatus
+            | Command::Replicate
+            | Command::ReplicateAck => serializer.serialize_map(Some(0))?.end(),
         }
     }
 }
@@ -511,6 +523,9 @@ fn decode_command(object: &mut Map<String, Value>, at: &str) -> Result<Command, 
         Op::Info => Command::Info,
         Op::ListMachines => Command::ListMachines,
         Op::WalStats => Command::WalStats,
+        Op::ReplicationStatus => Command::ReplicationStatus,
+        Op::Replicate => Command::Replicate,
+        Op::ReplicateAck => Command::ReplicateAck,
         Op::Hello => Command::Hello(typed(params()?, prefix)?),
         Op::Auth => Command::Auth(typed(params()?, prefix)?),
         Op::PutMachine => Command::PutMachine(typed(params()?, prefix)?),

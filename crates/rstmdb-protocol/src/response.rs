@@ -29,7 +29,7 @@ pub enum ResponseStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ErrorObject {
-    /// One of the 16 protocol codes.
+    /// One of the 19 protocol codes.
     pub code: ErrorCode,
     /// Human-readable text; clients must not parse it.
     pub message: String,

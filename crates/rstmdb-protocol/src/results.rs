@@ -366,3 +366,53 @@ pub struct FlushAllResult {
     /// Machines removed.
     pub machines_removed: u64,
 }
+
+/// REPLICATION_STATUS. The shape depends on the node's role (0.3.0's three shapes): a
+/// standalone node sends only `role`; the other fields belong to primaries or replicas and
+/// are `None` when absent. Fields neither shape names are kept in `extra`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ReplicationStatusResult {
+    /// `standalone`, `primary` or `replica`.
+    pub role: String,
+    /// Primary: `async` or `sync`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Primary and replica: the primary's last written sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_sequence: Option<u64>,
+    /// Primary: replicas past catch-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_replicas: Option<u64>,
+    /// Primary: one entry per replica past catch-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaStatus>>,
+    /// Replica: the primary's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Replica: the last sequence applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_sequence: Option<u64>,
+    /// Replica: entries behind the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_entries: Option<u64>,
+    /// Replica: seconds behind the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// Any other field (our additions to 0.3.0's shapes).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// One replica in a primary's REPLICATION_STATUS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The primary's name for the replica's connection.
+    pub replica_id: String,
+    /// The last sequence the replica acknowledged.
+    pub last_acked_sequence: u64,
+    /// `primary_sequence - last_acked_sequence`, saturating.
+    pub lag_entries: u64,
+    /// Any other field (our additions).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}

@@ -141,6 +141,8 @@ pub struct StorageSection {
     pub max_batch_ops: usize,
     pub commit_queue_depth: usize,
     pub allow_flush_all: bool,
+    /// CREATE_INSTANCE may reuse the id of a deleted instance (0.3.0's key and default).
+    pub allow_instance_recreate: bool,
     pub encryption: EncryptionSection,
     /// WAL segments are copied here before a checkpoint deletes them (point-in-time recovery).
     pub wal_archive_dir: Option<PathBuf>,
@@ -169,6 +171,7 @@ impl Default for StorageSection {
             max_batch_ops: d.max_batch_ops,
             commit_queue_depth: d.commit_queue_depth,
             allow_flush_all: false,
+            allow_instance_recreate: d.allow_instance_recreate,
             encryption: EncryptionSection::default(),
             wal_archive_dir: None,
         }
@@ -365,6 +368,12 @@ impl Config {
         }
         if let Some(v) = env("RSTMDB_FSYNC_POLICY") {
             self.storage.fsync_policy = parse_fsync_env(&v)?;
+        }
+        if let Some(v) = env("RSTMDB_ALLOW_FLUSH_ALL") {
+            self.storage.allow_flush_all = boolean("RSTMDB_ALLOW_FLUSH_ALL", &v)?;
+        }
+        if let Some(v) = env("RSTMDB_ALLOW_INSTANCE_RECREATE") {
+            self.storage.allow_instance_recreate = boolean("RSTMDB_ALLOW_INSTANCE_RECREATE", &v)?;
         }
         if let Some(v) = env("RSTMDB_ENCRYPTION_KEY_FILE") {
             self.storage.encryption.key_file = Some(PathBuf::from(v));
@@ -633,6 +642,7 @@ impl Config {
         c.max_batch_ops = s.max_batch_ops;
         c.commit_queue_depth = s.commit_queue_depth;
         c.allow_flush_all = s.allow_flush_all;
+        c.allow_instance_recreate = s.allow_instance_recreate;
         c.wal_archive_dir = s.wal_archive_dir.clone();
         c.idempotency_ttl = Duration::from_secs(self.idempotency.ttl_hours.saturating_mul(3600));
         let compaction_on = self.compaction.enabled;

@@ -26,3 +26,22 @@ pub fn with_details(mut obj: ErrorObject, details: &[(&str, Value)]) -> ErrorObj
     }
     obj
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine is all a standalone node has to fail with, and none of its codes may become
+    /// a replication-only code (the Python client 0.2.1 rejects those).
+    #[test]
+    fn every_engine_code_maps_to_a_standalone_wire_code() {
+        for code in rstmdb_core::ErrorCode::ALL {
+            let wire = ErrorCode::from_str(code.as_str());
+            assert!(
+                wire.is_ok_and(|w| !w.is_replication_only() && w.as_str() == code.as_str()),
+                "{} has no standalone wire code",
+                code.as_str()
+            );
+        }
+    }
+}

@@ -24,6 +24,10 @@ pub type Outcome = Result<(Value, Option<u64>), ErrorObject>;
 /// Default LIST_INSTANCES page.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 
+/// The answer to REPLICATE and REPLICATE_ACK sent as requests (0.3.0's words).
+pub const REPLICATION_OPS_INTERNAL: &str =
+    "invalid request: replication operations are handled internally";
+
 fn engine<T>(r: Result<T, rstmdb_core::Error>) -> Result<T, ErrorObject> {
     r.map_err(|e| to_wire(&e))
 }
@@ -303,6 +307,12 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
                 Some(db.last_offset()),
             ))
         }
+        // This node has no replication configured (that comes with its own `replication:`
+        // block), so it reports 0.3.0's standalone shape and nothing else.
+        Command::ReplicationStatus => Ok((json!({"role": "standalone"}), None)),
+        // 0.3.0 reserved these op names for replication but never accepts them as requests;
+        // the exact message is 0.3.0's, which its clients may show or match.
+        Command::Replicate | Command::ReplicateAck => Err(bad_request(REPLICATION_OPS_INTERNAL)),
         Command::BackupBegin(_) => crate::backup::begin(shared.clone()).await,
         Command::BackupRead(p) => crate::backup::read(shared.clone(), p).await,
         Command::BackupEnd(p) => crate::backup::end(&shared, &p.backup_id),

@@ -564,6 +564,9 @@ pub(crate) struct ApplyStage {
     /// Set when writing the overlay to sled failed after a group was applied to the store:
     /// that group is visible, so it is acknowledged, and then the stage is poisoned.
     flush_failure: Option<String>,
+    /// Checkpoints leave tombstones in place (`allow_instance_recreate: false` needs them to
+    /// refuse a deleted id for good).
+    keep_tombstones: bool,
 }
 
 /// A group planned while its sync runs. `batch` is `None` when it holds a FLUSH_ALL, which
@@ -612,7 +615,14 @@ impl ApplyStage {
             waiting: std::collections::VecDeque::new(),
             cache,
             flush_failure: None,
+            keep_tombstones: false,
         }
+    }
+
+    /// Checkpoints keep tombstones instead of purging them.
+    pub fn keep_tombstones(mut self, keep: bool) -> Self {
+        self.keep_tombstones = keep;
+        self
     }
 
     /// One message from the log stage, on the apply thread or inline on the log stage's
@@ -962,7 +972,12 @@ impl ApplyStage {
         let err = |e: StoreError| format!("checkpoint: {e}");
         let mut batch = self.db.batch();
         let mut tombstones_purged = 0;
-        for item in self.db.scan_prefix(keys::TOMBSTONE) {
+        let tombstones = if self.keep_tombstones {
+            None
+        } else {
+            Some(self.db.scan_prefix(keys::TOMBSTONE))
+        };
+        for item in tombstones.into_iter().flatten() {
             let (k, v) = item.map_err(err)?;
             let off = state::decode_u64(&v).unwrap_or(u64::MAX);
             if off > checkpoint_seq {

@@ -52,6 +52,10 @@ pub struct StorageConfig {
     pub subscriber_queue_depth: usize,
     /// FLUSH_ALL is refused unless this is set.
     pub allow_flush_all: bool,
+    /// CREATE_INSTANCE with the id of a deleted instance creates a fresh instance; when
+    /// false it is `INSTANCE_EXISTS`, and checkpoints keep tombstones so that the refusal
+    /// still holds after them.
+    pub allow_instance_recreate: bool,
     /// Encryption at rest (AES-256-GCM of WAL payloads and of the state store values that
     /// hold user data). `None`: plaintext. A data directory is either encrypted with one key
     /// or plaintext; opening it with another setting is an error (`rstmdb rekey` converts).
@@ -81,6 +85,7 @@ impl StorageConfig {
             checkpoint_min_interval: Duration::ZERO,
             subscriber_queue_depth: 4096,
             allow_flush_all: false,
+            allow_instance_recreate: true,
             encryption: None,
             wal_archive_dir: None,
         }

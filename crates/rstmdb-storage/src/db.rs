@@ -491,7 +491,8 @@ impl Database {
             wal.publisher(),
             high_water,
             cache.clone(),
-        );
+        )
+        .keep_tombstones(!config.allow_instance_recreate);
 
         // Replay everything after the checkpoint, through the apply stage's planner.
         let mut replayed = 0u64;
@@ -931,10 +932,18 @@ impl Database {
         }
         rstmdb_core::names::validate_instance_id(id)?;
         let existing = staged.load(id)?;
-        if existing.as_ref().is_some_and(|e| !e.deleted) {
-            return Err(Error::InstanceExists {
-                instance_id: id.to_owned(),
-            });
+        match &existing {
+            Some(e) if !e.deleted => {
+                return Err(Error::InstanceExists {
+                    instance_id: id.to_owned(),
+                });
+            }
+            Some(_) if !self.inner.config.allow_instance_recreate => {
+                return Err(Error::InstanceDeleted {
+                    instance_id: id.to_owned(),
+                });
+            }
+            _ => {}
         }
         let machine = self.machine(&req.machine, req.version)?;
         let instance = Instance::create(id, &machine, initial_ctx, now, &self.inner.limits)?;
