@@ -13,10 +13,12 @@
 //!
 //! `sled` measures sled alone, the way the write overlay uses it (`crate::store`): batches of
 //! `--batch` keys through `apply_batch`, with the epoch collection the store runs after each.
-//! Three shapes, each printed as CPU µs per key: `fresh` (keys never seen, in the order a
-//! CREATE_INSTANCE load makes them: an instance key with a ~200-byte value and an empty
-//! by-state index key), `overwrite` (the same 2,000 keys rewritten, as APPLY_EVENT on 1,000
-//! instances does), and `fresh_sorted` (fresh keys in ascending order).
+//! Four shapes, each printed as CPU µs per key written: `fresh` (keys never seen, in the
+//! order a CREATE_INSTANCE load makes them: an instance key with a ~200-byte value and an
+//! empty by-state index key), `overwrite` (the same 2,000 keys rewritten, as APPLY_EVENT on
+//! 1,000 instances does; a batch holds each key once, as the overlay does), `overwrite_wide`
+//! (200,000 keys rewritten in random order, the first pass fresh) and `fresh_sorted` (fresh
+//! keys in ascending order).
 //!
 //! `fill` creates instances of machine `bench` (each with a `ctx-bytes` padding) in atomic
 //! batches of 100 until about `megabytes` of context is stored, then checkpoints and closes:
@@ -441,9 +443,13 @@ fn bench_sled(dir: &std::path::Path, keys: usize, batch: usize) {
             format!("s\0bench\0a\0{id}").into_bytes(),
         ]
     };
-    let shapes: [(&str, KeysOf); 3] = [
+    let shapes: [(&str, KeysOf); 4] = [
         ("fresh", Box::new(fresh)),
         ("overwrite", Box::new(move |n: usize| fresh(n % 1000))),
+        (
+            "overwrite_wide",
+            Box::new(move |n: usize| fresh(n.wrapping_mul(2_654_435_761) % 100_000)),
+        ),
         (
             "fresh_sorted",
             Box::new(|n: usize| {
