@@ -155,6 +155,14 @@ fn output_json(out: &BatchOutput) -> (Value, Option<u64>) {
             Some(d.wal_offset),
         ),
         BatchOutput::Instance(i) => (instance_json(i), None),
+        BatchOutput::Flushed(f) => (
+            json!({
+                "flushed": true,
+                "instances_removed": f.instances_removed,
+                "machines_removed": f.machines_removed,
+            }),
+            Some(f.wal_offset),
+        ),
     }
 }
 
