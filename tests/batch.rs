@@ -256,7 +256,8 @@ fn batch_apply_events_notify_watchers() {
 #[test]
 fn batch_rejects_non_batchable_ops() {
     // decisions.md: batchable ops are CREATE_INSTANCE, APPLY_EVENT, DELETE_INSTANCE,
-    // GET_INSTANCE. Anything else is refused (as the whole batch or as that element).
+    // GET_INSTANCE, and (0.3.0 compatibility, reference_0_3_0.rs) FLUSH_ALL. Anything else is
+    // refused (as the whole batch or as that element).
     let (_s, mut c) = setup();
     for bad in [
         op("PING", json!({})),

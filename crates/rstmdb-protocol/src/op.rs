@@ -139,12 +139,18 @@ impl Op {
         }
     }
 
-    /// Ops allowed inside a BATCH (decisions.md): the instance operations whose effects can
-    /// be made atomic together. Enforcing this is the server's job; decoding accepts any op.
+    /// Ops allowed inside a BATCH: the instance operations whose effects can be made atomic
+    /// together (decisions.md), and FLUSH_ALL, which 0.3.0 ran there too (docs/protocol.md
+    /// says what it does in each mode). Enforcing this is the server's job; decoding accepts
+    /// any op.
     pub fn is_batchable(self) -> bool {
         matches!(
             self,
-            Op::CreateInstance | Op::ApplyEvent | Op::DeleteInstance | Op::GetInstance
+            Op::CreateInstance
+                | Op::ApplyEvent
+                | Op::DeleteInstance
+                | Op::GetInstance
+                | Op::FlushAll
         )
     }
 }
@@ -178,6 +184,25 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", op.as_str()));
             assert_eq!(serde_json::from_str::<Op>(&json).unwrap(), op);
         }
+    }
+
+    #[test]
+    fn batchable_ops_are_the_instance_ops_and_flush_all() {
+        let batchable: Vec<&str> = Op::ALL
+            .into_iter()
+            .filter(|op| op.is_batchable())
+            .map(Op::as_str)
+            .collect();
+        assert_eq!(
+            batchable,
+            [
+                "CREATE_INSTANCE",
+                "GET_INSTANCE",
+                "DELETE_INSTANCE",
+                "APPLY_EVENT",
+                "FLUSH_ALL"
+            ]
+        );
     }
 
     #[test]

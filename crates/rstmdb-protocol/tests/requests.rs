@@ -656,6 +656,29 @@ fn batch_decodes_ops_into_commands() {
 }
 
 #[test]
+fn batch_flush_all_element_decodes_with_params_absent_null_or_empty() {
+    // The server runs FLUSH_ALL as a batch element; its params are read as for the op alone.
+    let command = command(
+        r#"{"type":"request","id":"1","op":"BATCH","params":{"ops":[
+            {"op":"FLUSH_ALL","params":{}},
+            {"op":"FLUSH_ALL"},
+            {"op":"FLUSH_ALL","params":null}
+        ]}}"#,
+    );
+    assert_eq!(
+        command,
+        Command::Batch(BatchParams {
+            mode: BatchMode::BestEffort,
+            ops: vec![Command::FlushAll(FlushAllParams {}); 3],
+        })
+    );
+    let (_, _, field) = invalid(
+        r#"{"type":"request","id":"1","op":"BATCH","params":{"ops":[{"op":"FLUSH_ALL","params":[]}]}}"#,
+    );
+    assert_eq!(field.as_deref(), Some("ops[0].params"));
+}
+
+#[test]
 fn batch_accepts_operations_as_the_list_name() {
     let command = command(
         r#"{"type":"request","id":"1","op":"BATCH","params":{"operations":[{"op":"GET_INSTANCE","params":{"instance_id":"i"}}]}}"#,

@@ -50,9 +50,7 @@ fn check_machine(p: &Principal, machine: &str) -> Result<(), ErrorObject> {
     }
 }
 
-/// Role and the machines named in the request itself.
-pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
-    let op = cmd.op();
+fn check_role(p: &Principal, op: Op) -> Result<(), ErrorObject> {
     let need = required_role(op);
     if p.role < need {
         return Err(refuse(format!(
@@ -62,6 +60,21 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
             p.name,
             p.role.as_str()
         )));
+    }
+    Ok(())
+}
+
+/// Role and the machines named in the request itself. A BATCH needs the role of each of its
+/// elements too (a FLUSH_ALL element needs admin, as the op on its own).
+pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
+    check_role(p, cmd.op())?;
+    if let Command::Batch(b) = cmd {
+        for (i, c) in b.ops.iter().enumerate() {
+            check_role(p, c.op()).map_err(|mut e| {
+                e.message = format!("ops[{i}]: {}", e.message);
+                e
+            })?;
+        }
     }
     if !p.restricted() {
         return Ok(());
@@ -190,6 +203,23 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_needs_the_role_of_each_element() {
+        let flush_in_batch = cmd(r#"{"type":"REQUEST","id":"1","op":"BATCH","params":{"ops":[
+                {"op":"GET_INSTANCE","params":{"instance_id":"i"}},
+                {"op":"FLUSH_ALL"}]}}"#);
+        let e = check_command(&principal(Role::Write, &[]), &flush_in_batch).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        assert_eq!(
+            e.message,
+            "ops[1]: FLUSH_ALL requires the admin role; t has write"
+        );
+        assert!(check_command(&principal(Role::Admin, &[]), &flush_in_batch).is_ok());
+        let reads = cmd(r#"{"type":"REQUEST","id":"1","op":"BATCH","params":{"ops":[
+                {"op":"GET_INSTANCE","params":{"instance_id":"i"}}]}}"#);
+        assert!(check_command(&principal(Role::Write, &[]), &reads).is_ok());
+    }
+
+    #[test]
     fn machine_globs_limit_named_machines_and_global_ops() {
         let p = principal(Role::Admin, &["order*"]);
         let put = |m: &str| {
@@ -210,6 +240,17 @@ mod tests {
         );
         let e = check_command(&p, &batch).unwrap_err();
         assert!(e.message.starts_with("ops[1]"), "{}", e.message);
+        // FLUSH_ALL wipes every machine: refused in a batch as on its own.
+        let flush = cmd(r#"{"type":"REQUEST","id":"1","op":"BATCH","params":{"ops":[
+                {"op":"GET_INSTANCE","params":{"instance_id":"o-1"}},
+                {"op":"FLUSH_ALL","params":{}}]}}"#);
+        let e = check_command(&p, &flush).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("ops[1]: FLUSH_ALL needs a principal without machine restrictions"),
+            "{}",
+            e.message
+        );
         let mut listed = serde_json::json!({"items":[{"machine":"orders"},{"machine":"payments"}]});
         filter_result(&p, Op::ListMachines, &mut listed);
         assert_eq!(listed, serde_json::json!({"items":[{"machine":"orders"}]}));

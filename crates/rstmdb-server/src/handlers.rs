@@ -10,7 +10,8 @@ use rstmdb_protocol::{
     ListInstancesParams, Op,
 };
 use rstmdb_storage::{
-    ApplyEvent, ApplyOutcome, BatchOp, BatchOutput, CreateInstance, DeleteInstance, ListQuery,
+    ApplyEvent, ApplyOutcome, BatchFailure, BatchOp, BatchOutput, CreateInstance, DeleteInstance,
+    FlushOutcome, ListQuery,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -155,7 +156,32 @@ fn output_json(out: &BatchOutput) -> (Value, Option<u64>) {
             Some(d.wal_offset),
         ),
         BatchOutput::Instance(i) => (instance_json(i), None),
+        BatchOutput::Flushed(f) => (
+            json!({
+                "flushed": true,
+                "instances_removed": f.instances_removed,
+                "machines_removed": f.machines_removed,
+            }),
+            Some(f.wal_offset),
+        ),
     }
+}
+
+/// FLUSH_ALL, on its own or as a batch element, and the end of every subscription on every
+/// connection (what they watched is gone). Both happen in a task of their own, so a caller
+/// that stops waiting (its client gone) cannot leave subscriptions open on a flushed
+/// database.
+async fn flush_all(shared: &Arc<Shared>) -> Result<FlushOutcome, rstmdb_core::Error> {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let flushed = shared.db.flush_all().await?;
+        shared.flush_epoch.send_modify(|e| *e += 1);
+        Ok(flushed)
+    })
+    .await
+    .map_err(|e| rstmdb_core::Error::Internal {
+        detail: format!("FLUSH_ALL task failed: {e}"),
+    })?
 }
 
 /// Runs one data operation, serializing the results of the hottest ops (GET_INSTANCE,
@@ -295,17 +321,8 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
             ))
         }
         Command::FlushAll(_) => {
-            let counts = engine(db.flush_all().await)?;
-            // Every subscription on every connection ends: what it watched is gone.
-            shared.flush_epoch.send_modify(|e| *e += 1);
-            Ok((
-                json!({
-                    "flushed": true,
-                    "instances_removed": counts.instances_removed,
-                    "machines_removed": counts.machines_removed,
-                }),
-                Some(db.last_offset()),
-            ))
+            let flushed = engine(flush_all(&shared).await)?;
+            Ok(output_json(&BatchOutput::Flushed(flushed)))
         }
         // This node has no replication configured (that comes with its own `replication:`
         // block), so it reports 0.3.0's standalone shape and nothing else.
@@ -404,10 +421,12 @@ fn batch_op(index: usize, cmd: Command) -> Result<BatchOp, ErrorObject> {
         Command::GetInstance(p) => BatchOp::Get {
             instance_id: p.instance_id,
         },
+        Command::FlushAll(_) => BatchOp::FlushAll,
         other => {
+            debug_assert!(!other.op().is_batchable(), "{:?} is batchable", other.op());
             return Err(with_details(
                 bad_request(format!(
-                    "ops[{index}]: {} cannot be batched (only CREATE_INSTANCE, APPLY_EVENT, DELETE_INSTANCE, GET_INSTANCE)",
+                    "ops[{index}]: {} cannot be batched (only CREATE_INSTANCE, APPLY_EVENT, DELETE_INSTANCE, GET_INSTANCE, FLUSH_ALL)",
                     other.op().as_str()
                 )),
                 &[
@@ -419,7 +438,7 @@ fn batch_op(index: usize, cmd: Command) -> Result<BatchOp, ErrorObject> {
     })
 }
 
-async fn batch(shared: &Shared, mode: BatchMode, cmds: Vec<Command>) -> Outcome {
+async fn batch(shared: &Arc<Shared>, mode: BatchMode, cmds: Vec<Command>) -> Outcome {
     let max = shared.db.config().max_batch_ops;
     if cmds.len() > max {
         return Err(with_details(
@@ -432,11 +451,17 @@ async fn batch(shared: &Shared, mode: BatchMode, cmds: Vec<Command>) -> Outcome 
         .enumerate()
         .map(|(i, c)| batch_op(i, c))
         .collect::<Result<Vec<_>, _>>()?;
+    let flushes = ops.iter().any(|op| matches!(op, BatchOp::FlushAll));
     let storage_mode = match mode {
         BatchMode::Atomic => rstmdb_storage::BatchMode::Atomic,
         BatchMode::BestEffort => rstmdb_storage::BatchMode::BestEffort,
     };
-    match shared.db.batch(storage_mode, ops).await {
+    let results = match (mode, flushes) {
+        (_, false) => shared.db.batch(storage_mode, ops).await,
+        (BatchMode::BestEffort, true) => Ok(best_effort_with_flush(shared, ops).await),
+        (BatchMode::Atomic, true) => atomic_with_flush(shared, ops).await,
+    };
+    match results {
         Ok(results) => {
             let mut last_offset = None;
             let items: Vec<Value> = results
@@ -464,6 +489,69 @@ async fn batch(shared: &Shared, mode: BatchMode, cmds: Vec<Command>) -> Outcome 
             ))
         }
     }
+}
+
+type OpResults = Vec<Result<BatchOutput, rstmdb_core::Error>>;
+
+/// Some ops of a best-effort batch, run by the storage engine.
+async fn best_effort(shared: &Shared, ops: Vec<BatchOp>) -> OpResults {
+    let n = ops.len();
+    match shared
+        .db
+        .batch(rstmdb_storage::BatchMode::BestEffort, ops)
+        .await
+    {
+        Ok(results) => results,
+        // Only a size over the limit, checked before; every op gets the error all the same.
+        Err(f) => (0..n).map(|_| Err(f.error.clone())).collect(),
+    }
+}
+
+/// A best-effort batch holding FLUSH_ALL runs in stretches: the ops up to a flush, then the
+/// flush exactly as the op on its own (so subscriptions have ended before the next op runs),
+/// and so on. A refused flush (disabled) is that element's error; the others still run.
+async fn best_effort_with_flush(shared: &Arc<Shared>, ops: Vec<BatchOp>) -> OpResults {
+    let mut results = Vec::with_capacity(ops.len());
+    let mut stretch = Vec::new();
+    for op in ops {
+        if !matches!(op, BatchOp::FlushAll) {
+            stretch.push(op);
+            continue;
+        }
+        if !stretch.is_empty() {
+            results.extend(best_effort(shared, std::mem::take(&mut stretch)).await);
+        }
+        results.push(flush_all(shared).await.map(BatchOutput::Flushed));
+    }
+    if !stretch.is_empty() {
+        results.extend(best_effort(shared, stretch).await);
+    }
+    results
+}
+
+/// An atomic batch holding FLUSH_ALL (the storage engine's rules: `Database::batch`): once
+/// committed, every subscription ends, in a task of its own as for the op on its own.
+async fn atomic_with_flush(
+    shared: &Arc<Shared>,
+    ops: Vec<BatchOp>,
+) -> Result<OpResults, BatchFailure> {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let results = shared
+            .db
+            .batch(rstmdb_storage::BatchMode::Atomic, ops)
+            .await?;
+        shared.flush_epoch.send_modify(|e| *e += 1);
+        Ok(results)
+    })
+    .await
+    .map_err(|e| BatchFailure {
+        index: 0,
+        op: "BATCH",
+        error: rstmdb_core::Error::Internal {
+            detail: format!("BATCH task failed: {e}"),
+        },
+    })?
 }
 
 /// Ops handled here (everything but the session ops).

@@ -13,7 +13,7 @@ use crate::config::{FsyncPolicy, StorageConfig};
 use crate::crypto::Cipher;
 use crate::entry::WalEntry;
 use crate::locks::LockTable;
-use crate::state::{self, ChangeEvent, FlushCounts, IdemRecord, StoredMachine, keys, scope};
+use crate::state::{self, ChangeEvent, IdemRecord, StoredMachine, keys, scope};
 use crate::store::{self, Store, StoreError};
 use crate::wal::{Wal, WalOptions, WalReader};
 use rstmdb_core::{ConflictKind, Error, EventRequest, Instance, InstanceLimits, Machine, Result};
@@ -152,7 +152,12 @@ pub enum BatchOp {
     Create(CreateInstance),
     Apply(ApplyEvent),
     Delete(DeleteInstance),
-    Get { instance_id: String },
+    Get {
+        instance_id: String,
+    },
+    /// FLUSH_ALL as a batch element: best effort runs it in its place like the op on its
+    /// own; atomic, see [`Database::batch`].
+    FlushAll,
 }
 
 impl BatchOp {
@@ -162,6 +167,7 @@ impl BatchOp {
             BatchOp::Apply(_) => "APPLY_EVENT",
             BatchOp::Delete(_) => "DELETE_INSTANCE",
             BatchOp::Get { .. } => "GET_INSTANCE",
+            BatchOp::FlushAll => "FLUSH_ALL",
         }
     }
 }
@@ -172,6 +178,15 @@ pub enum BatchOutput {
     Applied(ApplyOutcome),
     Deleted(DeleteOutcome),
     Instance(Instance),
+    Flushed(FlushOutcome),
+}
+
+/// A FLUSH_ALL's counts and the offset of the record that holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushOutcome {
+    pub instances_removed: u64,
+    pub machines_removed: u64,
+    pub wal_offset: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,6 +382,7 @@ fn set_offset(out: &mut BatchOutput, seq: u64) {
         BatchOutput::Created(c) => c.wal_offset = seq,
         BatchOutput::Applied(a) => a.wal_offset = seq,
         BatchOutput::Deleted(d) => d.wal_offset = seq,
+        BatchOutput::Flushed(f) => f.wal_offset = seq,
         BatchOutput::Instance(_) => {}
     }
 }
@@ -774,7 +790,7 @@ impl Database {
 
     /// FLUSH_ALL: removes every machine, instance and idempotency record (written to the
     /// WAL, so it survives restart). Refused unless `allow_flush_all` is set.
-    pub async fn flush_all(&self) -> Result<FlushCounts> {
+    pub async fn flush_all(&self) -> Result<FlushOutcome> {
         self.detached(move |db| async move { db.flush_all_now().await })
             .await?
     }
@@ -1161,7 +1177,8 @@ impl Database {
 
     /// BATCH. Best effort: every op runs on its own and reports its own result. Atomic: all
     /// ops are validated in order against the effects of the ones before, then written as one
-    /// WAL record; on the first failure nothing is written.
+    /// WAL record; on the first failure nothing is written. An atomic batch holding a
+    /// FLUSH_ALL follows the rules of [`Database::atomic_flush_batch`].
     pub async fn batch(
         &self,
         mode: BatchMode,
@@ -1204,6 +1221,7 @@ impl Database {
             BatchOp::Get { instance_id } => {
                 self.get_instance(&instance_id).map(BatchOutput::Instance)
             }
+            BatchOp::FlushAll => self.flush_all().await.map(BatchOutput::Flushed),
         }
     }
 
@@ -1211,6 +1229,18 @@ impl Database {
         &self,
         ops: Vec<BatchOp>,
     ) -> std::result::Result<Vec<BatchOutput>, BatchFailure> {
+        if ops.iter().any(|op| matches!(op, BatchOp::FlushAll)) {
+            // Like FLUSH_ALL on its own, it runs to completion in its own task: the machine
+            // cache is cleared after the commit.
+            return self
+                .detached(move |db| async move { db.atomic_flush_batch(ops).await })
+                .await
+                .map_err(|error| BatchFailure {
+                    index: 0,
+                    op: "BATCH",
+                    error,
+                })?;
+        }
         // Fix generated ids first so their locks can be taken up front.
         let ids: Vec<String> = ops
             .iter()
@@ -1219,6 +1249,8 @@ impl Database {
                 BatchOp::Apply(a) => a.instance_id.clone(),
                 BatchOp::Delete(d) => d.instance_id.clone(),
                 BatchOp::Get { instance_id } => instance_id.clone(),
+                // Not here (see above); no lock to take.
+                BatchOp::FlushAll => String::new(),
             })
             .collect();
         let idem_locks: Vec<String> = ops
@@ -1228,7 +1260,11 @@ impl Database {
                 _ => None,
             })
             .collect();
-        let mut lock_keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut lock_keys: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !id.is_empty())
+            .collect();
         lock_keys.extend(idem_locks.iter().map(String::as_str));
         let guards = self.inner.locks.lock_all(&lock_keys).await;
 
@@ -1250,7 +1286,7 @@ impl Database {
                 BatchOp::Create(c) => c.idempotency_key.as_deref().map(scope::create),
                 BatchOp::Apply(a) => a.idempotency_key.as_deref().map(|k| scope::apply(id, k)),
                 BatchOp::Delete(d) => d.idempotency_key.as_deref().map(|k| scope::delete(id, k)),
-                BatchOp::Get { .. } => None,
+                BatchOp::Get { .. } | BatchOp::FlushAll => None,
             };
             if let Some(scope) = scope
                 && !scopes.insert(scope)
@@ -1271,6 +1307,7 @@ impl Database {
                     }),
                     Err(e) => Err(e),
                 },
+                BatchOp::FlushAll => Err(internal("FLUSH_ALL reached the plain atomic batch")),
             }
             .map_err(fail)?;
             match prepared {
@@ -1315,17 +1352,32 @@ impl Database {
 
     /// FLUSH_ALL: removes every machine, instance and idempotency record (written to the
     /// WAL, so it survives restart). Refused unless `allow_flush_all` is set.
-    async fn flush_all_now(&self) -> Result<FlushCounts> {
-        if !self.inner.config.allow_flush_all {
-            return Err(Error::bad_request(
-                "",
-                "FLUSH_ALL is disabled; set storage.allow_flush_all: true to enable it",
-            ));
-        }
+    async fn flush_all_now(&self) -> Result<FlushOutcome> {
+        self.flush_allowed()?;
         let _machines = self.inner.machine_lock.lock().await;
         // Every instance lock: no write may be between reading an instance and committing
         // while everything disappears (its hint would resurrect a flushed instance).
         let instances = self.inner.locks.lock_every_shard().await;
+        self.commit_flush(instances).await
+    }
+
+    fn flush_allowed(&self) -> Result<()> {
+        if self.inner.config.allow_flush_all {
+            Ok(())
+        } else {
+            Err(Error::bad_request(
+                "",
+                "FLUSH_ALL is disabled; set storage.allow_flush_all: true to enable it",
+            ))
+        }
+    }
+
+    /// Writes a FLUSH_ALL record and forgets every machine. The caller holds the machine
+    /// lock and hands over every instance lock shard.
+    async fn commit_flush(
+        &self,
+        instances: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<FlushOutcome> {
         let c = self
             .commit(
                 WalEntry::FlushAll {
@@ -1340,7 +1392,103 @@ impl Database {
             .write()
             .map_err(|_| internal("machine cache lock poisoned"))?
             .clear();
-        Ok(c.flushed.unwrap_or_default())
+        let counts = c.flushed.unwrap_or_default();
+        Ok(FlushOutcome {
+            instances_removed: counts.instances_removed,
+            machines_removed: counts.machines_removed,
+            wal_offset: c.seq,
+        })
+    }
+
+    /// An atomic batch holding FLUSH_ALL, validated in order like any atomic batch, all or
+    /// nothing. A write before the (first) flush would be removed by it in the same instant,
+    /// so it is refused rather than acknowledged for something nobody could ever read. After
+    /// the flush there is no machine, instance or idempotency record, and a batch cannot put
+    /// a machine back, so every op after it fails as on an empty database
+    /// (`MACHINE_NOT_FOUND` for a create, `INSTANCE_NOT_FOUND` for the others); a further
+    /// FLUSH_ALL finds nothing. What can succeed is GET_INSTANCEs before the flush (read,
+    /// then wiped, with no write in between) and the flush itself, written as one FLUSH_ALL
+    /// record under the locks the op on its own takes.
+    async fn atomic_flush_batch(
+        &self,
+        ops: Vec<BatchOp>,
+    ) -> std::result::Result<Vec<BatchOutput>, BatchFailure> {
+        enum Planned {
+            Read(Instance),
+            Flush,
+        }
+        let first = ops
+            .iter()
+            .position(|op| matches!(op, BatchOp::FlushAll))
+            .unwrap_or(ops.len());
+        let _machines = self.inner.machine_lock.lock().await;
+        let instances = self.inner.locks.lock_every_shard().await;
+        let staged = self.staged();
+        let mut planned = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            let fail = |error: Error| BatchFailure {
+                index,
+                op: op.name(),
+                error,
+            };
+            let instance_gone = |id: &str| {
+                fail(Error::InstanceNotFound {
+                    instance_id: id.to_owned(),
+                })
+            };
+            planned.push(match op {
+                BatchOp::FlushAll => {
+                    self.flush_allowed().map_err(fail)?;
+                    Planned::Flush
+                }
+                BatchOp::Get { instance_id } if index < first => {
+                    match staged.load(instance_id).map_err(fail)? {
+                        Some(i) if !i.deleted => Planned::Read(i),
+                        _ => return Err(instance_gone(instance_id)),
+                    }
+                }
+                _ if index < first => {
+                    return Err(fail(Error::bad_request(
+                        "",
+                        format!(
+                            "{} before the FLUSH_ALL at ops[{first}] of an atomic batch would be removed by it; \
+                             send it after the batch, or use mode best_effort",
+                            op.name()
+                        ),
+                    )));
+                }
+                BatchOp::Create(c) => {
+                    return Err(fail(Error::MachineNotFound {
+                        machine: c.machine.clone(),
+                        version: c.version,
+                    }));
+                }
+                BatchOp::Apply(a) => return Err(instance_gone(&a.instance_id)),
+                BatchOp::Delete(d) => return Err(instance_gone(&d.instance_id)),
+                BatchOp::Get { instance_id } => return Err(instance_gone(instance_id)),
+            });
+        }
+        let flushed = self
+            .commit_flush(instances)
+            .await
+            .map_err(|error| BatchFailure {
+                index: first,
+                op: "FLUSH_ALL",
+                error,
+            })?;
+        Ok(planned
+            .into_iter()
+            .enumerate()
+            .map(|(index, p)| match p {
+                Planned::Read(i) => BatchOutput::Instance(i),
+                Planned::Flush if index == first => BatchOutput::Flushed(flushed),
+                // A second flush in the same record finds nothing left.
+                Planned::Flush => BatchOutput::Flushed(FlushOutcome {
+                    wal_offset: flushed.wal_offset,
+                    ..FlushOutcome::default()
+                }),
+            })
+            .collect())
     }
 
     // ---- lists ------------------------------------------------------------------------------

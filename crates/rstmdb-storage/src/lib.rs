@@ -59,9 +59,9 @@ pub use crypto::{EncryptionKey, KeyError};
 pub use db::{
     ApplyEvent, ApplyOutcome, BatchFailure, BatchMode, BatchOp, BatchOutput, ChangeStream,
     CheckpointOutcome, CreateInstance, CreateOutcome, DEFAULT_WAL_READ_LIMIT, Database,
-    DeleteInstance, DeleteOutcome, InstancePage, ListQuery, MAX_LIST_LIMIT, MAX_WAL_READ_BYTES,
-    MAX_WAL_READ_LIMIT, MachineInfo, OpenError, PutMachineOutcome, WalPage, WalReadRecord,
-    WalStatsOutcome, WatchError,
+    DeleteInstance, DeleteOutcome, FlushOutcome, InstancePage, ListQuery, MAX_LIST_LIMIT,
+    MAX_WAL_READ_BYTES, MAX_WAL_READ_LIMIT, MachineInfo, OpenError, PutMachineOutcome, WalPage,
+    WalReadRecord, WalStatsOutcome, WatchError,
 };
 pub use entry::WalEntry;
 pub use rekey::{RekeyError, RekeyReport, rekey};

@@ -944,6 +944,77 @@ async fn flush_all_is_gated_and_removes_everything() {
 }
 
 #[tokio::test]
+async fn flush_all_as_a_batch_element_in_either_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.allow_flush_all = true;
+    let db = Database::open(cfg).unwrap();
+    db.put_machine("order", 1, &order_def()).await.unwrap();
+    db.create_instance(create("a")).await.unwrap();
+    let get = |id: &str| BatchOp::Get {
+        instance_id: id.into(),
+    };
+
+    // Atomic: a write before the flush is refused, an op after it fails as on an empty
+    // database; nothing is written either way.
+    let last = db.last_offset();
+    let f = db
+        .batch(
+            BatchMode::Atomic,
+            vec![BatchOp::Create(create("b")), BatchOp::FlushAll],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (f.index, f.op, f.error.code()),
+        (0, "CREATE_INSTANCE", ErrorCode::BadRequest)
+    );
+    let f = db
+        .batch(BatchMode::Atomic, vec![BatchOp::FlushAll, get("a")])
+        .await
+        .unwrap_err();
+    assert_eq!((f.index, f.error.code()), (1, ErrorCode::InstanceNotFound));
+    assert_eq!(db.last_offset(), last);
+    assert!(db.get_instance("a").is_ok());
+
+    // Atomic: read, then flush, as one record.
+    let out = db
+        .batch(BatchMode::Atomic, vec![get("a"), BatchOp::FlushAll])
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], Ok(BatchOutput::Instance(i)) if i.id == "a"));
+    let Ok(BatchOutput::Flushed(f)) = &out[1] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(
+        (f.instances_removed, f.machines_removed, f.wal_offset),
+        (1, 1, last + 1)
+    );
+    assert_eq!(db.last_offset(), last + 1);
+    assert!(db.list_machines().unwrap().is_empty());
+
+    // Best effort: in its place, its own record; the ops after it see the empty database.
+    db.put_machine("order", 1, &order_def()).await.unwrap();
+    let out = db
+        .batch(
+            BatchMode::BestEffort,
+            vec![BatchOp::Create(create("c")), BatchOp::FlushAll, get("c")],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&out[0], Ok(BatchOutput::Created(_))));
+    let Ok(BatchOutput::Flushed(f)) = &out[1] else {
+        panic!("{out:?}");
+    };
+    assert_eq!((f.instances_removed, f.machines_removed), (1, 1));
+    assert_eq!(f.wal_offset, db.last_offset());
+    assert_eq!(
+        out[2].as_ref().unwrap_err().code(),
+        ErrorCode::InstanceNotFound
+    );
+}
+
+#[tokio::test]
 async fn ctx_limit_applies_after_merge() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
