@@ -85,24 +85,7 @@ impl ErrorCode {
 
     /// The codes a node without replication or a cluster may send: 0.1.1's 16, all that
     /// the published Python client 0.2.1 accepts.
-    pub const STANDALONE: [ErrorCode; 16] = [
-        ErrorCode::UnsupportedProtocol,
-        ErrorCode::BadRequest,
-        ErrorCode::Unauthorized,
-        ErrorCode::AuthFailed,
-        ErrorCode::NotFound,
-        ErrorCode::MachineNotFound,
-        ErrorCode::MachineVersionExists,
-        ErrorCode::MachineVersionLimitExceeded,
-        ErrorCode::InstanceNotFound,
-        ErrorCode::InstanceExists,
-        ErrorCode::InvalidTransition,
-        ErrorCode::GuardFailed,
-        ErrorCode::Conflict,
-        ErrorCode::WalIoError,
-        ErrorCode::InternalError,
-        ErrorCode::RateLimited,
-    ];
+    pub const STANDALONE: &'static [ErrorCode] = Self::ALL.split_at(16).0;
 
     /// Whether only a node with replication (or a cluster) configured may send this code.
     pub fn is_replication_only(self) -> bool {

@@ -206,6 +206,17 @@ pub struct BatchFailure {
     pub error: Error,
 }
 
+impl BatchFailure {
+    /// A failure of the batch as a whole (its commit), not of one op in it.
+    fn whole(error: Error) -> BatchFailure {
+        BatchFailure {
+            index: 0,
+            op: "BATCH",
+            error,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct WalReadRecord {
     pub offset: u64,
@@ -1235,11 +1246,7 @@ impl Database {
             return self
                 .detached(move |db| async move { db.atomic_flush_batch(ops).await })
                 .await
-                .map_err(|error| BatchFailure {
-                    index: 0,
-                    op: "BATCH",
-                    error,
-                })?;
+                .map_err(BatchFailure::whole)?;
         }
         // Fix generated ids first so their locks can be taken up front.
         let ids: Vec<String> = ops
@@ -1334,11 +1341,7 @@ impl Database {
         let commit = self
             .commit(WalEntry::Batch { entries }, hints, guards)
             .await
-            .map_err(|error| BatchFailure {
-                index: 0,
-                op: "BATCH",
-                error,
-            })?;
+            .map_err(BatchFailure::whole)?;
         Ok(outcomes
             .into_iter()
             .map(|(mut o, written)| {
