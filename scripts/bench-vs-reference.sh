@@ -97,7 +97,13 @@ start_server() { # which fsync
         "$bin" > "$work/$which-$port.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            # Something answers: make sure it is ours, not another process on that port
+            # (ours would then exit on the failed bind).
+            sleep 0.2
+            if kill -0 "$server_pid" 2>/dev/null; then return 0; fi
+            break
+        fi
         if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
         sleep 0.05
     done

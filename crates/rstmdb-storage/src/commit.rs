@@ -250,6 +250,24 @@ struct ApplyHandoff {
     tx: std::sync::mpsc::SyncSender<ApplyMsg>,
     /// Messages sent to the apply thread and not yet handled by it.
     queued: Arc<AtomicU64>,
+    poison: Arc<Poison>,
+}
+
+/// Handles `msg` holding the stage's lock. A panic in the apply code is caught, so that it
+/// takes down neither the log stage (inline) nor the apply thread's draining of what follows:
+/// the state may be half-written, so the stage is poisoned and every later write refused.
+/// `false` when the stage cannot be used (its lock was poisoned by an earlier panic).
+fn handle_guarded(stage: &Mutex<ApplyStage>, poison: &Poison, msg: ApplyMsg) -> bool {
+    let Ok(mut stage) = stage.lock() else {
+        poison.set("the apply stage failed earlier; refusing writes until restart".into());
+        return false;
+    };
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.handle(msg)));
+    if handled.is_err() {
+        tracing::error!("the apply stage panicked; refusing writes until restart");
+        poison.set("the apply stage panicked; refusing writes until restart".into());
+    }
+    true
 }
 
 impl ApplyHandoff {
@@ -257,13 +275,13 @@ impl ApplyHandoff {
     /// stage is gone.
     fn hand(&mut self, msg: ApplyMsg, small: bool) -> Result<(), ApplyMsg> {
         if small && self.queued.load(Ordering::Acquire) == 0 {
-            return match self.stage.lock() {
-                Ok(mut stage) => {
-                    stage.handle(msg);
-                    Ok(())
-                }
-                Err(_) => Err(msg),
-            };
+            if self.stage.is_poisoned() {
+                self.poison
+                    .set("the apply stage failed earlier; refusing writes until restart".into());
+                return Err(msg);
+            }
+            handle_guarded(&self.stage, &self.poison, msg);
+            return Ok(());
         }
         self.queued.fetch_add(1, Ordering::AcqRel);
         self.tx.send(msg).map_err(|e| {
@@ -278,19 +296,18 @@ pub(crate) struct ApplyThread {
     stage: Arc<Mutex<ApplyStage>>,
     rx: std::sync::mpsc::Receiver<ApplyMsg>,
     queued: Arc<AtomicU64>,
+    poison: Arc<Poison>,
 }
 
 impl ApplyThread {
     /// Handles what the log stage sends, in order, until the log stage stops.
     pub fn run(self) {
         for msg in self.rx {
-            let Ok(mut stage) = self.stage.lock() else {
-                tracing::error!("apply stage lock poisoned; stopping");
-                return;
-            };
-            stage.handle(msg);
-            drop(stage);
+            let usable = handle_guarded(&self.stage, &self.poison, msg);
             self.queued.fetch_sub(1, Ordering::AcqRel);
+            if !usable {
+                return;
+            }
         }
         if let Ok(stage) = self.stage.lock() {
             tracing::debug!(high_water = stage.high_water, "apply stage stopped");
@@ -315,8 +332,14 @@ pub(crate) fn pipeline(
         stage: stage.clone(),
         tx,
         queued: queued.clone(),
+        poison: poison.clone(),
     };
-    let thread = ApplyThread { stage, rx, queued };
+    let thread = ApplyThread {
+        stage,
+        rx,
+        queued,
+        poison: poison.clone(),
+    };
     let log = LogStage {
         wal,
         policy,
@@ -411,7 +434,9 @@ impl LogStage {
                 self.checkpoint_asked = None;
                 if let Err(ApplyMsg::Checkpoint { reply, .. }) = self
                     .to_apply
-                    .hand(ApplyMsg::Checkpoint { seq, now_ms, reply }, true)
+                    // Not inline: it scans tombstones and idempotency records, which would
+                    // hold up the log stage's next groups.
+                    .hand(ApplyMsg::Checkpoint { seq, now_ms, reply }, false)
                 {
                     let _ = reply.send(Err("the apply stage stopped".into()));
                 }
@@ -507,7 +532,8 @@ impl LogStage {
         };
         self.handed_seq = last_seq;
         // Hand the group over before syncing, so that it is planned while the disk works.
-        let small = group.len() <= INLINE_GROUP_RECORDS;
+        // A FLUSH_ALL scans the whole store: never on the log stage's thread.
+        let small = group.len() <= INLINE_GROUP_RECORDS && !group.iter().any(is_flush);
         if let Err(ApplyMsg::Group { group, .. }) = self.to_apply.hand(
             ApplyMsg::Group {
                 first_seq,
