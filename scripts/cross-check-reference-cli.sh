@@ -37,7 +37,8 @@ free_port() {
 }
 
 # start NAME BINARY: starts a server configured only through 0.3.0's environment variables
-# (the reference reads nothing else), waits until it answers PING, prints its address.
+# (the reference reads nothing else), waits until it answers PING, and sets ADDR to its
+# address. Not to be called in $(...): its pid must reach PIDS in this shell, for cleanup.
 start() {
     local name="$1" bin="$2" port
     port="$(free_port)"
@@ -49,7 +50,7 @@ start() {
     PIDS+=($!)
     for _ in $(seq 1 100); do
         if "$REF_CLI" -s "127.0.0.1:$port" ping >/dev/null 2>&1; then
-            echo "127.0.0.1:$port"
+            ADDR="127.0.0.1:$port"
             return
         fi
         sleep 0.1
@@ -85,11 +86,14 @@ run_script() {
     normalise <"$out.raw" >"$out"
 }
 
-ref_addr="$(start reference "$REF_SERVER")"
-ours_addr="$(start ours "$OUR_SERVER")"
+start reference "$REF_SERVER"
+ref_addr="$ADDR"
+start ours "$OUR_SERVER"
+ours_addr="$ADDR"
 run_script "$REF_CLI" "$ref_addr" "$WORK/expected"
 run_script "$REF_CLI" "$ours_addr" "$WORK/reference-cli"
-ours2_addr="$(start ours-again "$OUR_SERVER")"
+start ours-again "$OUR_SERVER"
+ours2_addr="$ADDR"
 run_script "$OUR_CLI" "$ours2_addr" "$WORK/our-cli"
 
 status=0

@@ -38,7 +38,9 @@ step list-machines
 cli list-machines
 
 step watch-all
-cli watch-all --machines order >"$WORK/events.jsonl" 2>/dev/null &
+# The binary itself in the background (not the `cli` function, whose subshell would be what
+# $! names, leaving the CLI running after the kill below).
+"$CLI" -s "$ADDR" watch-all --machines order >"$WORK/events.jsonl" 2>/dev/null &
 WATCH_PID=$!
 sleep 1
 
