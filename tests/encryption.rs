@@ -108,7 +108,7 @@ fn assert_all_there(c: &mut Client, acked: &[(String, Value)]) {
 #[test]
 fn an_encrypted_server_writes_no_plaintext_context_and_survives_sigterm_and_sigkill() {
     let keys = tempdir();
-    let key = write_key(keys.path(), "data.key", 0x42);
+    let key = write_key(keys.path(), "data.key", 0xc2);
     let mut s = Server::with_config(with_key(Some(&key)));
     let mut c = s.connect();
     let acked = fill(&mut c);
@@ -141,7 +141,7 @@ fn an_encrypted_server_writes_no_plaintext_context_and_survives_sigterm_and_sigk
     assert_all_there(&mut c, &acked);
     c.ok("GET_INSTANCE", json!({"instance_id": "after-kill"}));
     assert!(
-        !s.all_logs().contains(&format!("{:?}", [0x42u8; 32])),
+        !s.all_logs().contains(&format!("{:?}", [0xc2u8; 32])),
         "the key never reaches the logs"
     );
 }

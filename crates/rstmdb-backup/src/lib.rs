@@ -189,9 +189,21 @@ impl Key {
         Key(Zeroizing::new(bytes))
     }
 
-    /// 32 raw bytes, or 64 hex characters (surrounding whitespace ignored).
+    /// 32 raw bytes, or 64 hex characters (surrounding whitespace ignored). 32 bytes that are
+    /// all printable text are refused: that is a typed passphrase, not random key bytes (32
+    /// random bytes are all printable with probability about 4 in 10^14).
     pub fn parse(raw: &[u8]) -> Result<Key> {
         if let Ok(bytes) = <[u8; 32]>::try_from(raw) {
+            let text = bytes
+                .iter()
+                .all(|&b| (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'));
+            if text {
+                return Err(Error::Key(
+                    "must be 32 raw bytes or 64 hex characters; found 32 characters of text, \
+                     which looks like a passphrase rather than a key: use `openssl rand -hex 32`"
+                        .into(),
+                ));
+            }
             return Ok(Key::from_bytes(bytes));
         }
         let text = std::str::from_utf8(raw)

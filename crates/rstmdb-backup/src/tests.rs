@@ -138,6 +138,9 @@ fn keys_parse_from_raw_or_hex_and_reject_anything_else() {
     assert!(Key::parse(&[1u8; 32]).is_ok());
     assert!(Key::parse(format!("{}\n", "ab".repeat(32)).as_bytes()).is_ok());
     assert!(Key::parse(b"short").is_err());
+    // A 32-character passphrase (key file or RSTMDB_BACKUP_KEY) is not taken as raw bytes.
+    let e = Key::parse(b"correct horse battery staple 123").unwrap_err();
+    assert!(e.to_string().contains("passphrase"), "{e}");
     assert!(Key::parse("zz".repeat(32).as_bytes()).is_err());
     assert!(Key::load(None, None).unwrap().is_none());
     assert!(Key::load(None, Some("ab".repeat(32))).unwrap().is_some());

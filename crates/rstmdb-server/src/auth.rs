@@ -261,29 +261,26 @@ fn parse_grant(name: &str, grant: &str) -> Result<Principal, String> {
     })
 }
 
-/// A short, non-secret label for a bare hash: its first 8 hex digits. A hash prefix says
-/// nothing useful about the token (it is a one-way function of it) and lets an operator tell
-/// entries apart in the audit log.
-fn label_for(hash: &[u8; 32]) -> String {
-    format!(
-        "token-{:02x}{:02x}{:02x}{:02x}",
-        hash[0], hash[1], hash[2], hash[3]
-    )
+/// The name of a bare hash's principal in the audit log: where it is configured, never any
+/// part of the hash. A hash prefix would let whoever reads the audit log test guessed tokens
+/// offline (the hash is unsalted), so a low-entropy token would leak through its label.
+fn admin_for(label: String) -> Principal {
+    Principal {
+        name: label,
+        role: Role::Admin,
+        machines: Vec::new(),
+    }
 }
 
 impl Auth {
     pub fn from_config(cfg: &AuthConfig) -> Result<Auth, AuthSetupError> {
-        let admin = |hash: &[u8; 32]| Principal {
-            name: label_for(hash),
-            role: Role::Admin,
-            machines: Vec::new(),
-        };
         let mut entries: Vec<Entry> = cfg
             .token_hashes
             .iter()
-            .filter_map(|h| decode_hex32(h))
-            .map(|hash| Entry {
-                principal: admin(&hash),
+            .enumerate()
+            .filter_map(|(i, h)| Some((i, decode_hex32(h)?)))
+            .map(|(i, hash)| Entry {
+                principal: admin_for(format!("token-hash-{}", i + 1)),
                 hash,
             })
             .collect();
@@ -309,7 +306,7 @@ impl Auth {
                     .and_then(|f| decode_hex32(f))
                     .ok_or_else(|| bad("expected a SHA-256 hex hash first".into()))?;
                 let principal = match fields.as_slice() {
-                    [_] => admin(&hash),
+                    [_] => admin_for(format!("secrets-line-{}", n + 1)),
                     [_, name, grant] => parse_grant(name, grant).map_err(bad)?,
                     _ => {
                         return Err(bad(
@@ -438,11 +435,12 @@ mod tests {
     fn configured_token_is_accepted_in_either_case() {
         let cfg = AuthConfig {
             required: true,
-            token_hashes: vec![hash("secret").to_uppercase()],
+            token_hashes: vec![hash("other"), hash("secret").to_uppercase()],
             ..Default::default()
         };
         let auth = Auth::from_config(&cfg).unwrap();
-        assert_eq!(chk(&auth, "secret").unwrap().role, Role::Admin);
+        let p = chk(&auth, "secret").unwrap();
+        assert_eq!((p.name.as_str(), p.role), ("token-hash-2", Role::Admin));
         assert_eq!(chk(&auth, "Secret"), Err("invalid token"));
         assert_eq!(chk(&auth, ""), Err("invalid token"));
     }
@@ -517,7 +515,9 @@ mod tests {
         assert_eq!(auth.token_count(), 3);
         let root = chk(&auth, "root").unwrap();
         assert_eq!(root.role, Role::Admin);
-        assert!(root.name.starts_with("token-"), "{}", root.name);
+        // A bare hash is named by its place in the file, never by any part of the hash.
+        assert_eq!(root.name, "secrets-line-2");
+        assert!(!root.name.contains(&hash("root")[..4]), "{}", root.name);
         assert!(!root.restricted());
         let ro = chk(&auth, "ro").unwrap();
         assert_eq!((ro.name.as_str(), ro.role), ("reporter", Role::Read));

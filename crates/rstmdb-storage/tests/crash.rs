@@ -108,7 +108,7 @@ fn sigkill_mid_burst_loses_no_acknowledged_write_with_encryption() {
     use std::os::unix::fs::PermissionsExt;
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("key");
-    std::fs::write(&key, [0x5a; 32]).unwrap();
+    std::fs::write(&key, [0xa5; 32]).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     kill_cycles(Some(&key));
 }

@@ -428,6 +428,17 @@ fn key_files_are_raw_or_hex_and_must_be_private() {
         EncryptionKey::from_file(&long),
         Err(KeyError::Invalid { .. })
     ));
+    // A typed 32-character passphrase is text, not 32 random bytes: refused, with the way out.
+    let phrase = write_key_file(
+        dir.path(),
+        "phrase",
+        b"correct horse battery staple 123",
+        0o600,
+    );
+    let e = EncryptionKey::from_file(&phrase).unwrap_err();
+    assert!(matches!(e, KeyError::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("passphrase"), "{e}");
+    assert!(e.to_string().contains("openssl rand -hex 32"), "{e}");
     let missing = EncryptionKey::from_file(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(missing, KeyError::Io { .. }));
     assert!(missing.to_string().contains("missing"), "{missing}");
