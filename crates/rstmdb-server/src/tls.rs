@@ -36,6 +36,12 @@ pub enum TlsError {
     },
     #[error("invalid key file {path:?}: {message}")]
     BadKey { path: PathBuf, message: String },
+    #[error(
+        "key file {path:?} is accessible by group or others (mode {mode:04o}); it must be 0600 \
+         or stricter, or 0640 if owned by root: run `chmod 600 {}`",
+        .path.display()
+    )]
+    InsecureKey { path: PathBuf, mode: u32 },
     #[error("no private key found in {0:?}")]
     NoKey(PathBuf),
     #[error("cannot open client CA file {path:?}: {source}")]
@@ -53,6 +59,32 @@ pub enum TlsError {
 
 fn read(path: &Path, open: impl Fn(std::io::Error) -> TlsError) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(open)
+}
+
+/// The private key's file must not be open to others, nor writable or readable by the group,
+/// except that a root-owned key may be group-readable (0640, the usual `ssl-cert` group setup):
+/// the rule PostgreSQL applies to its `ssl_key_file`. A symlink is judged by its target.
+#[cfg(unix)]
+fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::OpenKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    let allowed = if meta.uid() == 0 { 0o040 } else { 0 };
+    if mode & 0o077 & !allowed != 0 {
+        return Err(TlsError::InsecureKey {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_key_permissions(_: &Path) -> Result<(), TlsError> {
+    Ok(())
 }
 
 fn certs(
@@ -98,6 +130,7 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         });
     }
 
+    check_key_permissions(key_path)?;
     let key_bytes = read(key_path, |source| TlsError::OpenKey {
         path: key_path.to_path_buf(),
         source,
@@ -160,7 +193,13 @@ mod tests {
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
+        chmod(&p, 0o600);
         p
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     struct Pair {
@@ -233,6 +272,41 @@ mod tests {
         assert!(msg.contains("no root trust anchors"), "{msg}");
         m.client_ca_path = Some(cert.clone());
         assert!(load(&m).is_ok());
+    }
+
+    #[test]
+    fn a_key_file_open_to_others_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = self_signed("a");
+        let cert = write(dir.path(), "cert.pem", &a.cert);
+        let key = write(dir.path(), "key.pem", &a.key);
+        for mode in [0o600, 0o400] {
+            chmod(&key, mode);
+            assert!(load(&cfg(Some(cert.clone()), Some(key.clone()))).is_ok());
+        }
+        for mode in [0o644, 0o604, 0o660, 0o620, 0o666] {
+            chmod(&key, mode);
+            let msg = load(&cfg(Some(cert.clone()), Some(key.clone())))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("accessible by group or others"),
+                "{mode:o}: {msg}"
+            );
+            assert!(msg.contains("chmod 600"), "{msg}");
+        }
+        // Group-readable is accepted only for a root-owned key (the ssl-cert group setup).
+        chmod(&key, 0o640);
+        let owned_by_root = std::fs::metadata(&key).unwrap().uid() == 0;
+        assert_eq!(
+            load(&cfg(Some(cert.clone()), Some(key.clone()))).is_ok(),
+            owned_by_root
+        );
+        // The cert itself may be world-readable.
+        chmod(&key, 0o600);
+        chmod(&cert, 0o644);
+        assert!(load(&cfg(Some(cert), Some(key))).is_ok());
     }
 
     #[test]
