@@ -346,13 +346,41 @@ fn identity_from_cert_without_mtls_is_a_startup_error() {
 }
 
 #[test]
+fn the_server_process_cannot_dump_core() {
+    let s = Server::start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("no core limit line in {limits}"));
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    // "Max core file size  <soft>  <hard>  bytes"
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+    assert!(
+        !s.all_logs().contains("core dumps may not be disabled"),
+        "{}",
+        s.all_logs()
+    );
+}
+
+#[test]
 fn bad_tls_files_are_startup_errors_naming_the_file() {
     let pki = Pki::new();
     let (cert, key, _) = pki.server_files();
     let missing = pki.path("nope.pem");
     let other_key = pki.path("other-key.pem");
     write_600(&other_key, &leaf(&pki.ca, "x", false, false).key_pem);
+    let open_key = pki.path("open-key.pem");
+    std::fs::copy(&key, &open_key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let cases = [
+        (
+            json!({"enabled": true, "cert_path": cert.to_string_lossy(), "key_path": open_key.to_string_lossy()}),
+            "accessible by group or others".to_string(),
+        ),
         (
             json!({"enabled": true, "key_path": key.to_string_lossy()}),
             "cert_path not set".to_string(),

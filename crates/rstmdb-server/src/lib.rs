@@ -10,6 +10,7 @@
 //! - [`tls`]: TLS/mTLS material, loaded at startup and on SIGHUP.
 //! - [`audit`]: the JSON audit log.
 //! - [`metrics`]: Prometheus counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`harden`]: no core dumps (non-dumpable process, core limit 0).
 //! - [`error`]: the one mapping from engine errors to RCP error objects.
 
 pub mod audit;
@@ -19,6 +20,7 @@ pub mod backup;
 pub mod config;
 pub mod error;
 pub mod handlers;
+pub mod harden;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -211,6 +211,8 @@ fn init_logging(cfg: &Config) {
 }
 
 fn main() -> ExitCode {
+    // Before any key, token or data is read (restore and rekey handle keys too).
+    let hardening_failed = rstmdb_server::harden::no_core_dumps();
     let cli = Cli::parse();
     if let Some(Cmd::Repair { data_dir }) = &cli.command {
         // A mistyped path must not read as "clean, nothing to repair": the operator would
@@ -273,6 +275,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     init_logging(&config);
+    for step in &hardening_failed {
+        tracing::warn!("core dumps may not be disabled: {step}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads())
         .enable_all()
