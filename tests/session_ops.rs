@@ -404,3 +404,45 @@ fn repeated_auth_failures_are_rate_limited() {
     }
     panic!("50 failed AUTHs in a row were never RATE_LIMITED");
 }
+
+#[test]
+fn a_throttled_address_still_lets_a_correct_token_in() {
+    // Issue 18 finding 9: clients behind one NAT share an address. An attacker there throttles
+    // it, yet another client with a correct token gets in through the slow lane (one check per
+    // second), retrying when told to.
+    let s = auth_server();
+    let mut attacker = s.connect();
+    let mut throttled = false;
+    for i in 0..50 {
+        let e = attacker.err(
+            "AUTH",
+            json!({"method": "bearer", "token": format!("wrong-{i}")}),
+        );
+        if e["code"] == "RATE_LIMITED" {
+            let wait = e["details"]["retry_after_ms"].as_u64().unwrap();
+            assert!(wait <= 1000, "the slow lane reopens within a second: {e}");
+            throttled = true;
+            break;
+        }
+    }
+    assert!(throttled, "the attacker's address was never throttled");
+    let mut other = s.connect();
+    for _ in 0..5 {
+        let r = other.request("AUTH", json!({"method": "bearer", "token": "secret"}));
+        if r["status"] == "ok" {
+            other.ok("INFO", json!({}));
+            // The attacker is still throttled (the success just took this second's check, and
+            // a success clears nothing).
+            attacker.err_code(
+                "AUTH",
+                json!({"method": "bearer", "token": "wrong-x"}),
+                "RATE_LIMITED",
+            );
+            return;
+        }
+        assert_eq!(r["error"]["code"], "RATE_LIMITED", "{r}");
+        let wait = r["error"]["details"]["retry_after_ms"].as_u64().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(wait + 20));
+    }
+    panic!("a correct token was refused five times while the address was throttled");
+}

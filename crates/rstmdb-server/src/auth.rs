@@ -10,16 +10,25 @@ use std::time::{Duration, Instant};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroize;
 
-/// Failed AUTHs from one address within [`AUTH_FAILURE_WINDOW`] before it is throttled.
+/// Failed AUTHs from one client network within [`AUTH_FAILURE_WINDOW`] before it is throttled.
 pub const MAX_AUTH_FAILURES_PER_WINDOW: u32 = 10;
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// How long a throttled address gets `RATE_LIMITED` for every AUTH.
+/// How long a throttled network stays throttled after its last failed AUTH.
 pub const AUTH_THROTTLE: Duration = Duration::from_secs(30);
-/// Addresses tracked at most; beyond it expired entries are dropped (and, if none are, the
+/// While throttled, one AUTH per this interval from the network is still checked (the slow
+/// lane): a client sharing the address with an attacker (NAT, a shared /64) gets in with a
+/// correct token after at most this long, and the attacker gets one guess per interval.
+pub const AUTH_SLOW_LANE: Duration = Duration::from_secs(1);
+/// Networks tracked at most; beyond it expired entries are dropped (and, if none are, the
 /// oldest), so an attacker cycling addresses cannot grow memory without bound.
 pub const MAX_TRACKED_ADDRESSES: usize = 10_000;
 
-/// Per-address AUTH failure counting (decisions.md: repeated failures are throttled).
+/// Per-network AUTH failure counting (decisions.md: repeated failures are throttled).
+///
+/// Keyed by [`throttle_key`]: an IPv4 address, or the /64 an IPv6 address belongs to (one
+/// host usually holds a whole /64 and can rotate through it). A success never clears the
+/// count: otherwise a holder of any valid token could interleave successes with guesses at
+/// another token and never be throttled.
 #[derive(Debug, Default)]
 pub struct Throttle {
     by_addr: Mutex<HashMap<IpAddr, Failures>>,
@@ -30,22 +39,61 @@ struct Failures {
     count: u32,
     window_start: Instant,
     blocked_until: Option<Instant>,
+    /// The slow lane's next free slot while blocked.
+    next_check: Instant,
+}
+
+/// The unit the AUTH throttle counts: IPv4 addresses as they are (an IPv4-mapped IPv6 address
+/// counts as its IPv4 address), IPv6 addresses by their /64 prefix.
+pub fn throttle_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
 }
 
 impl Throttle {
-    /// `Some(remaining)` while `addr` is throttled.
-    pub fn blocked(&self, addr: IpAddr) -> Option<Duration> {
-        let map = self.by_addr.lock().ok()?;
-        let until = map.get(&addr)?.blocked_until?;
-        until.checked_duration_since(Instant::now())
+    /// May an AUTH from `addr` be checked now? `Err(retry_after)` while its network is
+    /// throttled and this interval's slow-lane check is taken.
+    pub fn admit(&self, addr: IpAddr) -> Result<(), Duration> {
+        self.admit_at(addr, Instant::now())
+    }
+
+    fn admit_at(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let Ok(mut map) = self.by_addr.lock() else {
+            return Ok(());
+        };
+        let Some(f) = map.get_mut(&throttle_key(addr)) else {
+            return Ok(());
+        };
+        match f.blocked_until {
+            Some(until) if until > now => {
+                if f.next_check <= now {
+                    f.next_check = now + AUTH_SLOW_LANE;
+                    Ok(())
+                } else {
+                    Err(f.next_check - now)
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn record_failure(&self, addr: IpAddr) {
+        self.record_failure_at(addr, Instant::now());
+    }
+
+    fn record_failure_at(&self, addr: IpAddr, now: Instant) {
         let Ok(mut map) = self.by_addr.lock() else {
             return;
         };
-        let now = Instant::now();
-        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&addr) {
+        let key = throttle_key(addr);
+        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&key) {
             map.retain(|_, f| {
                 now.duration_since(f.window_start) < AUTH_FAILURE_WINDOW
                     || f.blocked_until.is_some_and(|u| u > now)
@@ -59,11 +107,17 @@ impl Throttle {
                 map.remove(&oldest);
             }
         }
-        let f = map.entry(addr).or_insert(Failures {
+        let f = map.entry(key).or_insert(Failures {
             count: 0,
             window_start: now,
             blocked_until: None,
+            next_check: now,
         });
+        if f.blocked_until.is_some_and(|u| u > now) {
+            // A failure in the slow lane keeps the network throttled.
+            f.blocked_until = Some(now + AUTH_THROTTLE);
+            return;
+        }
         if now.duration_since(f.window_start) >= AUTH_FAILURE_WINDOW {
             f.count = 0;
             f.window_start = now;
@@ -71,14 +125,9 @@ impl Throttle {
         f.count += 1;
         if f.count >= MAX_AUTH_FAILURES_PER_WINDOW {
             f.blocked_until = Some(now + AUTH_THROTTLE);
+            f.next_check = now;
             f.count = 0;
             f.window_start = now;
-        }
-    }
-
-    pub fn record_success(&self, addr: IpAddr) {
-        if let Ok(mut map) = self.by_addr.lock() {
-            map.remove(&addr);
         }
     }
 }
@@ -402,19 +451,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn throttle_blocks_after_repeated_failures_and_success_clears_it() {
+    fn throttle_blocks_a_network_and_keeps_a_slow_lane_open() {
         let t = Throttle::default();
         let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
         for _ in 0..MAX_AUTH_FAILURES_PER_WINDOW - 1 {
-            t.record_failure(a);
+            assert_eq!(t.admit_at(a, t0), Ok(()));
+            t.record_failure_at(a, t0);
         }
-        assert!(t.blocked(a).is_none());
-        t.record_failure(a);
-        assert!(t.blocked(a).is_some());
+        assert_eq!(t.admit_at(a, t0), Ok(()));
+        t.record_failure_at(a, t0);
+        // Throttled: one check now (the slow lane), then refusals until the next slot.
+        assert_eq!(t.admit_at(a, t0), Ok(()));
+        assert_eq!(t.admit_at(a, t0), Err(AUTH_SLOW_LANE));
+        let half = t0 + AUTH_SLOW_LANE / 2;
+        assert_eq!(t.admit_at(a, half), Err(AUTH_SLOW_LANE / 2));
+        assert_eq!(t.admit_at(a, t0 + AUTH_SLOW_LANE), Ok(()));
         let b: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(t.blocked(b).is_none(), "other addresses are not affected");
-        t.record_success(a);
-        assert!(t.blocked(a).is_none());
+        assert_eq!(t.admit_at(b, t0), Ok(()), "other networks are not affected");
+        // A failure in the slow lane extends the throttle; without failures it ends.
+        let later = t0 + AUTH_THROTTLE - Duration::from_secs(1);
+        t.record_failure_at(a, later);
+        assert_eq!(t.admit_at(a, later), Ok(()));
+        assert!(t.admit_at(a, later).is_err());
+        let past_first = t0 + AUTH_THROTTLE + Duration::from_secs(5);
+        assert_eq!(t.admit_at(a, past_first), Ok(()), "slow lane");
+        assert!(t.admit_at(a, past_first).is_err(), "still throttled");
+        let free = later + AUTH_THROTTLE;
+        assert_eq!(t.admit_at(a, free), Ok(()));
+        assert_eq!(t.admit_at(a, free), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_is_throttled_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        for i in 0..MAX_AUTH_FAILURES_PER_WINDOW {
+            // A host rotating through its /64 is still one network.
+            t.record_failure_at(ip(&format!("2001:db8:1:2::{:x}", i + 1)), now);
+        }
+        assert_eq!(t.admit_at(ip("2001:db8:1:2:ffff::9"), now), Ok(()));
+        assert!(t.admit_at(ip("2001:db8:1:2:aaaa::1"), now).is_err());
+        assert_eq!(t.admit_at(ip("2001:db8:1:3::1"), now), Ok(()));
+        assert_eq!(
+            throttle_key(ip("::ffff:192.0.2.7")),
+            ip("192.0.2.7"),
+            "an IPv4-mapped address is its IPv4 address"
+        );
+        assert_eq!(throttle_key(ip("192.0.2.7")), ip("192.0.2.7"));
     }
 
     fn chk(auth: &Auth, token: &str) -> Result<Principal, &'static str> {

@@ -935,6 +935,7 @@ impl Session {
             }
             Command::Auth(mut p) => {
                 let r = if p.method != "bearer" {
+                    zeroize::Zeroize::zeroize(&mut p.token);
                     Err(ErrorObject::new(
                         ErrorCode::AuthFailed,
                         format!(
@@ -942,7 +943,8 @@ impl Session {
                             p.method
                         ),
                     ))
-                } else if let Some(wait) = self.shared.auth_throttle.blocked(self.peer.ip()) {
+                } else if let Err(wait) = self.shared.auth_throttle.admit(self.peer.ip()) {
+                    zeroize::Zeroize::zeroize(&mut p.token);
                     Err(ErrorObject::new(
                         ErrorCode::RateLimited,
                         format!(
@@ -955,7 +957,6 @@ impl Session {
                     match self.shared.auth().check(&mut p.token) {
                         Ok(principal) => {
                             self.principal = Some(Arc::new(principal));
-                            self.shared.auth_throttle.record_success(self.peer.ip());
                             Ok((json!({"authenticated": true}), None))
                         }
                         Err(why) => {
