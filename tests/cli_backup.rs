@@ -231,6 +231,12 @@ fn backup_under_concurrent_writes_restores_every_write_acknowledged_before_its_e
     std::thread::sleep(Duration::from_millis(300));
     let out = cli.home().join("full.rbk");
     let b = cli.run(&["--json", "backup", "--out", &s(&out)]).json();
+    {
+        // Issue 18 finding 6: a backup holds every instance; only its owner may read it.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "backup file mode {mode:o}");
+    }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -272,6 +278,11 @@ fn backup_under_concurrent_writes_restores_every_write_acknowledged_before_its_e
         "{}",
         r.stdout
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "restored data directory mode {mode:o}");
+    }
     let srv = server_on(&data);
     let got = rt.block_on(async {
         let c = client(&srv.server_arg()).await;

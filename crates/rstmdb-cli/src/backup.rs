@@ -290,9 +290,13 @@ async fn download(
     json_out: bool,
 ) -> Result<Manifest, CliError> {
     let total = manifest.body_bytes;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    // A backup holds every instance (in clear without --encrypt): owner-only, whatever the
+    // umask, like the data directory it copies.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(tmp)
         .map_err(|e| input(format!("creating {}: {e}", tmp.display())))?;
     let mut w =

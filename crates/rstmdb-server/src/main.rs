@@ -165,6 +165,8 @@ fn restore_cmd(
     let reader = rstmdb_backup::Reader::open(std::io::BufReader::new(file), key.as_ref())
         .map_err(|e| format!("{}: {e}", from.display()))?;
     let m = reader.manifest().clone();
+    // The restored directory holds every instance: owner-only, as the server makes its own.
+    prepare_data_dir(data_dir)?;
     let opts = RestoreOptions {
         data_dir: data_dir.to_path_buf(),
         target,
