@@ -235,8 +235,8 @@ struct Entry {
 pub struct Auth {
     pub required: bool,
     entries: Vec<Entry>,
-    /// Certificate CN → principal (`auth.identity_from_cert`).
-    cert_identities: Vec<(String, Principal)>,
+    /// Certificate name → principal (`auth.identity_from_cert`).
+    cert_identities: Vec<(CertName, Principal)>,
     pub identity_from_cert: bool,
 }
 
@@ -368,12 +368,14 @@ impl Auth {
             }
         }
         let mut cert_identities = Vec::new();
-        for (cn, grant) in &cfg.cert_identities {
-            let p = parse_grant(cn, grant).map_err(|message| AuthSetupError::BadCertIdentity {
-                cn: cn.clone(),
+        for (key, grant) in &cfg.cert_identities {
+            let bad = |message: String| AuthSetupError::BadCertIdentity {
+                cn: key.clone(),
                 message,
-            })?;
-            cert_identities.push((cn.clone(), p));
+            };
+            let name = CertName::parse(key).map_err(bad)?;
+            let p = parse_grant(&name.principal_name(), grant).map_err(bad)?;
+            cert_identities.push((name, p));
         }
         if cfg.required && entries.is_empty() && cert_identities.is_empty() {
             return Err(AuthSetupError::NoTokens);
@@ -416,13 +418,89 @@ impl Auth {
     /// The principal of a verified client certificate's CN, when `identity_from_cert` is on
     /// and the CN is listed in `auth.cert_identities`.
     pub fn principal_for_cert(&self, cn: &str) -> Option<Principal> {
-        if !self.identity_from_cert {
-            return None;
+        let id = crate::tls::PeerIdentity {
+            cn: Some(cn.to_owned()),
+            ..Default::default()
+        };
+        match self.cert_match(&id) {
+            CertMatch::Principal(p) => Some(p),
+            _ => None,
         }
-        self.cert_identities
+    }
+
+    /// What a verified client certificate is, under `auth.identity_from_cert`: the principal of
+    /// the one `auth.cert_identities` entry its names match (CN, DNS or URI SAN).
+    pub fn cert_match(&self, id: &crate::tls::PeerIdentity) -> CertMatch {
+        if !self.identity_from_cert || self.cert_identities.is_empty() {
+            return CertMatch::Off;
+        }
+        let found: Vec<&(CertName, Principal)> = self
+            .cert_identities
             .iter()
-            .find(|(c, _)| c == cn)
-            .map(|(_, p)| p.clone())
+            .filter(|(name, _)| name.matches(id))
+            .collect();
+        match found.as_slice() {
+            [] => CertMatch::Unlisted,
+            [(_, p)] => CertMatch::Principal(p.clone()),
+            many => CertMatch::Ambiguous(many.iter().map(|(n, _)| n.principal_name()).collect()),
+        }
+    }
+}
+
+/// How a client certificate identifies a connection (see [`Auth::cert_match`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertMatch {
+    /// Certificate identities are not configured: the certificate only proved the chain.
+    Off,
+    Principal(Principal),
+    /// None of its names is listed: the connection is refused.
+    Unlisted,
+    /// More than one entry matches (listed by name): refused rather than guessed.
+    Ambiguous(Vec<String>),
+}
+
+/// A key of `auth.cert_identities`: `dns:<name>` (a DNS SAN, compared without regard to
+/// case), `uri:<uri>` (a URI SAN, e.g. a SPIFFE ID, compared exactly), `cn:<name>` or a bare
+/// name (the subject CN, compared exactly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertName {
+    Cn(String),
+    Dns(String),
+    Uri(String),
+}
+
+impl CertName {
+    pub fn parse(key: &str) -> Result<CertName, String> {
+        let (name, value) = if let Some(v) = key.strip_prefix("dns:") {
+            (CertName::Dns(v.to_ascii_lowercase()), v)
+        } else if let Some(v) = key.strip_prefix("uri:") {
+            (CertName::Uri(v.to_owned()), v)
+        } else if let Some(v) = key.strip_prefix("cn:") {
+            (CertName::Cn(v.to_owned()), v)
+        } else {
+            (CertName::Cn(key.to_owned()), key)
+        };
+        if value.is_empty() {
+            return Err("empty certificate name".into());
+        }
+        Ok(name)
+    }
+
+    fn matches(&self, id: &crate::tls::PeerIdentity) -> bool {
+        match self {
+            CertName::Cn(cn) => id.cn.as_deref() == Some(cn.as_str()),
+            CertName::Dns(d) => id.dns.iter().any(|x| x.eq_ignore_ascii_case(d)),
+            CertName::Uri(u) => id.uris.iter().any(|x| x == u),
+        }
+    }
+
+    /// The principal's name in the audit log: the CN as it is, SANs with their kind.
+    pub fn principal_name(&self) -> String {
+        match self {
+            CertName::Cn(cn) => cn.clone(),
+            CertName::Dns(d) => format!("dns:{d}"),
+            CertName::Uri(u) => format!("uri:{u}"),
+        }
     }
 }
 
@@ -677,5 +755,70 @@ mod tests {
             Auth::from_config(&cfg),
             Err(AuthSetupError::BadCertIdentity { .. })
         ));
+        cfg.cert_identities = [("dns:".to_string(), "read".to_string())].into();
+        assert!(matches!(
+            Auth::from_config(&cfg),
+            Err(AuthSetupError::BadCertIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn certificates_match_by_cn_dns_or_uri_and_exactly_one_entry() {
+        use crate::tls::PeerIdentity;
+        let cfg = AuthConfig {
+            identity_from_cert: true,
+            cert_identities: [
+                ("svc-a".to_string(), "write,order*".to_string()),
+                ("dns:Orders.Internal".to_string(), "read".to_string()),
+                (
+                    "uri:spiffe://prod/sa/billing".to_string(),
+                    "admin".to_string(),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let auth = Auth::from_config(&cfg).unwrap();
+        let id = |cn: Option<&str>, dns: &[&str], uris: &[&str]| PeerIdentity {
+            cn: cn.map(str::to_owned),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+        };
+        let CertMatch::Principal(p) = auth.cert_match(&id(Some("svc-a"), &[], &[])) else {
+            panic!("svc-a by CN")
+        };
+        assert_eq!((p.name.as_str(), p.role), ("svc-a", Role::Write));
+        let CertMatch::Principal(p) = auth.cert_match(&id(None, &["orders.internal"], &[])) else {
+            panic!("DNS SANs compare without case")
+        };
+        assert_eq!(
+            (p.name.as_str(), p.role),
+            ("dns:orders.internal", Role::Read)
+        );
+        let CertMatch::Principal(p) =
+            auth.cert_match(&id(Some("x"), &[], &["spiffe://prod/sa/billing"]))
+        else {
+            panic!("URI SAN")
+        };
+        assert_eq!(p.role, Role::Admin);
+        assert_eq!(
+            auth.cert_match(&id(Some("svc-b"), &["other.internal"], &[])),
+            CertMatch::Unlisted
+        );
+        // A URI compares exactly; a CN is not a DNS name.
+        assert_eq!(
+            auth.cert_match(&id(
+                Some("orders.internal"),
+                &[],
+                &["spiffe://prod/sa/BILLING"]
+            )),
+            CertMatch::Unlisted
+        );
+        assert!(matches!(
+            auth.cert_match(&id(Some("svc-a"), &["orders.internal"], &[])),
+            CertMatch::Ambiguous(names) if names.len() == 2
+        ));
+        let off = Auth::from_config(&AuthConfig::default()).unwrap();
+        assert_eq!(off.cert_match(&id(Some("svc-a"), &[], &[])), CertMatch::Off);
     }
 }

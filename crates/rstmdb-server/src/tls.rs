@@ -178,12 +178,49 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// The subject CN of the first (leaf) certificate the client presented, if any.
-pub fn peer_common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+/// The names a verified client certificate (the leaf) carries: its subject CN and its DNS and
+/// URI subject alternative names (a SPIFFE ID is a URI SAN). `auth.cert_identities` matches
+/// on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub cn: Option<String>,
+    pub dns: Vec<String>,
+    pub uris: Vec<String>,
+}
+
+/// Names read from one certificate at most; a certificate with more is read up to this many.
+pub const MAX_PEER_NAMES: usize = 64;
+
+/// The identity of the first (leaf) certificate the client presented, if any.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
+    use x509_parser::extensions::GeneralName;
     let leaf = certs?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    let mut id = PeerIdentity {
+        cn,
+        ..PeerIdentity::default()
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in san.value.general_names.iter().take(MAX_PEER_NAMES) {
+            match name {
+                GeneralName::DNSName(d) => id.dns.push((*d).to_owned()),
+                GeneralName::URI(u) => id.uris.push((*u).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Some(id)
+}
+
+/// The subject CN of the first (leaf) certificate the client presented, if any.
+pub fn peer_common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    peer_identity(certs)?.cn
 }
 
 #[cfg(test)]
@@ -318,5 +355,24 @@ mod tests {
             Some("svc-orders")
         );
         assert_eq!(peer_common_name(None), None);
+    }
+
+    #[test]
+    fn dns_and_uri_names_of_a_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec![
+            "orders.internal".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://prod/ns/shop/sa/orders".try_into().unwrap(),
+        ));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap();
+        let id = peer_identity(Some(&[der])).unwrap();
+        assert_eq!(id.dns, ["orders.internal"]);
+        assert_eq!(id.uris, ["spiffe://prod/ns/shop/sa/orders"]);
+        assert_eq!(peer_identity(None), None);
     }
 }
