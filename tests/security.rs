@@ -119,6 +119,52 @@ fn roles_allow_and_deny_per_op() {
 }
 
 #[test]
+fn idempotency_records_of_a_deleted_instance_never_replay_on_its_successor() {
+    // Issue 18 finding 10: records were keyed by instance id + key only, so after a delete and
+    // a re-create under the same id (allowed by default), an earlier life's record replayed.
+    let s = roles_server(json!({}));
+    let mut admin = login(&s, ADMIN);
+    put_order(&mut admin, "order");
+    put_order(&mut admin, "payment");
+    create(
+        &mut admin,
+        "payment",
+        "shared-id",
+        json!({"card": "secret-card-4242"}),
+    );
+    let pay = json!({"instance_id": "shared-id", "event": "PAY", "idempotency_key": "k-pay"});
+    admin.ok("APPLY_EVENT", pay.clone());
+    admin.ok(
+        "DELETE_INSTANCE",
+        json!({"instance_id": "shared-id", "idempotency_key": "k-del"}),
+    );
+
+    // A principal limited to order* takes the id over and replays the payment's key.
+    let mut svc = login(&s, ORDERS);
+    create(&mut svc, "order", "shared-id", json!({}));
+    let r = svc.request("APPLY_EVENT", pay);
+    assert!(
+        !r.to_string().contains("secret-card-4242"),
+        "another machine's context leaked through an idempotency key: {r}"
+    );
+    assert_eq!(
+        r["result"]["applied"], true,
+        "the event ran on the new life: {r}"
+    );
+    assert_eq!(r["result"]["ctx"], json!({}), "{r}");
+    // A DELETE key of the earlier life must not answer "deleted" without deleting.
+    svc.ok(
+        "DELETE_INSTANCE",
+        json!({"instance_id": "shared-id", "idempotency_key": "k-del"}),
+    );
+    svc.err_code(
+        "GET_INSTANCE",
+        json!({"instance_id": "shared-id"}),
+        "INSTANCE_NOT_FOUND",
+    );
+}
+
+#[test]
 fn machine_globs_limit_what_a_token_touches() {
     let s = roles_server(json!({}));
     let mut admin = login(&s, ADMIN);

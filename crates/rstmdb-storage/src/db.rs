@@ -1006,6 +1006,7 @@ impl Database {
         }
         if let Some(key) = &req.idempotency_key
             && let Some(rec) = self.idem_lookup(&scope::apply(&req.instance_id, key))?
+            && rec.belongs_to(&instance)
         {
             let fp = state::apply_fingerprint(&req.event, &payload);
             let mut out: ApplyOutcome = Self::idem_replay(rec, &fp, key)?;
@@ -1062,6 +1063,7 @@ impl Database {
             })?;
         if let Some(key) = &req.idempotency_key
             && let Some(rec) = self.idem_lookup(&scope::delete(&req.instance_id, key))?
+            && rec.belongs_to(&instance)
         {
             let out: DeleteOutcome = Self::idem_replay(rec, &state::delete_fingerprint(), key)?;
             return Ok(Prepared::Done(BatchOutput::Deleted(out)));

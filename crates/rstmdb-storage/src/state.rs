@@ -154,6 +154,38 @@ pub(crate) struct IdemRecord {
     pub result: Value,
     pub expires_at: i64,
     pub wal_offset: u64,
+    /// The instance life an APPLY or DELETE record belongs to (absent for CREATE records and
+    /// records written before it existed). An instance deleted and created again under the
+    /// same id is another life: its predecessor's records must not replay on it, neither to
+    /// answer a DELETE that never ran nor to hand its old context to a principal allowed
+    /// only the new instance's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Incarnation>,
+}
+
+/// Which life of an instance id: its machine and creation time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Incarnation {
+    pub machine: String,
+    pub created_at: i64,
+}
+
+impl Incarnation {
+    pub fn of(instance: &Instance) -> Incarnation {
+        Incarnation {
+            machine: instance.machine.clone(),
+            created_at: instance.created_at,
+        }
+    }
+}
+
+impl IdemRecord {
+    /// False when the record was made for an earlier life of `instance`'s id.
+    pub fn belongs_to(&self, instance: &Instance) -> bool {
+        self.instance
+            .as_ref()
+            .is_none_or(|i| i.machine == instance.machine && i.created_at == instance.created_at)
+    }
 }
 
 /// Fingerprint of the parameters an idempotent retry must repeat.
@@ -380,6 +412,7 @@ impl Planner<'_> {
         fingerprint: String,
         result: Value,
         at_ms: i64,
+        instance: Option<Incarnation>,
     ) -> Result<(), String> {
         let expires_at = at_ms.saturating_add(self.ttl_ms);
         let rec = IdemRecord {
@@ -387,6 +420,7 @@ impl Planner<'_> {
             result,
             expires_at,
             wal_offset: self.seq,
+            instance,
         };
         // A re-used key after expiry replaces the old record; drop its expiry entry.
         if let Some(old) = self.get(&keys::idem(&scope))?
@@ -475,7 +509,7 @@ impl Planner<'_> {
                         "wal_offset": self.seq,
                     });
                     let fp = create_fingerprint(machine, *version, initial_ctx);
-                    self.remember(scope::create(key), fp, result, *created_at)?;
+                    self.remember(scope::create(key), fp, result, *created_at, None)?;
                 }
             }
             WalEntry::ApplyEvent {
@@ -522,7 +556,13 @@ impl Planner<'_> {
                 }
                 if let Some(key) = idempotency_key {
                     let fp = apply_fingerprint(event, payload);
-                    self.remember(scope::apply(instance_id, key), fp, result, *updated_at)?;
+                    self.remember(
+                        scope::apply(instance_id, key),
+                        fp,
+                        result,
+                        *updated_at,
+                        Some(Incarnation::of(&old)),
+                    )?;
                 }
             }
             WalEntry::DeleteInstance {
@@ -559,6 +599,7 @@ impl Planner<'_> {
                         delete_fingerprint(),
                         result,
                         *updated_at,
+                        Some(Incarnation::of(&old)),
                     )?;
                 }
             }
