@@ -42,8 +42,10 @@ mod cache;
 mod commit;
 pub mod config;
 pub mod crypto;
+mod datadir;
 mod db;
 pub mod entry;
+mod error;
 mod locks;
 pub mod rekey;
 mod state;
@@ -60,9 +62,10 @@ pub use db::{
     ApplyEvent, ApplyOutcome, BatchFailure, BatchMode, BatchOp, BatchOutput, ChangeStream,
     CheckpointOutcome, CreateInstance, CreateOutcome, DEFAULT_WAL_READ_LIMIT, Database,
     DeleteInstance, DeleteOutcome, FlushOutcome, InstancePage, ListQuery, MAX_LIST_LIMIT,
-    MAX_WAL_READ_BYTES, MAX_WAL_READ_LIMIT, MachineInfo, OpenError, PutMachineOutcome, WalPage,
-    WalReadRecord, WalStatsOutcome, WatchError,
+    MAX_WAL_READ_BYTES, MAX_WAL_READ_LIMIT, MachineInfo, PutMachineOutcome, WalPage, WalReadRecord,
+    WalStatsOutcome, WatchError,
 };
 pub use entry::WalEntry;
+pub use error::OpenError;
 pub use rekey::{RekeyError, RekeyReport, rekey};
 pub use state::{ChangeEvent, FlushCounts};
