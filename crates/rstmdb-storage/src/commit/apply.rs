@@ -171,6 +171,12 @@ impl ApplyStage {
         let last_seq = first_seq + group.len() as u64 - 1;
         match result {
             Ok(flushed) => {
+                // Publishing makes every record up to `last_seq` visible (and the replies
+                // below acknowledge them): none of them may still wait for its sync.
+                debug_assert!(
+                    self.waiting.front().is_none_or(|p| p.first_seq > last_seq),
+                    "publishing offset {last_seq} while a group at or below it is not durable"
+                );
                 self.high_water = self.high_water.max(last_seq);
                 self.publisher.publish(last_seq);
                 // Events are built only for subscribers. One that subscribes after this

@@ -1,15 +1,10 @@
 //! How the log stage hands its messages to the apply stage (inline on its own thread, or on
-//! the apply stage's thread), the apply thread itself, and [`pipeline`], which builds both
-//! stages.
+//! the apply stage's thread), and the apply thread itself.
 
 use super::apply::ApplyStage;
-use super::log::{CheckpointTrigger, LogStage};
-use super::{APPLY_QUEUE_GROUPS, ApplyMsg, Poison};
-use crate::config::FsyncPolicy;
-use crate::wal::Wal;
+use super::{ApplyMsg, Poison};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 /// Groups of at most this many records are applied on the log stage's thread when the apply
 /// thread has nothing queued: for them the wake-up of a second thread (and, under
@@ -25,11 +20,11 @@ pub(super) const INLINE_GROUP_RECORDS: usize = 8;
 /// Either way one message at a time under `stage`'s lock, in the order the log stage made
 /// them: a message is handled inline only when none sent to the thread is still unhandled.
 pub(super) struct ApplyHandoff {
-    stage: Arc<Mutex<ApplyStage>>,
-    tx: std::sync::mpsc::SyncSender<ApplyMsg>,
+    pub(super) stage: Arc<Mutex<ApplyStage>>,
+    pub(super) tx: std::sync::mpsc::SyncSender<ApplyMsg>,
     /// Messages sent to the apply thread and not yet handled by it.
-    queued: Arc<AtomicU64>,
-    poison: Arc<Poison>,
+    pub(super) queued: Arc<AtomicU64>,
+    pub(super) poison: Arc<Poison>,
 }
 
 /// Handles `msg` holding the stage's lock. A panic in the apply code is caught, so that it
@@ -72,10 +67,10 @@ impl ApplyHandoff {
 
 /// The apply stage's own thread: run it with [`ApplyThread::run`].
 pub(crate) struct ApplyThread {
-    stage: Arc<Mutex<ApplyStage>>,
-    rx: std::sync::mpsc::Receiver<ApplyMsg>,
-    queued: Arc<AtomicU64>,
-    poison: Arc<Poison>,
+    pub(super) stage: Arc<Mutex<ApplyStage>>,
+    pub(super) rx: std::sync::mpsc::Receiver<ApplyMsg>,
+    pub(super) queued: Arc<AtomicU64>,
+    pub(super) poison: Arc<Poison>,
 }
 
 impl ApplyThread {
@@ -92,46 +87,4 @@ impl ApplyThread {
             tracing::debug!(high_water = stage.high_water, "apply stage stopped");
         }
     }
-}
-
-/// Builds both stages. Run the apply thread's `run` on one thread and the log stage's on
-/// another.
-pub(crate) fn pipeline(
-    wal: Wal,
-    apply: ApplyStage,
-    policy: FsyncPolicy,
-    trigger: CheckpointTrigger,
-) -> (LogStage, ApplyThread) {
-    let handed_seq = wal.last_seq().max(apply.high_water);
-    let (stats, poison) = (apply.stats.clone(), apply.poison.clone());
-    let (tx, rx) = std::sync::mpsc::sync_channel(APPLY_QUEUE_GROUPS);
-    let stage = Arc::new(Mutex::new(apply));
-    let queued = Arc::new(AtomicU64::new(0));
-    let to_apply = ApplyHandoff {
-        stage: stage.clone(),
-        tx,
-        queued: queued.clone(),
-        poison: poison.clone(),
-    };
-    let thread = ApplyThread {
-        stage,
-        rx,
-        queued,
-        poison: poison.clone(),
-    };
-    let log = LogStage {
-        wal,
-        policy,
-        stats,
-        poison,
-        to_apply,
-        handed_seq,
-        checkpoint_due: trigger.due,
-        checkpoint_events_threshold: trigger.events_threshold,
-        checkpoint_size_threshold_bytes: trigger.size_threshold_bytes,
-        checkpoint_asked: None,
-        unsynced_records: 0,
-        last_sync: Instant::now(),
-    };
-    (log, thread)
 }

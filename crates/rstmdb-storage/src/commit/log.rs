@@ -208,6 +208,14 @@ impl LogStage {
                 return fail_all(group, CommitError::Wal(e.to_string()));
             }
         };
+        // The group continues the offsets handed to the apply stage: a sync that dropped
+        // records moved the log past them (`sync`), so no offset the apply stage may have
+        // written to the store is handed out again.
+        debug_assert_eq!(
+            first_seq,
+            self.handed_seq + 1,
+            "a group's offsets must continue the previous group's"
+        );
         let n = group.len() as u64;
         let last_seq = first_seq + n - 1;
         self.unsynced_records += n;

@@ -27,25 +27,30 @@
 //!
 //! Files, one job each: `log` (the log stage: grouping, appending, the fsync policy, asking
 //! for checkpoints), `handoff` (how a group reaches the apply stage, inline or on the apply
-//! thread, and building the pipeline), `apply` (the apply stage: planning, writing the store,
+//! thread, and the apply thread), `apply` (the apply stage: planning, writing the store,
 //! publishing, acknowledging, checkpoints and FLUSH_ALL in the store); this file holds the
-//! messages between them and the counters they keep.
+//! messages between them, the counters they keep, and [`pipeline`], which builds them.
 
 mod apply;
 mod handoff;
 mod log;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use apply::ApplyStage;
-pub(crate) use handoff::{ApplyThread, pipeline};
+pub(crate) use handoff::ApplyThread;
 pub(crate) use log::{CheckpointTrigger, LogStage};
 
+use crate::config::FsyncPolicy;
 use crate::entry::WalEntry;
 use crate::state::{self, FlushCounts};
 use crate::stats::{GROUP_SIZES, Histogram, LATENCY_MICROS};
-use crate::wal::WalStats;
+use crate::wal::{Wal, WalStats};
+use handoff::ApplyHandoff;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Most records one group commit takes, so one slow group cannot starve acknowledgements.
@@ -210,4 +215,46 @@ fn fail_all(group: Vec<CommitRequest>, err: CommitError) {
     for req in group {
         let _ = req.reply.send(Err(err.clone()));
     }
+}
+
+/// Builds both stages. Run the apply thread's `run` on one thread and the log stage's on
+/// another.
+pub(crate) fn pipeline(
+    wal: Wal,
+    apply: ApplyStage,
+    policy: FsyncPolicy,
+    trigger: CheckpointTrigger,
+) -> (LogStage, ApplyThread) {
+    let handed_seq = wal.last_seq().max(apply.high_water);
+    let (stats, poison) = (apply.stats.clone(), apply.poison.clone());
+    let (tx, rx) = std::sync::mpsc::sync_channel(APPLY_QUEUE_GROUPS);
+    let stage = Arc::new(Mutex::new(apply));
+    let queued = Arc::new(AtomicU64::new(0));
+    let to_apply = ApplyHandoff {
+        stage: stage.clone(),
+        tx,
+        queued: queued.clone(),
+        poison: poison.clone(),
+    };
+    let thread = ApplyThread {
+        stage,
+        rx,
+        queued,
+        poison: poison.clone(),
+    };
+    let log = LogStage {
+        wal,
+        policy,
+        stats,
+        poison,
+        to_apply,
+        handed_seq,
+        checkpoint_due: trigger.due,
+        checkpoint_events_threshold: trigger.events_threshold,
+        checkpoint_size_threshold_bytes: trigger.size_threshold_bytes,
+        checkpoint_asked: None,
+        unsynced_records: 0,
+        last_sync: Instant::now(),
+    };
+    (log, thread)
 }
