@@ -22,15 +22,18 @@
 //! manifest all fail. The last chunk carries the `last` flag; data after it is an error. The
 //! manifest holds the SHA-256 of the whole body, checked end to end when the body is read.
 
+mod key;
+mod seal;
+
+pub use key::Key;
+use seal::Sealer;
+
+use aes_gcm::aead::OsRng;
 use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::path::Path;
-use zeroize::Zeroizing;
 
 /// First bytes of every backup file.
 pub const MAGIC: &[u8; 8] = b"RSTMDB\0B";
@@ -171,179 +174,6 @@ pub struct Manifest {
     pub chunk_bytes: u32,
     #[serde(default)]
     pub encryption: Option<Encryption>,
-}
-
-// ---- keys ---------------------------------------------------------------------------------
-
-/// A 256-bit key, wiped from memory when dropped.
-pub struct Key(Zeroizing<[u8; 32]>);
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Key({})", self.fingerprint())
-    }
-}
-
-impl Key {
-    pub fn from_bytes(bytes: [u8; 32]) -> Key {
-        Key(Zeroizing::new(bytes))
-    }
-
-    /// 32 raw bytes, or 64 hex characters (surrounding whitespace ignored). 32 bytes that are
-    /// all printable text are refused: that is a typed passphrase, not random key bytes (32
-    /// random bytes are all printable with probability about 4 in 10^14).
-    pub fn parse(raw: &[u8]) -> Result<Key> {
-        if let Ok(bytes) = <[u8; 32]>::try_from(raw) {
-            let text = bytes
-                .iter()
-                .all(|&b| (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'));
-            if text {
-                return Err(Error::Key(
-                    "must be 32 raw bytes or 64 hex characters; found 32 characters of text, \
-                     which looks like a passphrase rather than a key: use `openssl rand -hex 32`"
-                        .into(),
-                ));
-            }
-            return Ok(Key::from_bytes(bytes));
-        }
-        let text = std::str::from_utf8(raw)
-            .map_err(|_| Error::Key("must be 32 raw bytes or 64 hex characters".into()))?
-            .trim();
-        let bytes = unhex(text)
-            .and_then(|v| <[u8; 32]>::try_from(v).ok())
-            .ok_or_else(|| Error::Key("must be 32 raw bytes or 64 hex characters".into()))?;
-        Ok(Key::from_bytes(bytes))
-    }
-
-    /// Reads a key file; refuses one that group or others can read (like ssh).
-    pub fn from_file(path: &Path) -> Result<Key> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(path)
-                .map_err(io(format!("reading key file {}", path.display())))?;
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(Error::Key(format!(
-                    "key file {} is readable by group or others (mode {:o}); chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                )));
-            }
-        }
-        let raw = Zeroizing::new(
-            std::fs::read(path).map_err(io(format!("reading key file {}", path.display())))?,
-        );
-        Key::parse(&raw)
-    }
-
-    /// The key from `--key-file` if given, else from [`KEY_ENV`] (`env` is its value).
-    pub fn load(key_file: Option<&Path>, env: Option<String>) -> Result<Option<Key>> {
-        if let Some(p) = key_file {
-            return Key::from_file(p).map(Some);
-        }
-        match env {
-            Some(v) if !v.trim().is_empty() => {
-                let v = Zeroizing::new(v);
-                Key::parse(v.as_bytes())
-                    .map(Some)
-                    .map_err(|e| Error::Key(format!("{KEY_ENV}: {e}")))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    pub fn fingerprint(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(b"rstmdb-backup-key-fingerprint");
-        h.update(self.0.as_slice());
-        hex(&h.finalize()[..8])
-    }
-
-    fn cipher(&self) -> Result<Aes256Gcm> {
-        Aes256Gcm::new_from_slice(self.0.as_slice()).map_err(|e| Error::Key(e.to_string()))
-    }
-}
-
-// ---- chunk sealing --------------------------------------------------------------------------
-
-struct Sealer {
-    manifest_hash: [u8; 32],
-    cipher: Option<(Aes256Gcm, [u8; 8])>,
-}
-
-impl Sealer {
-    fn new(manifest_bytes: &[u8], cipher: Option<(Aes256Gcm, [u8; 8])>) -> Sealer {
-        Sealer {
-            manifest_hash: Sha256::digest(manifest_bytes).into(),
-            cipher,
-        }
-    }
-
-    fn aad(&self, index: u64, flags: u8) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(AAD_LABEL.len() + 9 + 32);
-        aad.extend_from_slice(AAD_LABEL);
-        aad.extend_from_slice(&index.to_le_bytes());
-        aad.push(flags);
-        aad.extend_from_slice(&self.manifest_hash);
-        aad
-    }
-
-    fn nonce(salt: &[u8; 8], index: u64) -> Result<[u8; 12]> {
-        let i = u32::try_from(index)
-            .map_err(|_| Error::Invalid("backup has too many chunks for its nonce space".into()))?;
-        let mut n = [0u8; 12];
-        n[..8].copy_from_slice(salt);
-        n[8..].copy_from_slice(&i.to_be_bytes());
-        Ok(n)
-    }
-
-    fn crc(&self, index: u64, flags: u8, data: &[u8]) -> u32 {
-        let c = crc32c::crc32c(&self.aad(index, flags));
-        crc32c::crc32c_append(c, data)
-    }
-
-    fn seal(&self, index: u64, flags: u8, plain: &[u8]) -> Result<Vec<u8>> {
-        match &self.cipher {
-            None => Ok(plain.to_vec()),
-            Some((cipher, salt)) => {
-                let nonce = Sealer::nonce(salt, index)?;
-                let aad = self.aad(index, flags);
-                cipher
-                    .encrypt(
-                        Nonce::from_slice(&nonce),
-                        Payload {
-                            msg: plain,
-                            aad: &aad,
-                        },
-                    )
-                    .map_err(|_| Error::Invalid("encryption failed".into()))
-            }
-        }
-    }
-
-    fn open(&self, index: u64, flags: u8, stored: Vec<u8>) -> Result<Vec<u8>> {
-        match &self.cipher {
-            None => Ok(stored),
-            Some((cipher, salt)) => {
-                let nonce = Sealer::nonce(salt, index)?;
-                let aad = self.aad(index, flags);
-                cipher
-                    .decrypt(
-                        Nonce::from_slice(&nonce),
-                        Payload {
-                            msg: &stored,
-                            aad: &aad,
-                        },
-                    )
-                    .map_err(|_| {
-                        Error::Corrupt(format!(
-                            "chunk {index} fails authentication (damaged, reordered or spliced)"
-                        ))
-                    })
-            }
-        }
-    }
 }
 
 // ---- writing --------------------------------------------------------------------------------

@@ -24,7 +24,8 @@
 //! restores is its own `E` (before it, the fuzzy export may already hold later changes).
 
 use crate::config::StorageConfig;
-use crate::db::{Database, open_state};
+use crate::datadir::open_state;
+use crate::db::Database;
 use crate::entry::WalEntry;
 use crate::state::{self, IdemRecord, StoredMachine, keys};
 use crate::wal::{Wal, WalOptions};

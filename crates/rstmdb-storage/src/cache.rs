@@ -96,6 +96,17 @@ impl InstanceCache {
     /// (see the module docs). A deleted instance is removed instead.
     pub fn put(&self, inst: Arc<Instance>, encoded: usize) {
         let Some(cache) = &self.cache else { return };
+        // The cache holds the version the store holds, so a put never replaces a newer
+        // version of the id by an older one (what a fill outside the lock shard, racing a
+        // write, would do).
+        debug_assert!(
+            cache
+                .peek(inst.id.as_str())
+                .is_none_or(|held| held.inst.last_wal_offset <= inst.last_wal_offset),
+            "instance {} at offset {} would replace a newer cached version",
+            inst.id,
+            inst.last_wal_offset
+        );
         if inst.deleted {
             cache.remove(inst.id.as_str());
             return;
@@ -183,5 +194,18 @@ mod tests {
         c.put(inst("a", "s1", false), 10);
         assert!(c.get("a").is_none());
         assert_eq!(c.stats(), InstanceCacheStats::default());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "would replace a newer cached version")]
+    fn replacing_a_cached_version_by_an_older_one_is_caught() {
+        let c = InstanceCache::new(1);
+        let mut newer = Arc::unwrap_or_clone(inst("a", "s2", false));
+        newer.last_wal_offset = 5;
+        c.put(Arc::new(newer), 10);
+        // What a reader that read the store before the write, then filled the cache without
+        // holding the lock shard, would put.
+        c.put(inst("a", "s1", false), 10);
     }
 }

@@ -29,7 +29,8 @@
 //! - `commit`: the commit pipeline — a log stage (group commit, fsync policy) and an apply
 //!   stage (sled, publish, watch events, acknowledge), overlapping.
 //! - `store`: sled as the engine sees it, sealing the values that hold user data when
-//!   encryption at rest is on ([`crypto`]: the key, AES-256-GCM; [`rekey()`]: key rotation).
+//!   encryption at rest is on (`crypto`: [`EncryptionKey`] and [`Cipher`], AES-256-GCM;
+//!   [`rekey()`]: key rotation).
 //! - `cache`: decoded live instances in front of the store, coherent with it by construction.
 //! - [`Database`]: locks, validation through `rstmdb-core`, reads, lists, watches,
 //!   checkpoints, recovery.
@@ -37,32 +38,43 @@
 //! See `docs/storage.md` for the durability contract and `docs/wal-format.md` for the file
 //! format.
 
+// The public API is re-exported below from private modules, so that files can move without
+// changing a public path. Three modules stay public because each is a sub-API of its own,
+// used apart from `Database`:
+// - `wal`: the log itself (open, append, read, `repair`, the record format): the server's
+//   `repair` command, the fuzz targets and the WAL tests use it without a database;
+// - `backup`: offline `restore` of a backup file into a new data directory (the server
+//   binary's `rstmdb restore`), and `materialize_instance` (an instance as a backup holds it);
+// - `stats`: the histogram types `CommitStats` exposes, which the server's metrics read.
 pub mod backup;
 mod cache;
 mod commit;
-pub mod config;
-pub mod crypto;
+mod config;
+mod crypto;
+mod datadir;
 mod db;
-pub mod entry;
+mod entry;
+mod error;
 mod locks;
-pub mod rekey;
+mod rekey;
 mod state;
+pub mod stats;
 mod store;
 pub mod wal;
 
-pub mod stats;
 pub use backup::{BackupExport, RestoreOptions, RestoreReport, RestoreTarget};
 pub use cache::InstanceCacheStats;
 pub use commit::CommitStats;
 pub use config::{FsyncPolicy, StorageConfig};
-pub use crypto::{EncryptionKey, KeyError};
+pub use crypto::{Cipher, EncryptionKey, KeyError, KeyId, OpenFailure, SealError};
 pub use db::{
     ApplyEvent, ApplyOutcome, BatchFailure, BatchMode, BatchOp, BatchOutput, ChangeStream,
     CheckpointOutcome, CreateInstance, CreateOutcome, DEFAULT_WAL_READ_LIMIT, Database,
     DeleteInstance, DeleteOutcome, FlushOutcome, InstancePage, ListQuery, MAX_LIST_LIMIT,
-    MAX_WAL_READ_BYTES, MAX_WAL_READ_LIMIT, MachineInfo, OpenError, PutMachineOutcome, WalPage,
-    WalReadRecord, WalStatsOutcome, WatchError,
+    MAX_WAL_READ_BYTES, MAX_WAL_READ_LIMIT, MachineInfo, PutMachineOutcome, WalPage, WalReadRecord,
+    WalStatsOutcome, WatchError,
 };
 pub use entry::WalEntry;
+pub use error::OpenError;
 pub use rekey::{RekeyError, RekeyReport, rekey};
 pub use state::{ChangeEvent, FlushCounts};

@@ -18,7 +18,9 @@
 
 use crate::config::StorageConfig;
 use crate::crypto::{Cipher, EncryptionKey, KeyId};
-use crate::db::{Database, OpenError, open_state};
+use crate::datadir::{OLD_DIR, STAGING_DIR, open_state};
+use crate::db::Database;
+use crate::error::OpenError;
 use crate::state::keys;
 use crate::store;
 use crate::wal::{self, WalError};
@@ -26,10 +28,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Directory a rekey builds the new files in.
-pub const STAGING_DIR: &str = "rekey.tmp";
-/// Directory the old files are moved into during the swap.
-pub const OLD_DIR: &str = "rekey.old";
 /// Written into the staging directory once the copy is complete and durable.
 const READY_FILE: &str = "READY";
 /// Directories of a data directory that a rekey replaces.
@@ -103,21 +101,6 @@ impl fmt::Display for RekeyReport {
             self.wal_segments
         )
     }
-}
-
-/// Refuses to open a data directory that a rekey is in the middle of.
-pub(crate) fn refuse_interrupted(data_dir: &Path) -> Result<(), OpenError> {
-    for name in [STAGING_DIR, OLD_DIR] {
-        let path = data_dir.join(name);
-        if path.exists() {
-            return Err(OpenError::Encryption(format!(
-                "{} is left from an interrupted `rstmdb rekey`: run the same `rstmdb rekey` \
-                 command again to finish it before starting the server",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Rewrites the data directory so that it is encrypted with `new` (`None`: plaintext),

@@ -16,7 +16,7 @@
 //! (offsets and the encryption marker). `SECURITY.md` says why that is acceptable.
 
 use crate::crypto::{Cipher, SealError};
-use crate::state::keys;
+use crate::state::{self, keys};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -67,6 +67,19 @@ pub(crate) fn parse_marker(value: &[u8]) -> Result<Option<String>, String> {
             Ok(Some(id.to_owned()))
         }
         _ => Err(format!("unknown encryption marker {text:?}")),
+    }
+}
+
+/// Whether `new` may replace `old` under [`keys::HIGH_WATER`]: the high-water offset never
+/// goes back, or recovery could hand out an offset the store has already applied. Values that
+/// do not decode are left to the readers that report them.
+fn high_water_keeps_rising(old: Option<&[u8]>, new: Option<&[u8]>) -> bool {
+    match (
+        old.and_then(state::decode_u64),
+        new.and_then(state::decode_u64),
+    ) {
+        (Some(old), Some(new)) => new >= old,
+        _ => true,
     }
 }
 
@@ -209,6 +222,14 @@ impl Store {
     pub fn apply_batch(&self, batch: Batch) -> Result<(), StoreError> {
         let mut st = self.write()?;
         for (k, v) in batch.writes {
+            debug_assert!(
+                k != keys::HIGH_WATER
+                    || high_water_keeps_rising(
+                        st.get(&k).and_then(|old| old.as_deref()),
+                        v.as_deref()
+                    ),
+                "the overlay's high-water offset went back"
+            );
             st.active_bytes = st
                 .active_bytes
                 .saturating_add(k.len() + v.as_ref().map_or(0, |v| v.len()));
@@ -262,6 +283,16 @@ impl Store {
                 },
                 None => batch.remove(k.as_slice()),
             }
+        }
+        // Once per flush (thousands of writes), and a violation would make recovery reuse
+        // offsets: checked in release builds too.
+        if let Some(Some(new)) = frozen.get(keys::HIGH_WATER)
+            && let Ok(old) = self.db.get(keys::HIGH_WATER)
+        {
+            assert!(
+                high_water_keeps_rising(old.as_deref(), Some(new)),
+                "the high-water offset written to sled went back"
+            );
         }
         self.db.apply_batch(batch)?;
         reclaim_sled_garbage(frozen.len());
@@ -542,5 +573,44 @@ mod tests {
             "sled holds every key once the bound is hit"
         );
         assert!(store.read().unwrap().active.is_empty());
+    }
+
+    fn high_water(store: &Store, seq: u64) -> Result<(), StoreError> {
+        let mut b = store.batch();
+        b.insert(keys::HIGH_WATER, state::encode_u64(seq));
+        store.apply_batch(b)
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the overlay's high-water offset went back")]
+    fn a_high_water_offset_going_back_in_the_overlay_is_caught() {
+        let store = Store::new(sled::Config::new().temporary(true).open().unwrap(), None);
+        high_water(&store, 5).unwrap();
+        let _ = high_water(&store, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "the high-water offset written to sled went back")]
+    fn a_high_water_offset_going_back_in_sled_is_caught() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.insert(keys::HIGH_WATER, state::encode_u64(5)).unwrap();
+        // The overlay does not hold the mark, so only the flush can compare it with sled's.
+        let store = Store::new(db, None);
+        high_water(&store, 3).unwrap();
+        let _ = store.flush_overlay();
+    }
+
+    #[test]
+    fn a_rising_high_water_offset_reaches_sled() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = Store::new(db.clone(), None);
+        high_water(&store, 3).unwrap();
+        high_water(&store, 5).unwrap();
+        store.flush_overlay().unwrap();
+        high_water(&store, 5).unwrap();
+        store.flush_overlay().unwrap();
+        let stored = db.get(keys::HIGH_WATER).unwrap().unwrap();
+        assert_eq!(state::decode_u64(&stored), Some(5));
     }
 }

@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use rstmdb_storage::crypto::{Cipher, EncryptionKey, KeyError};
 use rstmdb_storage::wal::{Wal, WalError, WalOptions};
 use rstmdb_storage::{
     ApplyEvent, CreateInstance, Database, ListQuery, OpenError, RekeyError, StorageConfig, rekey,
 };
+use rstmdb_storage::{Cipher, EncryptionKey, KeyError};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;

@@ -114,7 +114,7 @@ fn thread_cpu_nanos() -> u64 {
 /// CPU cost of sealing and opening one value of each size with AES-256-GCM, as the storage
 /// layer does for every WAL record and every instance value it writes or reads.
 fn bench_crypto(sizes: &str, iterations: u64) {
-    use rstmdb_storage::crypto::Cipher;
+    use rstmdb_storage::Cipher;
     let cipher = Cipher::new(&EncryptionKey::from_bytes([7; 32]));
     let aad = b"rstmdb sled v1\0i\0i00000001";
     for size in sizes.split(',') {

@@ -21,8 +21,10 @@ mod disk;
 mod error;
 mod format;
 mod index;
+mod open;
 mod reader;
 mod repair;
+mod retention;
 mod rewrite;
 pub(crate) mod segment;
 mod shared;
@@ -38,10 +40,12 @@ pub use error::WalError;
 pub use format::{
     FLAG_ENCRYPTED, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_VERSION,
 };
+pub use open::{OpenReport, TornTail};
 pub use reader::{WalIter, WalReader, WalRecord};
 pub use repair::{MovedSegment, RepairReport, RepairedDamage, repair};
+pub use retention::SegmentInfo;
 pub use rewrite::{RewriteReport, rewrite};
-pub use writer::{OpenReport, SegmentInfo, TornTail, Wal, WalPublisher, WalStats};
+pub use writer::{Wal, WalPublisher, WalStats};
 
 /// Default size at which the writer starts a new segment: 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE_BYTES: u64 = 64 * 1024 * 1024;

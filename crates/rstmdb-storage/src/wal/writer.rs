@@ -1,4 +1,5 @@
-//! The writer: open (with torn-tail recovery), append, sync, publish, rotation, trimming.
+//! The writer: append, sync, publish, rotation. Opening (with torn-tail recovery) is in
+//! `open`, removing old segments in `retention`.
 //!
 //! Invariants kept here:
 //! - Only the active (last) segment can hold data or a file name that is not yet durable:
@@ -18,37 +19,12 @@ use std::sync::atomic::Ordering;
 use super::WalOptions;
 use super::disk::{Disk, FaultPlan};
 use super::error::WalError;
-use super::format::{Expect, encode_record, encode_sealed_record, record_len};
+use super::format::{encode_record, encode_sealed_record, record_len};
 use super::index::SparseIndex;
 use super::reader::WalReader;
-use super::segment::{
-    ListedSegment, ensure_dir, find_valid_record, list_segments, lock_dir, scan_segment,
-    segment_file_name,
-};
-use super::shared::{IoStats, ScannedSegment, SegmentMeta, Shared};
+use super::segment::segment_file_name;
+use super::shared::{ScannedSegment, SegmentMeta, Shared};
 use crate::crypto::SEAL_OVERHEAD;
-
-/// What [`Wal::open`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenReport {
-    /// Set when the last segment ended in a torn record, which was cut off.
-    pub torn_tail: Option<TornTail>,
-    /// Number of segment files after open.
-    pub segments: usize,
-    /// `next_seq - 1`: the highest sequence number used (0 for a new log).
-    pub last_seq: u64,
-    /// Records whose header and CRC were checked during open.
-    pub verified_records: u64,
-}
-
-/// A torn record cut off the end of the log at open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TornTail {
-    pub segment: PathBuf,
-    /// Where the torn record started; the file now ends here.
-    pub file_offset: u64,
-    pub bytes_removed: u64,
-}
 
 /// Numbers for WAL_STATS.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,28 +47,17 @@ pub struct WalStats {
     pub archive_failures: u64,
 }
 
-/// One segment file, for retention decisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentInfo {
-    pub path: PathBuf,
-    pub first_seq: u64,
-    /// Highest seq the segment holds, 0 when it holds none. For a segment not read since open
-    /// (below `verify_from`) this is the bound derived from the next segment's name.
-    pub last_seq: u64,
-    pub size_bytes: u64,
-}
-
 /// The segment being appended to, with what is known to be durable in it.
 #[derive(Debug)]
-struct ActiveSegment {
+pub(super) struct ActiveSegment {
     /// Opened in append mode: every write lands at the current end of the file.
     file: File,
-    path: PathBuf,
-    first_seq: u64,
+    pub(super) path: PathBuf,
+    pub(super) first_seq: u64,
     /// Bytes of whole records written.
     len: u64,
     /// Seq the next record appended here gets.
-    next_seq: u64,
+    pub(super) next_seq: u64,
     /// Prefix that survived a successful fdatasync *and* whose file name is durable.
     synced_len: u64,
     synced_next_seq: u64,
@@ -102,7 +67,7 @@ struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    fn create(dir: &Path, first_seq: u64) -> Result<ActiveSegment, WalError> {
+    pub(super) fn create(dir: &Path, first_seq: u64) -> Result<ActiveSegment, WalError> {
         let path = dir.join(segment_file_name(first_seq));
         let file = OpenOptions::new()
             .append(true)
@@ -123,7 +88,10 @@ impl ActiveSegment {
     }
 
     /// The last segment found at open: everything in it is durable (open synced it).
-    fn reopen(meta: &SegmentMeta, scanned: &ScannedSegment) -> Result<ActiveSegment, WalError> {
+    pub(super) fn reopen(
+        meta: &SegmentMeta,
+        scanned: &ScannedSegment,
+    ) -> Result<ActiveSegment, WalError> {
         let file = OpenOptions::new()
             .append(true)
             .open(&meta.path)
@@ -199,153 +167,17 @@ impl Failure {
 /// The writer side of the log. Owned by one thread; readers use [`Wal::reader`].
 #[derive(Debug)]
 pub struct Wal {
-    opts: WalOptions,
-    shared: Arc<Shared>,
-    disk: Disk,
-    active: ActiveSegment,
+    pub(super) opts: WalOptions,
+    pub(super) shared: Arc<Shared>,
+    pub(super) disk: Disk,
+    pub(super) active: ActiveSegment,
     /// Set when a failure could not be rolled back: the files are in an unknown state.
-    poisoned: Option<String>,
+    pub(super) poisoned: Option<String>,
     /// Holds the directory lock for as long as the `Wal` lives.
-    _lock: File,
+    pub(super) _lock: File,
 }
 
 impl Wal {
-    /// Opens (creating if needed) the log in `opts.dir`.
-    ///
-    /// Segments that may hold a seq >= `verify_from`, and always the last segment, are read
-    /// and every record validated (header, CRC, sequence continuity). Older segments are only
-    /// listed, so restart time depends on the data after the checkpoint, not on retention.
-    ///
-    /// An invalid record at the end of the last segment with nothing valid after it is a torn
-    /// tail: it is cut off (truncate + fsync), logged, and reported. Any other invalid record
-    /// is [`WalError::Corrupt`].
-    pub fn open(opts: WalOptions, verify_from: u64) -> Result<(Wal, OpenReport), WalError> {
-        opts.validate()?;
-        let dir = opts.dir.clone();
-        ensure_dir(&dir)?;
-        let lock = lock_dir(&dir)?;
-        let stats = Arc::new(IoStats::default());
-        let mut disk = Disk::new(dir.clone(), Arc::clone(&stats));
-        let expect = Expect::of(opts.cipher.as_ref());
-
-        let mut listed = list_segments(&dir)?;
-        if listed.is_empty() {
-            let first = ActiveSegment::create(&dir, 1)?;
-            listed.push(ListedSegment {
-                first_seq: first.first_seq,
-                path: first.path,
-                len: 0,
-            });
-        }
-        let scan_from = first_segment_to_verify(&listed, verify_from);
-        let last_index = listed.len() - 1;
-
-        let mut metas: Vec<SegmentMeta> = Vec::with_capacity(listed.len());
-        let mut verified_records = 0u64;
-        let mut torn_tail = None;
-        for (i, seg) in listed.into_iter().enumerate() {
-            if i < scan_from {
-                metas.push(SegmentMeta {
-                    first_seq: seg.first_seq,
-                    path: seg.path,
-                    len: seg.len,
-                    scanned: None,
-                });
-                continue;
-            }
-            if let Some(prev) = metas.last() {
-                check_boundary(prev, &seg)?;
-            }
-            let scan = scan_segment(&seg.path, seg.first_seq, &stats, &expect)?;
-            verified_records += scan.records;
-            if let Some(bad) = &scan.invalid {
-                if bad.definite || i != last_index {
-                    return Err(bad.clone().into_error(&seg.path));
-                }
-                if let Some((at, seq)) =
-                    find_valid_record(&seg.path, bad.offset + 1, bad.seq, &stats)?
-                {
-                    return Err(WalError::corrupt(
-                        &seg.path,
-                        bad.offset,
-                        Some(bad.seq),
-                        format!(
-                            "{}, but a valid record (seq {seq}) follows at offset {at}",
-                            bad.reason
-                        ),
-                    ));
-                }
-                cut_torn_tail(&mut disk, &seg.path, bad.offset)?;
-                let bytes_removed = scan.file_len - bad.offset;
-                tracing::warn!(
-                    segment = %seg.path.display(),
-                    file_offset = bad.offset,
-                    bytes_removed,
-                    seq = bad.seq,
-                    reason = %bad.reason,
-                    "cut a torn record off the end of the WAL"
-                );
-                torn_tail = Some(TornTail {
-                    segment: seg.path.clone(),
-                    file_offset: bad.offset,
-                    bytes_removed,
-                });
-            }
-            metas.push(SegmentMeta {
-                first_seq: seg.first_seq,
-                path: seg.path,
-                len: scan.valid_len,
-                scanned: Some(ScannedSegment {
-                    last_seq: scan.last_seq,
-                    index: scan.index,
-                }),
-            });
-        }
-        // Every name listed (or created) above is durable from here on.
-        disk.sync_dir()?;
-
-        let active = match metas.last() {
-            Some(
-                meta @ SegmentMeta {
-                    scanned: Some(scanned),
-                    ..
-                },
-            ) => ActiveSegment::reopen(meta, scanned)?,
-            _ => {
-                return Err(WalError::InvalidArgument {
-                    reason: "internal: the last WAL segment was not scanned".into(),
-                });
-            }
-        };
-        let last_seq = active.next_seq - 1;
-        let report = OpenReport {
-            torn_tail,
-            segments: metas.len(),
-            last_seq,
-            verified_records,
-        };
-        tracing::info!(
-            dir = %dir.display(),
-            segments = report.segments,
-            last_seq,
-            verify_from,
-            verified_records,
-            torn_tail = report.torn_tail.is_some(),
-            "opened WAL"
-        );
-        // Everything on disk at open is durable (the tail was just checked and synced).
-        let shared = Arc::new(Shared::new(dir, metas, last_seq, stats, expect));
-        let wal = Wal {
-            opts,
-            shared,
-            disk,
-            active,
-            poisoned: None,
-            _lock: lock,
-        };
-        Ok((wal, report))
-    }
-
     /// The directory holding the segments.
     pub fn dir(&self) -> &Path {
         &self.shared.dir
@@ -517,83 +349,6 @@ impl Wal {
             fsyncs: io.fsyncs.load(Ordering::Relaxed),
             archive_failures: io.archive_failures.load(Ordering::Relaxed),
         }
-    }
-
-    /// The segment files, oldest first (the last one is being appended to).
-    pub fn segments(&self) -> Vec<SegmentInfo> {
-        let table = self.shared.segments();
-        table
-            .iter()
-            .enumerate()
-            .map(|(i, m)| SegmentInfo {
-                path: m.path.clone(),
-                first_seq: m.first_seq,
-                last_seq: m
-                    .last_seq_bound(table.get(i + 1).map(|n| n.first_seq))
-                    .unwrap_or(0),
-                size_bytes: m.len,
-            })
-            .collect()
-    }
-
-    /// Deletes whole segments all of whose records have seq < `below`, oldest first, never the
-    /// active one, then fsyncs the directory. Returns (segments deleted, bytes deleted).
-    /// Readers positioned in a deleted range continue at the earliest remaining seq.
-    pub fn remove_segments_below(&mut self, below: u64) -> Result<(u64, u64), WalError> {
-        let doomed: Vec<SegmentMeta> = {
-            let mut table = self.shared.segments_mut();
-            let mut n = 0;
-            // `n + 1 < len`: the last segment is the active one and is never removed.
-            while n + 1 < table.len() {
-                let next_first = table.get(n + 1).map(|m| m.first_seq);
-                let removable = table
-                    .get(n)
-                    .and_then(|m| m.last_seq_bound(next_first))
-                    .is_none_or(|last| last < below);
-                if !removable {
-                    break;
-                }
-                n += 1;
-            }
-            // Out of the table first, so no new reader picks them; readers that already
-            // opened one keep reading it (unlinking an open file is fine).
-            table.drain(..n).collect()
-        };
-        let mut removed = 0u64;
-        let mut bytes = 0u64;
-        for (k, meta) in doomed.iter().enumerate() {
-            if let Some(archive) = &self.opts.archive_dir
-                && let Err(e) = archive_segment(&meta.path, archive)
-            {
-                // Not archived, so not deleted: this and the newer doomed segments go back.
-                self.shared
-                    .stats
-                    .archive_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(segment = %meta.path.display(), archive = %archive.display(), error = %e, "archiving a WAL segment failed; keeping it");
-                let mut table = self.shared.segments_mut();
-                let keep = doomed.get(k..).unwrap_or_default();
-                table.splice(0..0, keep.iter().cloned());
-                break;
-            }
-            match fs::remove_file(&meta.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    let mut table = self.shared.segments_mut();
-                    let keep = doomed.get(k..).unwrap_or_default();
-                    table.splice(0..0, keep.iter().cloned());
-                    return Err(WalError::io("removing WAL segment", &meta.path, e));
-                }
-            }
-            removed += 1;
-            bytes += meta.len;
-        }
-        if removed > 0 {
-            self.disk.sync_dir()?;
-            tracing::info!(segments = removed, bytes, below, "removed old WAL segments");
-        }
-        Ok((removed, bytes))
     }
 
     /// Injects faults into the next file-system calls: for tests of the error paths.
@@ -835,50 +590,6 @@ impl Wal {
     }
 }
 
-/// Index of the first segment that may hold a seq >= `verify_from` (the last one at worst).
-fn first_segment_to_verify(listed: &[ListedSegment], verify_from: u64) -> usize {
-    let last = listed.len().saturating_sub(1);
-    (0..last)
-        .find(|&i| listed.get(i + 1).is_some_and(|n| n.first_seq > verify_from))
-        .unwrap_or(last)
-}
-
-/// Checks that `next` may follow the scanned segment `prev`.
-fn check_boundary(prev: &SegmentMeta, next: &ListedSegment) -> Result<(), WalError> {
-    let Some(scanned) = &prev.scanned else {
-        // Not read: its end is only known from `next`'s name, which is consistent by definition.
-        return Ok(());
-    };
-    match scanned.last_seq {
-        None => Err(WalError::corrupt(
-            &prev.path,
-            0,
-            Some(prev.first_seq),
-            "empty segment followed by a later segment: its records are missing",
-        )),
-        Some(last) if next.first_seq <= last => Err(WalError::corrupt(
-            &next.path,
-            0,
-            Some(next.first_seq),
-            format!(
-                "segment name says it starts at seq {} but the previous segment already ends at \
-                 seq {last}",
-                next.first_seq
-            ),
-        )),
-        Some(_) => Ok(()),
-    }
-}
-
-fn cut_torn_tail(disk: &mut Disk, path: &Path, len: u64) -> Result<(), WalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| WalError::io("opening WAL segment to cut its torn tail", path, e))?;
-    disk.truncate(&file, path, len)?;
-    disk.sync_data(&file, path)
-}
-
 /// Publishes records to readers from a thread other than the writer's; see [`Wal::publisher`].
 #[derive(Debug, Clone)]
 pub struct WalPublisher {
@@ -898,26 +609,4 @@ impl WalPublisher {
             .unwrap_or(0);
         self.shared.raise_published(seq.min(last));
     }
-}
-
-/// Copies a sealed segment into `archive` under its own name: to a temporary name, fsync,
-/// rename, fsync the directory. An archive copy of the same length is taken as done (a
-/// checkpoint that failed after archiving retries).
-fn archive_segment(path: &Path, archive: &Path) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("segment path has no file name"))?;
-    fs::create_dir_all(archive)?;
-    let dest = archive.join(name);
-    let len = fs::metadata(path)?.len();
-    if fs::metadata(&dest).is_ok_and(|m| m.len() == len) {
-        return Ok(());
-    }
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = archive.join(tmp_name);
-    fs::copy(path, &tmp)?;
-    File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, &dest)?;
-    crate::wal::segment::sync_dir(archive)
 }

@@ -1,0 +1,85 @@
+//! The pipeline's invariant checks fire when a stage is driven with what the other stage
+//! never sends. (The end-to-end behaviour is tested through `Database` in `tests/`.)
+
+use super::*;
+use crate::cache::InstanceCache;
+use crate::config::FsyncPolicy;
+use crate::store::Store;
+use crate::wal::{Wal, WalOptions};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+
+/// A log in `dir` and an apply stage over an empty store that has applied up to
+/// `high_water`.
+fn stages(dir: &std::path::Path, high_water: u64) -> (Wal, ApplyStage) {
+    let (wal, _) = Wal::open(WalOptions::new(dir), 1).unwrap();
+    let db = Store::new(sled::Config::new().temporary(true).open().unwrap(), None);
+    let (events, _) = broadcast::channel(16);
+    let apply = ApplyStage::new(
+        db,
+        60_000,
+        events,
+        Arc::new(CommitStats::default()),
+        wal.publisher(),
+        high_water,
+        Arc::new(InstanceCache::new(1)),
+    );
+    (wal, apply)
+}
+
+/// A record whose plan writes nothing (the instance does not exist).
+fn request() -> CommitRequest {
+    let entry = WalEntry::DeleteInstance {
+        instance_id: "absent".into(),
+        idempotency_key: None,
+        updated_at: 0,
+    };
+    let bytes = entry.to_bytes().unwrap();
+    let (reply, _) = oneshot::channel();
+    CommitRequest {
+        entry,
+        bytes,
+        hints: Vec::new(),
+        _guards: Vec::new(),
+        reply,
+    }
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "while a group at or below it is not durable")]
+fn publishing_past_a_group_still_waiting_for_its_sync_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_wal, mut apply) = stages(dir.path(), 0);
+    apply.handle(ApplyMsg::Group {
+        first_seq: 1,
+        group: vec![request()],
+        durable: false,
+    });
+    // The log stage sends `Durable` (or `Failed`) for group 1 before it sends group 2.
+    apply.handle(ApplyMsg::Group {
+        first_seq: 2,
+        group: vec![request()],
+        durable: true,
+    });
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "a group's offsets must continue the previous group's")]
+fn a_group_reusing_handed_offsets_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    // The store has applied up to offset 10 but the log was not moved past it (what
+    // `Database::open` does with `continue_offsets`): its next record would reuse offset 1.
+    let (wal, apply) = stages(dir.path(), 10);
+    let trigger = CheckpointTrigger {
+        due: Box::new(|| {}),
+        events_threshold: 0,
+        size_threshold_bytes: 0,
+    };
+    let (log, _apply_thread) = pipeline(wal, apply, FsyncPolicy::EveryWrite, trigger);
+    let (tx, rx) = mpsc::channel(1);
+    tx.try_send(Command::Commit(request())).unwrap();
+    drop(tx);
+    log.run(rx);
+}
