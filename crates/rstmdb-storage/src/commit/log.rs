@@ -182,17 +182,24 @@ impl LogStage {
         self.last_sync = Instant::now();
         self.unsynced_records = 0;
         if let Err(e) = r {
-            // The log dropped its unsynced tail. Offsets handed to the apply stage may already
-            // be in the state store: never hand them out again.
-            if self.wal.next_seq() <= self.handed_seq
-                && let Err(skip) = self.wal.skip_to(self.handed_seq + 1)
-            {
-                self.poison
-                    .set(format!("WAL unusable after a failed sync: {skip}"));
-            }
+            self.skip_lost_offsets();
             return Err(e);
         }
         Ok(())
+    }
+
+    /// After the log dropped its unsynced tail (a failed sync, or a failed append whose
+    /// rotation had to sync the segment it left): offsets handed to the apply stage may
+    /// already be in the state store, so the log moves past them and never hands them out
+    /// again. If it cannot, the pipeline is poisoned.
+    fn skip_lost_offsets(&mut self) {
+        if self.wal.next_seq() <= self.handed_seq
+            && let Err(skip) = self.wal.skip_to(self.handed_seq + 1)
+        {
+            self.poison.set(format!(
+                "WAL unusable after it lost unsynced records: {skip}"
+            ));
+        }
     }
 
     fn commit_group(&mut self, group: Vec<CommitRequest>) {
@@ -205,6 +212,9 @@ impl LogStage {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, records = group.len(), "WAL append failed");
+                // A rotation inside the append syncs the segment it leaves; if that failed,
+                // records of earlier groups (not yet synced under a relaxed policy) are gone.
+                self.skip_lost_offsets();
                 return fail_all(group, CommitError::Wal(e.to_string()));
             }
         };

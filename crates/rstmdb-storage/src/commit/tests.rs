@@ -83,3 +83,81 @@ fn a_group_reusing_handed_offsets_is_caught() {
     drop(tx);
     log.run(rx);
 }
+
+/// A commit request for `entry`, with the receiver of its answer.
+fn request_with_reply() -> (
+    CommitRequest,
+    oneshot::Receiver<Result<CommitOutcome, CommitError>>,
+) {
+    let entry = WalEntry::DeleteInstance {
+        instance_id: "absent".into(),
+        idempotency_key: None,
+        updated_at: 0,
+    };
+    let bytes = entry.to_bytes().unwrap();
+    let (reply, rx) = oneshot::channel();
+    let req = CommitRequest {
+        entry,
+        bytes,
+        hints: Vec::new(),
+        _guards: Vec::new(),
+        reply,
+    };
+    (req, rx)
+}
+
+#[test]
+fn a_failed_rotation_never_lets_the_next_group_reuse_handed_offsets() {
+    // Under a relaxed policy a group is handed to the apply stage (and may reach the store)
+    // before it is synced. When the next append rotates and the sync of the segment it leaves
+    // fails, the log drops that unsynced group; the group after must still get a new offset.
+    // (Before the fix the log handed offset 1 out again: the continuity assertion fired in
+    // debug builds, and a release build would have reused it.)
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = WalOptions::new(dir.path());
+    opts.segment_size_bytes = 1; // every append to a non-empty segment rotates first
+    let (mut wal, _) = Wal::open(opts, 1).unwrap();
+    wal.set_fault(crate::wal::FaultPlan {
+        failing_syncs: 1,
+        ..Default::default()
+    });
+    let db = Store::new(sled::Config::new().temporary(true).open().unwrap(), None);
+    let (events, _) = broadcast::channel(16);
+    let apply = ApplyStage::new(
+        db,
+        60_000,
+        events,
+        Arc::new(CommitStats::default()),
+        wal.publisher(),
+        0,
+        Arc::new(InstanceCache::new(1)),
+    );
+    let trigger = CheckpointTrigger {
+        due: Box::new(|| {}),
+        events_threshold: 0,
+        size_threshold_bytes: 0,
+    };
+    let (log, _apply_thread) = pipeline(wal, apply, FsyncPolicy::Never, trigger);
+    let (tx, rx) = mpsc::channel(1);
+    let log_thread = std::thread::spawn(move || log.run(rx));
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        // One at a time, so that each is its own group.
+        let (req, answer) = request_with_reply();
+        tx.blocking_send(Command::Commit(req)).unwrap();
+        answers.push(answer.blocking_recv().unwrap().map(|o| o.seq));
+    }
+    drop(tx);
+    log_thread.join().unwrap();
+    assert_eq!(answers[0].as_ref().ok(), Some(&1));
+    assert!(
+        answers[1].is_err(),
+        "the rotation's sync failed: {:?}",
+        answers[1]
+    );
+    assert_eq!(
+        answers[2].as_ref().ok(),
+        Some(&2),
+        "offset 1 was handed out already: {answers:?}"
+    );
+}
