@@ -6,8 +6,8 @@
 //! instance the request names. Refusals are `UNAUTHORIZED` naming what was missing.
 
 use crate::auth::{Principal, Role};
-use crate::server::Shared;
 use rstmdb_protocol::{Command, ErrorCode, ErrorObject, Op};
+use rstmdb_storage::Database;
 use serde_json::Value;
 
 /// The least role that may run `op`. Session ops that need no authentication are `Read`
@@ -136,12 +136,12 @@ fn named_instances(cmd: &Command) -> Vec<&str> {
 /// For restricted principals: the machine of every instance the request names must be
 /// allowed. An instance that does not exist passes here and fails in the operation itself
 /// with its usual error.
-pub fn check_instances(shared: &Shared, p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
+pub fn check_instances(db: &Database, p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
     if !p.restricted() {
         return Ok(());
     }
     for id in named_instances(cmd) {
-        if let Ok(inst) = shared.db.get_instance(id) {
+        if let Ok(inst) = db.get_instance(id) {
             check_machine(p, &inst.machine)?;
         }
     }

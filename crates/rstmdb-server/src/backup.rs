@@ -10,16 +10,16 @@
 //! export runs, so a slow client never holds back checkpoints.
 
 use crate::error::bad_request;
-use crate::server::Shared;
 use base64::Engine;
 use rstmdb_backup::{Record, encode_record, hex};
 use rstmdb_protocol::{BackupReadParams, ErrorCode, ErrorObject};
+use rstmdb_storage::Database;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Largest BACKUP_READ answer, in body bytes (base64 makes it 4/3 of that on the wire).
@@ -77,8 +77,7 @@ impl Backups {
 }
 
 /// BACKUP_BEGIN.
-pub async fn begin(shared: Arc<Shared>) -> Result<(Value, Option<u64>), ErrorObject> {
-    let backups = &shared.backups;
+pub async fn begin(backups: &Backups, db: &Database) -> Result<(Value, Option<u64>), ErrorObject> {
     backups.sweep();
     let id = uuid::Uuid::now_v7().to_string();
     let path = backups.dir.join(format!("{id}.body"));
@@ -104,7 +103,7 @@ pub async fn begin(shared: Arc<Shared>) -> Result<(Value, Option<u64>), ErrorObj
         );
     }
     let started = Instant::now();
-    let db = shared.db.clone();
+    let db = db.clone();
     let dir = backups.dir.clone();
     let p = path.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -178,12 +177,11 @@ pub async fn begin(shared: Arc<Shared>) -> Result<(Value, Option<u64>), ErrorObj
 
 /// BACKUP_READ.
 pub async fn read(
-    shared: Arc<Shared>,
+    backups: &Backups,
     p: BackupReadParams,
 ) -> Result<(Value, Option<u64>), ErrorObject> {
     let (path, size) = {
-        let mut s = shared
-            .backups
+        let mut s = backups
             .spools
             .lock()
             .map_err(|_| internal("backup registry lock poisoned"))?;
@@ -231,8 +229,8 @@ pub async fn read(
 }
 
 /// BACKUP_END.
-pub fn end(shared: &Shared, backup_id: &str) -> Result<(Value, Option<u64>), ErrorObject> {
-    let removed = match shared.backups.spools.lock() {
+pub fn end(backups: &Backups, backup_id: &str) -> Result<(Value, Option<u64>), ErrorObject> {
+    let removed = match backups.spools.lock() {
         Ok(mut s) => s.remove(backup_id),
         Err(_) => return Err(internal("backup registry lock poisoned")),
     };

@@ -2,22 +2,23 @@
 //! params into engine calls and engine results into RCP result objects; they know nothing
 //! about connections. Session operations (HELLO, AUTH, WATCH, …) live in `session.rs`.
 
+use crate::backup::Backups;
 use crate::error::{bad_request, to_wire, with_details};
-use crate::server::Shared;
 use rstmdb_core::Instance;
 use rstmdb_protocol::{
     ApplyEventParams, BatchMode, Command, CreateInstanceParams, DeleteInstanceParams, ErrorObject,
     ListInstancesParams, Op,
 };
 use rstmdb_storage::{
-    ApplyEvent, ApplyOutcome, BatchFailure, BatchOp, BatchOutput, CreateInstance, DeleteInstance,
-    FlushOutcome, ListQuery,
+    ApplyEvent, ApplyOutcome, BatchFailure, BatchOp, BatchOutput, CreateInstance, Database,
+    DeleteInstance, FlushOutcome, ListQuery,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// A successful result and, for mutations, the WAL offset to report in `meta`.
 pub type Outcome = Result<(Value, Option<u64>), ErrorObject>;
@@ -28,6 +29,15 @@ pub const DEFAULT_LIST_LIMIT: usize = 100;
 /// The answer to REPLICATE and REPLICATE_ACK sent as requests (0.3.0's words).
 pub const REPLICATION_OPS_INTERNAL: &str =
     "invalid request: replication operations are handled internally";
+
+/// What a data op runs against: the engine, the spooled backups, and the FLUSH_ALL epoch
+/// (bumped after a flush so every subscription on every connection ends).
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub db: &'a Database,
+    pub backups: &'a Backups,
+    pub flush_epoch: &'a Arc<watch::Sender<u64>>,
+}
 
 fn engine<T>(r: Result<T, rstmdb_core::Error>) -> Result<T, ErrorObject> {
     r.map_err(|e| to_wire(&e))
@@ -171,11 +181,12 @@ fn output_json(out: &BatchOutput) -> (Value, Option<u64>) {
 /// connection (what they watched is gone). Both happen in a task of their own, so a caller
 /// that stops waiting (its client gone) cannot leave subscriptions open on a flushed
 /// database.
-async fn flush_all(shared: &Arc<Shared>) -> Result<FlushOutcome, rstmdb_core::Error> {
-    let shared = shared.clone();
+async fn flush_all(ctx: Ctx<'_>) -> Result<FlushOutcome, rstmdb_core::Error> {
+    let db = ctx.db.clone();
+    let flush_epoch = ctx.flush_epoch.clone();
     tokio::spawn(async move {
-        let flushed = shared.db.flush_all().await?;
-        shared.flush_epoch.send_modify(|e| *e += 1);
+        let flushed = db.flush_all().await?;
+        flush_epoch.send_modify(|e| *e += 1);
         Ok(flushed)
     })
     .await
@@ -187,10 +198,10 @@ async fn flush_all(shared: &Arc<Shared>) -> Result<FlushOutcome, rstmdb_core::Er
 /// Runs one data operation, serializing the results of the hottest ops (GET_INSTANCE,
 /// APPLY_EVENT) straight from typed structs. Session operations never reach here.
 pub async fn execute_payload(
-    shared: Arc<Shared>,
+    ctx: Ctx<'_>,
     command: Command,
 ) -> Result<(Payload, Option<u64>), ErrorObject> {
-    let db = &shared.db;
+    let db = ctx.db;
     match command {
         Command::GetInstance(p) => {
             let i = engine(db.get_instance_shared(&p.instance_id))?;
@@ -201,15 +212,15 @@ pub async fn execute_payload(
             let raw = to_raw(&AppliedResult::of(&a))?;
             Ok((Payload::Raw(raw), Some(a.wal_offset)))
         }
-        other => execute(shared, other)
+        other => execute(ctx, other)
             .await
             .map(|(v, off)| (Payload::Value(v), off)),
     }
 }
 
 /// Runs one data operation. Session operations never reach here.
-pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
-    let db = &shared.db;
+pub async fn execute(ctx: Ctx<'_>, command: Command) -> Outcome {
+    let db = ctx.db;
     match command {
         Command::PutMachine(p) => {
             let r = engine(db.put_machine(&p.machine, p.version, &p.definition).await)?;
@@ -240,7 +251,7 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
             let i = engine(db.get_instance(&p.instance_id))?;
             Ok((instance_json(&i), None))
         }
-        Command::ListInstances(p) => list_instances(&shared, p),
+        Command::ListInstances(p) => list_instances(db, p),
         Command::DeleteInstance(p) => {
             let d = engine(db.delete_instance(delete_req(p)).await)?;
             Ok(output_json(&BatchOutput::Deleted(d)))
@@ -249,7 +260,7 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
             let a = engine(db.apply_event(apply_req(p)).await)?;
             Ok(output_json(&BatchOutput::Applied(a)))
         }
-        Command::Batch(p) => batch(&shared, p.mode, p.ops).await,
+        Command::Batch(p) => batch(ctx, p.mode, p.ops).await,
         Command::SnapshotInstance(p) => {
             // A snapshot is a checkpoint: the instance (and everything else) is then durable
             // in the state store, independent of the WAL.
@@ -321,7 +332,7 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
             ))
         }
         Command::FlushAll(_) => {
-            let flushed = engine(flush_all(&shared).await)?;
+            let flushed = engine(flush_all(ctx).await)?;
             Ok(output_json(&BatchOutput::Flushed(flushed)))
         }
         // This node has no replication configured (that comes with its own `replication:`
@@ -330,9 +341,9 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
         // 0.3.0 reserved these op names for replication but never accepts them as requests;
         // the exact message is 0.3.0's, which its clients may show or match.
         Command::Replicate | Command::ReplicateAck => Err(bad_request(REPLICATION_OPS_INTERNAL)),
-        Command::BackupBegin(_) => crate::backup::begin(shared.clone()).await,
-        Command::BackupRead(p) => crate::backup::read(shared.clone(), p).await,
-        Command::BackupEnd(p) => crate::backup::end(&shared, &p.backup_id),
+        Command::BackupBegin(_) => crate::backup::begin(ctx.backups, db).await,
+        Command::BackupRead(p) => crate::backup::read(ctx.backups, p).await,
+        Command::BackupEnd(p) => crate::backup::end(ctx.backups, &p.backup_id),
         Command::RestoreInstance(p) => {
             let mut wal = Vec::with_capacity(p.wal.len());
             for (i, r) in p.wal.into_iter().enumerate() {
@@ -376,7 +387,7 @@ pub async fn execute(shared: Arc<Shared>, command: Command) -> Outcome {
     }
 }
 
-fn list_instances(shared: &Shared, p: ListInstancesParams) -> Outcome {
+fn list_instances(db: &Database, p: ListInstancesParams) -> Outcome {
     let q = ListQuery {
         machine: p.machine,
         state: p.state,
@@ -385,7 +396,7 @@ fn list_instances(shared: &Shared, p: ListInstancesParams) -> Outcome {
         after: p.after,
         include_deleted: p.include_deleted,
     };
-    let page = engine(shared.db.list_instances(&q))?;
+    let page = engine(db.list_instances(&q))?;
     let items: Vec<Value> = page
         .instances
         .iter()
@@ -438,8 +449,8 @@ fn batch_op(index: usize, cmd: Command) -> Result<BatchOp, ErrorObject> {
     })
 }
 
-async fn batch(shared: &Arc<Shared>, mode: BatchMode, cmds: Vec<Command>) -> Outcome {
-    let max = shared.db.config().max_batch_ops;
+async fn batch(ctx: Ctx<'_>, mode: BatchMode, cmds: Vec<Command>) -> Outcome {
+    let max = ctx.db.config().max_batch_ops;
     if cmds.len() > max {
         return Err(with_details(
             bad_request(format!("batch size {} exceeds limit {max}", cmds.len())),
@@ -457,9 +468,9 @@ async fn batch(shared: &Arc<Shared>, mode: BatchMode, cmds: Vec<Command>) -> Out
         BatchMode::BestEffort => rstmdb_storage::BatchMode::BestEffort,
     };
     let results = match (mode, flushes) {
-        (_, false) => shared.db.batch(storage_mode, ops).await,
-        (BatchMode::BestEffort, true) => Ok(best_effort_with_flush(shared, ops).await),
-        (BatchMode::Atomic, true) => atomic_with_flush(shared, ops).await,
+        (_, false) => ctx.db.batch(storage_mode, ops).await,
+        (BatchMode::BestEffort, true) => Ok(best_effort_with_flush(ctx, ops).await),
+        (BatchMode::Atomic, true) => atomic_with_flush(ctx, ops).await,
     };
     match results {
         Ok(results) => {
@@ -494,13 +505,9 @@ async fn batch(shared: &Arc<Shared>, mode: BatchMode, cmds: Vec<Command>) -> Out
 type OpResults = Vec<Result<BatchOutput, rstmdb_core::Error>>;
 
 /// Some ops of a best-effort batch, run by the storage engine.
-async fn best_effort(shared: &Shared, ops: Vec<BatchOp>) -> OpResults {
+async fn best_effort(db: &Database, ops: Vec<BatchOp>) -> OpResults {
     let n = ops.len();
-    match shared
-        .db
-        .batch(rstmdb_storage::BatchMode::BestEffort, ops)
-        .await
-    {
+    match db.batch(rstmdb_storage::BatchMode::BestEffort, ops).await {
         Ok(results) => results,
         // Only a size over the limit, checked before; every op gets the error all the same.
         Err(f) => (0..n).map(|_| Err(f.error.clone())).collect(),
@@ -510,7 +517,7 @@ async fn best_effort(shared: &Shared, ops: Vec<BatchOp>) -> OpResults {
 /// A best-effort batch holding FLUSH_ALL runs in stretches: the ops up to a flush, then the
 /// flush exactly as the op on its own (so subscriptions have ended before the next op runs),
 /// and so on. A refused flush (disabled) is that element's error; the others still run.
-async fn best_effort_with_flush(shared: &Arc<Shared>, ops: Vec<BatchOp>) -> OpResults {
+async fn best_effort_with_flush(ctx: Ctx<'_>, ops: Vec<BatchOp>) -> OpResults {
     let mut results = Vec::with_capacity(ops.len());
     let mut stretch = Vec::new();
     for op in ops {
@@ -519,29 +526,24 @@ async fn best_effort_with_flush(shared: &Arc<Shared>, ops: Vec<BatchOp>) -> OpRe
             continue;
         }
         if !stretch.is_empty() {
-            results.extend(best_effort(shared, std::mem::take(&mut stretch)).await);
+            results.extend(best_effort(ctx.db, std::mem::take(&mut stretch)).await);
         }
-        results.push(flush_all(shared).await.map(BatchOutput::Flushed));
+        results.push(flush_all(ctx).await.map(BatchOutput::Flushed));
     }
     if !stretch.is_empty() {
-        results.extend(best_effort(shared, stretch).await);
+        results.extend(best_effort(ctx.db, stretch).await);
     }
     results
 }
 
 /// An atomic batch holding FLUSH_ALL (the storage engine's rules: `Database::batch`): once
 /// committed, every subscription ends, in a task of its own as for the op on its own.
-async fn atomic_with_flush(
-    shared: &Arc<Shared>,
-    ops: Vec<BatchOp>,
-) -> Result<OpResults, BatchFailure> {
-    let shared = shared.clone();
+async fn atomic_with_flush(ctx: Ctx<'_>, ops: Vec<BatchOp>) -> Result<OpResults, BatchFailure> {
+    let db = ctx.db.clone();
+    let flush_epoch = ctx.flush_epoch.clone();
     tokio::spawn(async move {
-        let results = shared
-            .db
-            .batch(rstmdb_storage::BatchMode::Atomic, ops)
-            .await?;
-        shared.flush_epoch.send_modify(|e| *e += 1);
+        let results = db.batch(rstmdb_storage::BatchMode::Atomic, ops).await?;
+        flush_epoch.send_modify(|e| *e += 1);
         Ok(results)
     })
     .await

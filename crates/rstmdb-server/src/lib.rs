@@ -4,12 +4,14 @@
 //! - [`config`]: YAML + environment configuration, validated up front.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
 //! - [`session`]: one connection — framing, ordering, session ops, subscriptions.
+//! - [`shared`]: what every session shares (engine, config, reloadable auth/TLS, …).
 //! - [`handlers`]: one handler per data operation behind one dispatcher.
 //! - [`auth`]: token hashes compared in constant time; principals with roles and machine globs.
 //! - [`authz`]: which role each op needs, which machines a principal may touch.
 //! - [`tls`]: TLS/mTLS material, loaded at startup and on SIGHUP.
 //! - [`audit`]: the JSON audit log.
-//! - [`metrics`]: Prometheus counters and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`metrics`]: Prometheus counters, kept with relaxed atomics.
+//! - [`metrics_http`]: the exporter: renders them, serves `/metrics`, `/healthz`, `/readyz`.
 //! - [`error`]: the one mapping from engine errors to RCP error objects.
 
 pub mod audit;
@@ -20,6 +22,8 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod metrics_http;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod tls;

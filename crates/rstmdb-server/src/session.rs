@@ -22,7 +22,7 @@ use crate::authz;
 use crate::error::bad_request;
 use crate::handlers::{self, Payload};
 use crate::metrics::{Closure, Metrics, SubKind, SubscriptionGuard};
-use crate::server::Shared;
+use crate::shared::Shared;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -245,6 +245,15 @@ fn scope_of(cmd: &Command) -> Scope<'_> {
         Command::DeleteInstance(p) => Scope::Instance(&p.instance_id),
         Command::GetInstance(p) => Scope::Instance(&p.instance_id),
         _ => Scope::Barrier,
+    }
+}
+
+/// What data ops run against, borrowed from the shared state.
+fn data_ctx(shared: &Shared) -> handlers::Ctx<'_> {
+    handlers::Ctx {
+        db: &shared.db,
+        backups: &shared.backups,
+        flush_epoch: &shared.flush_epoch,
     }
 }
 
@@ -881,18 +890,17 @@ impl Session {
                 for w in waits {
                     w.wait().await;
                 }
-                let result =
-                    match authz::check_instances(&shared, &principal, &req.command) {
-                        Ok(()) => handlers::execute_payload(shared, req.command).await.map(
-                            |(mut p, off)| {
-                                if let Payload::Value(v) = &mut p {
-                                    authz::filter_result(&principal, op, v);
-                                }
-                                (p, off)
-                            },
-                        ),
-                        Err(e) => Err(e),
-                    };
+                let result = match authz::check_instances(&shared.db, &principal, &req.command) {
+                    Ok(()) => handlers::execute_payload(data_ctx(&shared), req.command)
+                        .await
+                        .map(|(mut p, off)| {
+                            if let Payload::Value(v) = &mut p {
+                                authz::filter_result(&principal, op, v);
+                            }
+                            (p, off)
+                        }),
+                    Err(e) => Err(e),
+                };
                 drop(done);
                 Outgoing {
                     response: respond_payload(id, result),
