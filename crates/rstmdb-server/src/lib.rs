@@ -3,7 +3,10 @@
 //!
 //! - [`config`]: YAML + environment configuration, validated up front.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
-//! - [`session`]: one connection — framing, ordering, session ops, subscriptions.
+//! - [`session`]: one connection — the read/answer loop; its session ops, watch forwarding
+//!   and audit wrapper in submodules.
+//! - `ordering`: which earlier requests a request waits for (per connection).
+//! - [`timefmt`]: RFC 3339 timestamps for `meta.server_time` and the audit log.
 //! - [`shared`]: what every session shares (engine, config, reloadable auth/TLS, …).
 //! - [`handlers`]: one handler per data operation behind one dispatcher.
 //! - [`auth`]: token hashes compared in constant time; principals with roles and machine globs.
@@ -23,7 +26,9 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod metrics_http;
+mod ordering;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod timefmt;
 pub mod tls;

@@ -1,0 +1,155 @@
+//! The ops a session answers itself, from its own state (wire mode, principal,
+//! subscriptions) rather than through a data handler: HELLO, AUTH, PING, BYE, INFO and the
+//! watch ops (their subscription plumbing is in `subscriptions.rs`).
+
+use super::subscriptions::Target;
+use super::{Outgoing, Pending, Session, ready, respond};
+use crate::auth::Principal;
+use crate::error::bad_request;
+use rstmdb_protocol::{Command, ErrorCode, ErrorObject, WireMode};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Features a client may negotiate in HELLO (the reference set).
+pub const FEATURES: [&str; 3] = ["idempotency", "batch", "wal_read"];
+
+impl Session {
+    /// Runs a session op (the caller has checked authentication and the role).
+    pub(super) fn session_op(
+        &mut self,
+        id: Option<String>,
+        command: Command,
+        principal: Arc<Principal>,
+    ) -> Pending {
+        match command {
+            Command::Hello(p) => {
+                if p.protocol_version != rstmdb_protocol::PROTOCOL_VERSION {
+                    let e = ErrorObject::new(
+                        ErrorCode::UnsupportedProtocol,
+                        format!("unsupported protocol version: {}", p.protocol_version),
+                    )
+                    .with_detail("supported", json!([rstmdb_protocol::PROTOCOL_VERSION]));
+                    return ready(self.out(id, Err(e)));
+                }
+                self.mode = WireMode::negotiate(&p.wire_modes);
+                let features: Vec<&str> = FEATURES
+                    .iter()
+                    .copied()
+                    .filter(|f| p.features.iter().any(|r| r == f))
+                    .collect();
+                ready(self.out(
+                    id,
+                    Ok((
+                        json!({
+                            "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
+                            "wire_mode": self.mode.as_str(),
+                            "server_name": "rstmdb",
+                            "server_version": env!("CARGO_PKG_VERSION"),
+                            "features": features,
+                        }),
+                        None,
+                    )),
+                ))
+            }
+            Command::Auth(mut p) => {
+                let r = if p.method != "bearer" {
+                    Err(ErrorObject::new(
+                        ErrorCode::AuthFailed,
+                        format!(
+                            "authentication failed: unsupported auth method: {}",
+                            p.method
+                        ),
+                    ))
+                } else if let Some(wait) = self.shared.auth_throttle.blocked(self.peer.ip()) {
+                    Err(ErrorObject::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "too many failed authentication attempts from this address; retry in {} s",
+                            wait.as_secs().max(1)
+                        ),
+                    )
+                    .with_detail("retry_after_ms", json!(wait.as_millis() as u64)))
+                } else {
+                    match self.shared.auth().check(&mut p.token) {
+                        Ok(principal) => {
+                            self.principal = Some(Arc::new(principal));
+                            self.shared.auth_throttle.record_success(self.peer.ip());
+                            Ok((json!({"authenticated": true}), None))
+                        }
+                        Err(why) => {
+                            tracing::info!(peer = %self.peer, reason = why, "authentication failed");
+                            self.shared
+                                .metrics
+                                .auth_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.shared.auth_throttle.record_failure(self.peer.ip());
+                            Err(ErrorObject::new(
+                                ErrorCode::AuthFailed,
+                                format!("authentication failed: {why}"),
+                            ))
+                        }
+                    }
+                };
+                ready(self.out(id, r))
+            }
+            Command::Ping => ready(self.out(id, Ok((json!({"pong": true}), None)))),
+            Command::Bye => {
+                self.closing = true;
+                let mut o = self.out(id, Ok((json!({"goodbye": true}), None)));
+                o.close_after = true;
+                ready(o)
+            }
+            Command::Info => {
+                // Ordered after every earlier request, so `wal_offset` covers the client's
+                // own pipelined writes.
+                let mode = self.mode;
+                self.after_earlier(move |shared| {
+                    let cfg = &shared.config;
+                    let info = json!({
+                        "server_name": "rstmdb",
+                        "server_version": env!("CARGO_PKG_VERSION"),
+                        "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
+                        "features": FEATURES,
+                        "max_frame_bytes": cfg.network.max_frame_bytes,
+                        "max_batch_ops": cfg.storage.max_batch_ops,
+                        "wal_offset": shared.db.last_offset(),
+                    });
+                    Outgoing {
+                        response: respond(id, Ok((info, None))),
+                        mode,
+                        close_after: false,
+                        start_watch: None,
+                        failed_watch: None,
+                    }
+                })
+            }
+            Command::WatchInstance(p) => self.watch(id, Target::Instance(p), principal),
+            Command::WatchAll(p) => self.watch(id, Target::All(p), principal),
+            Command::Unwatch(p) => {
+                let removed = match self.watches.remove(&p.subscription_id) {
+                    Some(task) => {
+                        if let Some(t) = task {
+                            t.abort();
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                ready(self.out(
+                    id,
+                    Ok((
+                        json!({"subscription_id": p.subscription_id, "removed": removed}),
+                        None,
+                    )),
+                ))
+            }
+            other => ready(self.out(
+                id,
+                Err(bad_request(format!(
+                    "{} cannot be handled here",
+                    other.op().as_str()
+                ))),
+            )),
+        }
+    }
+}
