@@ -7,7 +7,7 @@ use crate::error::{bad_request, to_wire, with_details};
 use rstmdb_core::Instance;
 use rstmdb_protocol::{
     ApplyEventParams, BatchMode, Command, CreateInstanceParams, DeleteInstanceParams, ErrorObject,
-    ListInstancesParams, Op,
+    ListInstancesParams,
 };
 use rstmdb_storage::{
     ApplyEvent, ApplyOutcome, BatchFailure, BatchOp, BatchOutput, CreateInstance, Database,
@@ -554,21 +554,6 @@ async fn atomic_with_flush(ctx: Ctx<'_>, ops: Vec<BatchOp>) -> Result<OpResults,
             detail: format!("BATCH task failed: {e}"),
         },
     })?
-}
-
-/// Ops handled here (everything but the session ops).
-pub fn is_data_op(op: Op) -> bool {
-    !matches!(
-        op,
-        Op::Hello
-            | Op::Auth
-            | Op::Ping
-            | Op::Bye
-            | Op::Info
-            | Op::WatchInstance
-            | Op::WatchAll
-            | Op::Unwatch
-    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! request as it is read and releases them as their answers are written.
 
 use crate::metrics::Metrics;
-use rstmdb_protocol::Command;
+use rstmdb_protocol::{Command, Op};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -184,15 +184,20 @@ impl Drop for Ordering {
     }
 }
 
+/// How a request is ordered. Only the single-instance ops act on nothing but the instance
+/// they name ([`Command::names`]): they wait for that instance (a create with a generated id
+/// for nothing). Every other op is a barrier, including SNAPSHOT_INSTANCE (a checkpoint of
+/// the whole store) and WATCH_INSTANCE (it must see every earlier write).
 pub(crate) fn scope_of(cmd: &Command) -> Scope<'_> {
-    match cmd {
-        Command::CreateInstance(p) => p
-            .instance_id
-            .as_deref()
-            .map_or(Scope::Free, Scope::Instance),
-        Command::ApplyEvent(p) => Scope::Instance(&p.instance_id),
-        Command::DeleteInstance(p) => Scope::Instance(&p.instance_id),
-        Command::GetInstance(p) => Scope::Instance(&p.instance_id),
+    match cmd.op() {
+        Op::CreateInstance | Op::ApplyEvent | Op::DeleteInstance | Op::GetInstance => {
+            let names = cmd.names();
+            debug_assert!(
+                names.instance.is_none() || names.new_instance.is_none(),
+                "a request names an existing instance or a new one, not both"
+            );
+            names.any_instance().map_or(Scope::Free, Scope::Instance)
+        }
         _ => Scope::Barrier,
     }
 }

@@ -19,29 +19,16 @@ struct AuditFields {
 
 impl AuditFields {
     fn of(cmd: &Command) -> AuditFields {
-        let mut f = AuditFields {
+        let names = cmd.names();
+        AuditFields {
             op: Some(cmd.op().as_str()),
-            ..Default::default()
-        };
-        match cmd {
-            Command::PutMachine(p) => f.machine = Some(p.machine.clone()),
-            Command::GetMachine(p) => f.machine = Some(p.machine.clone()),
-            Command::CreateInstance(p) => {
-                f.machine = Some(p.machine.clone());
-                f.instance_id = p.instance_id.clone();
-            }
-            Command::GetInstance(p) => f.instance_id = Some(p.instance_id.clone()),
-            Command::DeleteInstance(p) => f.instance_id = Some(p.instance_id.clone()),
-            Command::SnapshotInstance(p) => f.instance_id = Some(p.instance_id.clone()),
-            Command::WatchInstance(p) => f.instance_id = Some(p.instance_id.clone()),
-            Command::ApplyEvent(p) => {
-                f.instance_id = Some(p.instance_id.clone());
-                f.event = Some(p.event.clone());
-            }
-            Command::ListInstances(p) => f.machine = p.machine.clone(),
-            _ => {}
+            instance_id: names.any_instance().map(str::to_owned),
+            machine: names.machine.map(str::to_owned),
+            event: match cmd {
+                Command::ApplyEvent(p) => Some(p.event.clone()),
+                _ => None,
+            },
         }
-        f
     }
 }
 

@@ -32,6 +32,7 @@ use crate::shared::Shared;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use ops::Handling;
 use rstmdb_protocol::{
     ErrorCode, ErrorObject, Inbound, InboundCodec, Meta, Op, OutboundCodec, Response, WireMode,
 };
@@ -484,7 +485,8 @@ impl Session {
         let id = Some(req.id);
         let op = req.command.op();
         tracing::trace!(peer = %self.peer, ?op, "request");
-        let exempt = matches!(op, Op::Hello | Op::Auth | Op::Ping | Op::Bye);
+        let handling = ops::handling(op);
+        let exempt = handling == Handling::Open;
         let principal = match &self.principal {
             Some(p) => p.clone(),
             None if exempt => Arc::new(Principal::anonymous()),
@@ -501,7 +503,7 @@ impl Session {
         if !exempt && let Err(e) = authz::check_command(&principal, &req.command) {
             return ready(self.out(id, Err(e)));
         }
-        if handlers::is_data_op(op) {
+        if handling == Handling::Data {
             let (waits, done) = self.ordering.admit(scope_of(&req.command));
             let shared = self.shared.clone();
             let mode = self.mode;

@@ -6,12 +6,33 @@ use super::subscriptions::Target;
 use super::{Outgoing, Pending, Session, ready, respond};
 use crate::auth::Principal;
 use crate::error::bad_request;
-use rstmdb_protocol::{Command, ErrorCode, ErrorObject, WireMode};
+use rstmdb_protocol::{Command, ErrorCode, ErrorObject, Op, WireMode};
 use serde_json::json;
 use std::sync::Arc;
 
 /// Features a client may negotiate in HELLO (the reference set).
 pub const FEATURES: [&str; 3] = ["idempotency", "batch", "wal_read"];
+
+/// How the session treats an op: the one list of session ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handling {
+    /// Answered by the session before any authentication or role check: HELLO, AUTH, PING,
+    /// BYE.
+    Open,
+    /// Answered by the session for an authenticated principal with the op's role: INFO and
+    /// the watch ops.
+    Session,
+    /// Everything else: ordered, authorised per instance and run by a data handler.
+    Data,
+}
+
+pub(super) fn handling(op: Op) -> Handling {
+    match op {
+        Op::Hello | Op::Auth | Op::Ping | Op::Bye => Handling::Open,
+        Op::Info | Op::WatchInstance | Op::WatchAll | Op::Unwatch => Handling::Session,
+        _ => Handling::Data,
+    }
+}
 
 impl Session {
     /// Runs a session op (the caller has checked authentication and the role).
