@@ -12,9 +12,10 @@
 use crate::error::bad_request;
 use base64::Engine;
 use rstmdb_backup::{Record, encode_record, hex};
-use rstmdb_protocol::{BackupReadParams, ErrorCode, ErrorObject};
+use rstmdb_protocol::{
+    BackupBeginResult, BackupEndResult, BackupReadParams, BackupReadResult, ErrorCode, ErrorObject,
+};
 use rstmdb_storage::Database;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -77,7 +78,10 @@ impl Backups {
 }
 
 /// BACKUP_BEGIN.
-pub async fn begin(backups: &Backups, db: &Database) -> Result<(Value, Option<u64>), ErrorObject> {
+pub async fn begin(
+    backups: &Backups,
+    db: &Database,
+) -> Result<(BackupBeginResult, Option<u64>), ErrorObject> {
     backups.sweep();
     let id = uuid::Uuid::now_v7().to_string();
     let path = backups.dir.join(format!("{id}.body"));
@@ -159,27 +163,26 @@ pub async fn begin(backups: &Backups, db: &Database) -> Result<(Value, Option<u6
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
+    let counts = serde_json::to_value(&export.counts)
+        .map_err(|e| internal(format!("encoding the backup counts: {e}")))?;
     Ok((
-        json!({
-            "backup_id": id,
-            "format_version": rstmdb_backup::FORMAT_VERSION,
-            "server_version": env!("CARGO_PKG_VERSION"),
-            "created_at": created_at,
-            "base_offset": export.base_offset,
-            "wal_end": export.wal_end,
-            "counts": export.counts,
-            "body_bytes": size,
-            "body_sha256": sha,
-        }),
+        BackupBeginResult {
+            backup_id: id,
+            format_version: rstmdb_backup::FORMAT_VERSION,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_at,
+            base_offset: export.base_offset,
+            wal_end: export.wal_end,
+            counts,
+            body_bytes: size,
+            body_sha256: sha,
+        },
         None,
     ))
 }
 
 /// BACKUP_READ.
-pub async fn read(
-    backups: &Backups,
-    p: BackupReadParams,
-) -> Result<(Value, Option<u64>), ErrorObject> {
+pub async fn read(backups: &Backups, p: BackupReadParams) -> Result<BackupReadResult, ErrorObject> {
     let (path, size) = {
         let mut s = backups
             .spools
@@ -217,19 +220,16 @@ pub async fn read(
     .map_err(|e| internal(format!("backup read task: {e}")))?
     .map_err(|e| internal(format!("reading the backup spool: {e}")))?;
     let next = offset + data.len() as u64;
-    Ok((
-        json!({
-            "data": base64::engine::general_purpose::STANDARD.encode(&data),
-            "offset": offset,
-            "next_offset": next,
-            "eof": next == size,
-        }),
-        None,
-    ))
+    Ok(BackupReadResult {
+        data: base64::engine::general_purpose::STANDARD.encode(&data),
+        offset,
+        next_offset: next,
+        eof: next == size,
+    })
 }
 
 /// BACKUP_END.
-pub fn end(backups: &Backups, backup_id: &str) -> Result<(Value, Option<u64>), ErrorObject> {
+pub fn end(backups: &Backups, backup_id: &str) -> Result<BackupEndResult, ErrorObject> {
     let removed = match backups.spools.lock() {
         Ok(mut s) => s.remove(backup_id),
         Err(_) => return Err(internal("backup registry lock poisoned")),
@@ -237,5 +237,7 @@ pub fn end(backups: &Backups, backup_id: &str) -> Result<(Value, Option<u64>), E
     if let Some(sp) = &removed {
         let _ = std::fs::remove_file(&sp.path);
     }
-    Ok((json!({"removed": removed.is_some()}), None))
+    Ok(BackupEndResult {
+        removed: removed.is_some(),
+    })
 }

@@ -6,22 +6,23 @@ use crate::backup::Backups;
 use crate::error::{bad_request, to_wire, with_details};
 use rstmdb_core::Instance;
 use rstmdb_protocol::{
-    ApplyEventParams, BatchMode, Command, CreateInstanceParams, DeleteInstanceParams, ErrorObject,
-    ListInstancesParams,
+    AppliedView, ApplyEventParams, BatchItemResult, BatchMode, BatchResult, Command, CompactResult,
+    CreateInstanceParams, CreatedView, DeleteInstanceParams, DeleteInstanceResult, ErrorObject,
+    FlushAllResult, GetMachineResult, InstanceSummary, InstanceView, IoStats, ListInstancesParams,
+    ListInstancesResult, ListMachinesResult, MachineSummary, PutMachineResult,
+    ReplicationStatusResult, RestoreInstanceResult, SnapshotInstanceResult, WalReadResult,
+    WalRecord, WalStatsResult,
 };
 use rstmdb_storage::{
-    ApplyEvent, ApplyOutcome, BatchFailure, BatchOp, BatchOutput, CreateInstance, Database,
-    DeleteInstance, FlushOutcome, ListQuery,
+    ApplyEvent, ApplyOutcome, BatchFailure, BatchOp, BatchOutput, CreateInstance, CreateOutcome,
+    Database, DeleteInstance, DeleteOutcome, FlushOutcome, ListQuery,
 };
 use serde::Serialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// A successful result and, for mutations, the WAL offset to report in `meta`.
-pub type Outcome = Result<(Value, Option<u64>), ErrorObject>;
 
 /// Default LIST_INSTANCES page.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
@@ -50,79 +51,62 @@ pub enum Payload {
     Raw(Box<RawValue>),
 }
 
-/// The GET_INSTANCE result. Fields in key order, as a `Value` object would write them, so
-/// the typed and the `Value` forms serialize to the same bytes.
-#[derive(Serialize)]
-struct InstanceResult<'a> {
-    created_at: i64,
-    ctx: &'a Map<String, Value>,
-    instance_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_event_id: Option<&'a str>,
-    last_wal_offset: u64,
-    machine: &'a str,
-    state: &'a str,
-    updated_at: i64,
-    version: u32,
+/// A data op's answer: its result and, for mutations, the WAL offset to report in `meta`.
+pub type Answer = Result<(Payload, Option<u64>), ErrorObject>;
+
+fn encoding_failed(e: serde_json::Error) -> ErrorObject {
+    ErrorObject::new(
+        rstmdb_protocol::ErrorCode::InternalError,
+        format!("encoding result: {e}"),
+    )
 }
 
-impl<'a> InstanceResult<'a> {
-    fn of(i: &'a Instance) -> Self {
-        InstanceResult {
-            created_at: i.created_at,
-            ctx: &i.ctx,
-            instance_id: &i.id,
-            last_event_id: i.last_event_id.as_deref(),
-            last_wal_offset: i.last_wal_offset,
-            machine: &i.machine,
-            state: &i.state,
-            updated_at: i.updated_at,
-            version: i.version,
-        }
-    }
+/// A result type of `rstmdb_protocol::results` as a `Value`: an object's keys sorted, the
+/// bytes the server has always written for it.
+pub(crate) fn to_value<T: Serialize>(v: &T) -> Result<Value, ErrorObject> {
+    serde_json::to_value(v).map_err(encoding_failed)
 }
 
-/// The APPLY_EVENT result (key order as [`InstanceResult`]).
-#[derive(Serialize)]
-struct AppliedResult<'a> {
-    applied: bool,
-    ctx: &'a Map<String, Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<&'a str>,
-    from_state: &'a str,
-    to_state: &'a str,
-    wal_offset: u64,
-}
-
-impl<'a> AppliedResult<'a> {
-    fn of(a: &'a ApplyOutcome) -> Self {
-        AppliedResult {
-            applied: a.applied,
-            ctx: &a.ctx,
-            event_id: a.event_id.as_deref(),
-            from_state: &a.from_state,
-            to_state: &a.to_state,
-            wal_offset: a.wal_offset,
-        }
-    }
-}
-
-fn to_value<T: Serialize>(v: &T) -> Value {
-    // Serializing these structs (strings, integers, a JSON map) cannot fail.
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
+/// A borrowed view (`InstanceView`, `AppliedView`, `CreatedView`) serialized as is: its
+/// fields are in key order, so these are the same bytes as [`to_value`]'s.
 fn to_raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, ErrorObject> {
-    serde_json::value::to_raw_value(v).map_err(|e| {
-        ErrorObject::new(
-            rstmdb_protocol::ErrorCode::InternalError,
-            format!("encoding result: {e}"),
-        )
-    })
+    serde_json::value::to_raw_value(v).map_err(encoding_failed)
 }
 
-pub fn instance_json(i: &Instance) -> Value {
-    to_value(&InstanceResult::of(i))
+/// GET_INSTANCE's result for `i`, borrowed.
+pub fn instance_view(i: &Instance) -> InstanceView<'_> {
+    InstanceView {
+        created_at: i.created_at,
+        ctx: &i.ctx,
+        instance_id: &i.id,
+        last_event_id: i.last_event_id.as_deref(),
+        last_wal_offset: i.last_wal_offset,
+        machine: &i.machine,
+        state: &i.state,
+        updated_at: i.updated_at,
+        version: i.version,
+    }
+}
+
+/// APPLY_EVENT's result for `a`, borrowed.
+fn applied_view(a: &ApplyOutcome) -> AppliedView<'_> {
+    AppliedView {
+        applied: a.applied,
+        ctx: &a.ctx,
+        event_id: a.event_id.as_deref(),
+        from_state: &a.from_state,
+        to_state: &a.to_state,
+        wal_offset: a.wal_offset,
+    }
+}
+
+/// CREATE_INSTANCE's result for `c`, borrowed.
+fn created_view(c: &CreateOutcome) -> CreatedView<'_> {
+    CreatedView {
+        instance_id: &c.instance_id,
+        state: &c.state,
+        wal_offset: c.wal_offset,
+    }
 }
 
 fn create_req(p: CreateInstanceParams) -> CreateInstance {
@@ -154,26 +138,30 @@ fn delete_req(p: DeleteInstanceParams) -> DeleteInstance {
     }
 }
 
-fn output_json(out: &BatchOutput) -> (Value, Option<u64>) {
-    match out {
-        BatchOutput::Created(c) => (
-            json!({"instance_id": c.instance_id, "state": c.state, "wal_offset": c.wal_offset}),
-            Some(c.wal_offset),
-        ),
-        BatchOutput::Applied(a) => (to_value(&AppliedResult::of(a)), Some(a.wal_offset)),
-        BatchOutput::Deleted(d) => (
-            json!({"instance_id": d.instance_id, "deleted": true, "wal_offset": d.wal_offset}),
-            Some(d.wal_offset),
-        ),
-        BatchOutput::Instance(i) => (instance_json(i), None),
-        BatchOutput::Flushed(f) => (
-            json!({
-                "flushed": true,
-                "instances_removed": f.instances_removed,
-                "machines_removed": f.machines_removed,
-            }),
-            Some(f.wal_offset),
-        ),
+/// One BATCH element's result (the same as the op's on its own) and its WAL offset.
+fn output_value(out: &BatchOutput) -> Result<(Value, Option<u64>), ErrorObject> {
+    Ok(match out {
+        BatchOutput::Created(c) => (to_value(&created_view(c))?, Some(c.wal_offset)),
+        BatchOutput::Applied(a) => (to_value(&applied_view(a))?, Some(a.wal_offset)),
+        BatchOutput::Deleted(d) => (to_value(&deleted_result(d))?, Some(d.wal_offset)),
+        BatchOutput::Instance(i) => (to_value(&instance_view(i))?, None),
+        BatchOutput::Flushed(f) => (to_value(&flushed_result(f))?, Some(f.wal_offset)),
+    })
+}
+
+fn deleted_result(d: &DeleteOutcome) -> DeleteInstanceResult {
+    DeleteInstanceResult {
+        instance_id: d.instance_id.clone(),
+        deleted: true,
+        wal_offset: d.wal_offset,
+    }
+}
+
+fn flushed_result(f: &FlushOutcome) -> FlushAllResult {
+    FlushAllResult {
+        flushed: true,
+        instances_removed: f.instances_removed,
+        machines_removed: f.machines_removed,
     }
 }
 
@@ -195,155 +183,170 @@ async fn flush_all(ctx: Ctx<'_>) -> Result<FlushOutcome, rstmdb_core::Error> {
     })?
 }
 
-/// Runs one data operation, serializing the results of the hottest ops (GET_INSTANCE,
-/// APPLY_EVENT) straight from typed structs. Session operations never reach here.
-pub async fn execute_payload(
-    ctx: Ctx<'_>,
-    command: Command,
-) -> Result<(Payload, Option<u64>), ErrorObject> {
+/// Runs one data operation: exactly one arm per op. The hot ops (GET_INSTANCE, APPLY_EVENT,
+/// CREATE_INSTANCE) are serialized straight from borrowed views into a `RawValue`; the others
+/// through their `rstmdb_protocol` result types into a `Value`. Session operations never
+/// reach here (the session answers them); should one, it is answered with an error.
+pub async fn execute(ctx: Ctx<'_>, command: Command) -> Answer {
     let db = ctx.db;
-    match command {
-        Command::GetInstance(p) => {
-            let i = engine(db.get_instance_shared(&p.instance_id))?;
-            Ok((Payload::Raw(to_raw(&InstanceResult::of(&i))?), None))
-        }
-        Command::ApplyEvent(p) => {
-            let a = engine(db.apply_event(apply_req(p)).await)?;
-            let raw = to_raw(&AppliedResult::of(&a))?;
-            Ok((Payload::Raw(raw), Some(a.wal_offset)))
-        }
-        other => execute(ctx, other)
-            .await
-            .map(|(v, off)| (Payload::Value(v), off)),
-    }
-}
-
-/// Runs one data operation. Session operations never reach here.
-pub async fn execute(ctx: Ctx<'_>, command: Command) -> Outcome {
-    let db = ctx.db;
+    let value = |v: Value, off: Option<u64>| Ok((Payload::Value(v), off));
     match command {
         Command::PutMachine(p) => {
             let r = engine(db.put_machine(&p.machine, p.version, &p.definition).await)?;
-            Ok((
-                json!({"machine": r.machine, "version": r.version, "stored_checksum": r.checksum, "created": r.created}),
-                r.created.then(|| db.last_offset()),
-            ))
+            let off = r.created.then(|| db.last_offset());
+            let result = PutMachineResult {
+                machine: r.machine,
+                version: r.version,
+                stored_checksum: r.checksum,
+                created: r.created,
+            };
+            value(to_value(&result)?, off)
         }
         Command::GetMachine(p) => {
             let m = engine(db.get_machine(&p.machine, p.version))?;
-            Ok((
-                json!({"definition": m.definition, "checksum": m.checksum}),
-                None,
-            ))
+            let result = GetMachineResult {
+                definition: m.definition,
+                checksum: m.checksum,
+            };
+            value(to_value(&result)?, None)
         }
         Command::ListMachines => {
-            let items: Vec<Value> = engine(db.list_machines())?
+            let items = engine(db.list_machines())?
                 .into_iter()
-                .map(|(machine, versions)| json!({"machine": machine, "versions": versions}))
+                .map(|(machine, versions)| MachineSummary { machine, versions })
                 .collect();
-            Ok((json!({ "items": items }), None))
+            value(to_value(&ListMachinesResult { items })?, None)
         }
         Command::CreateInstance(p) => {
             let c = engine(db.create_instance(create_req(p)).await)?;
-            Ok(output_json(&BatchOutput::Created(c)))
+            Ok((Payload::Raw(to_raw(&created_view(&c))?), Some(c.wal_offset)))
         }
         Command::GetInstance(p) => {
-            let i = engine(db.get_instance(&p.instance_id))?;
-            Ok((instance_json(&i), None))
+            let i = engine(db.get_instance_shared(&p.instance_id))?;
+            Ok((Payload::Raw(to_raw(&instance_view(&i))?), None))
         }
-        Command::ListInstances(p) => list_instances(db, p),
+        Command::ListInstances(p) => value(list_instances(db, p)?, None),
         Command::DeleteInstance(p) => {
             let d = engine(db.delete_instance(delete_req(p)).await)?;
-            Ok(output_json(&BatchOutput::Deleted(d)))
+            value(to_value(&deleted_result(&d))?, Some(d.wal_offset))
         }
         Command::ApplyEvent(p) => {
             let a = engine(db.apply_event(apply_req(p)).await)?;
-            Ok(output_json(&BatchOutput::Applied(a)))
+            Ok((Payload::Raw(to_raw(&applied_view(&a))?), Some(a.wal_offset)))
         }
-        Command::Batch(p) => batch(ctx, p.mode, p.ops).await,
+        Command::Batch(p) => {
+            let (v, off) = batch(ctx, p.mode, p.ops).await?;
+            value(v, off)
+        }
         Command::SnapshotInstance(p) => {
             // A snapshot is a checkpoint: the instance (and everything else) is then durable
             // in the state store, independent of the WAL.
             let cp = engine(db.checkpoint().await)?;
             let i = engine(db.get_instance(&p.instance_id))?;
-            let bytes = serde_json::to_vec(&instance_json(&i)).unwrap_or_default();
+            let bytes = serde_json::to_vec(&to_value(&instance_view(&i))?).unwrap_or_default();
             let checksum: String = Sha256::digest(&bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            Ok((
-                json!({
-                    "instance_id": i.id,
-                    "snapshot_id": format!("snap-{}", cp.checkpoint_offset),
-                    "wal_offset": i.last_wal_offset,
-                    "size_bytes": bytes.len(),
-                    "checksum": checksum,
-                }),
-                None,
-            ))
+            let result = SnapshotInstanceResult {
+                instance_id: i.id,
+                snapshot_id: format!("snap-{}", cp.checkpoint_offset),
+                wal_offset: i.last_wal_offset,
+                size_bytes: bytes.len() as u64,
+                checksum,
+            };
+            value(to_value(&result)?, None)
         }
         Command::WalRead(p) => {
             let limit = p.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
             let page = engine(db.wal_read(p.from_offset, limit))?;
-            let records: Vec<Value> = page
+            let records = page
                 .records
                 .into_iter()
-                .map(|r| json!({"sequence": r.offset, "offset": r.offset, "entry": r.entry}))
+                .map(|r| WalRecord {
+                    sequence: r.offset,
+                    offset: r.offset,
+                    entry: r.entry,
+                })
                 .collect();
-            Ok((
-                json!({"records": records, "next_offset": page.next_offset}),
-                None,
-            ))
+            let result = WalReadResult {
+                records,
+                next_offset: page.next_offset,
+            };
+            value(to_value(&result)?, None)
         }
         Command::WalStats => {
             let s = engine(db.wal_stats().await)?;
-            Ok((
-                json!({
-                    "entry_count": s.entry_count,
-                    "segment_count": s.segment_count,
-                    "total_size_bytes": s.total_size_bytes,
-                    "latest_offset": s.latest_offset,
-                    "earliest_offset": s.earliest_offset,
-                    "checkpoint_offset": s.checkpoint_offset,
-                    "io_stats": {
-                        "bytes_written": s.bytes_written,
-                        "bytes_read": s.bytes_read,
-                        "writes": s.writes,
-                        "reads": s.reads,
-                        "fsyncs": s.fsyncs,
-                        "archive_failures": s.archive_failures,
-                    },
-                }),
-                None,
-            ))
+            let result = WalStatsResult {
+                entry_count: s.entry_count,
+                segment_count: s.segment_count,
+                total_size_bytes: s.total_size_bytes,
+                latest_offset: Some(s.latest_offset),
+                io_stats: IoStats {
+                    bytes_written: s.bytes_written,
+                    bytes_read: s.bytes_read,
+                    writes: s.writes,
+                    reads: s.reads,
+                    fsyncs: s.fsyncs,
+                },
+                earliest_offset: s.earliest_offset,
+                checkpoint_offset: Some(s.checkpoint_offset),
+            };
+            let mut v = to_value(&result)?;
+            // Added after the client's `IoStats` was fixed; kept out of it so the CLI's
+            // `--json` output stays as it was.
+            if let Some(io) = v.get_mut("io_stats").and_then(Value::as_object_mut) {
+                io.insert("archive_failures".into(), Value::from(s.archive_failures));
+            }
+            value(v, None)
         }
         Command::Compact(_) => {
             let cp = engine(db.checkpoint().await)?;
-            Ok((
-                json!({
-                    "snapshots_created": 0,
-                    "segments_deleted": cp.segments_deleted,
-                    "bytes_reclaimed": cp.bytes_reclaimed,
-                    "total_snapshots": 0,
-                    "wal_segments": cp.wal_segments,
-                    "checkpoint_offset": cp.checkpoint_offset,
-                }),
-                None,
-            ))
+            let result = CompactResult {
+                snapshots_created: 0,
+                segments_deleted: cp.segments_deleted,
+                bytes_reclaimed: cp.bytes_reclaimed,
+                total_snapshots: 0,
+                wal_segments: cp.wal_segments,
+            };
+            let mut v = to_value(&result)?;
+            // Our addition, not in the client's `CompactResult` (the CLI prints that type).
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "checkpoint_offset".into(),
+                    Value::from(cp.checkpoint_offset),
+                );
+            }
+            value(v, None)
         }
         Command::FlushAll(_) => {
-            let flushed = engine(flush_all(ctx).await)?;
-            Ok(output_json(&BatchOutput::Flushed(flushed)))
+            let f = engine(flush_all(ctx).await)?;
+            value(to_value(&flushed_result(&f))?, Some(f.wal_offset))
         }
         // This node has no replication configured (that comes with its own `replication:`
         // block), so it reports 0.3.0's standalone shape and nothing else.
-        Command::ReplicationStatus => Ok((json!({"role": "standalone"}), None)),
+        Command::ReplicationStatus => {
+            let result = ReplicationStatusResult {
+                role: "standalone".into(),
+                ..Default::default()
+            };
+            value(to_value(&result)?, None)
+        }
         // 0.3.0 reserved these op names for replication but never accepts them as requests;
         // the exact message is 0.3.0's, which its clients may show or match.
         Command::Replicate | Command::ReplicateAck => Err(bad_request(REPLICATION_OPS_INTERNAL)),
-        Command::BackupBegin(_) => crate::backup::begin(ctx.backups, db).await,
-        Command::BackupRead(p) => crate::backup::read(ctx.backups, p).await,
-        Command::BackupEnd(p) => crate::backup::end(ctx.backups, &p.backup_id),
+        Command::BackupBegin(_) => {
+            let (result, off) = crate::backup::begin(ctx.backups, db).await?;
+            value(to_value(&result)?, off)
+        }
+        Command::BackupRead(p) => {
+            let result = crate::backup::read(ctx.backups, p).await?;
+            value(to_value(&result)?, None)
+        }
+        Command::BackupEnd(p) => {
+            let result = crate::backup::end(ctx.backups, &p.backup_id)?;
+            value(to_value(&result)?, None)
+        }
         Command::RestoreInstance(p) => {
             let mut wal = Vec::with_capacity(p.wal.len());
             for (i, r) in p.wal.into_iter().enumerate() {
@@ -368,26 +371,33 @@ pub async fn execute(ctx: Ctx<'_>, command: Command) -> Outcome {
                 )
                 .await,
             )?;
-            Ok((
-                json!({
-                    "instance_id": r.instance.id,
-                    "machine": r.instance.machine,
-                    "version": r.instance.version,
-                    "state": r.instance.state,
-                    "wal_offset": r.wal_offset,
-                    "replaced": r.replaced,
-                }),
-                Some(r.wal_offset),
-            ))
+            let result = RestoreInstanceResult {
+                instance_id: r.instance.id,
+                machine: r.instance.machine,
+                version: r.instance.version,
+                state: r.instance.state,
+                wal_offset: r.wal_offset,
+                replaced: r.replaced,
+            };
+            value(to_value(&result)?, Some(r.wal_offset))
         }
-        other => Err(bad_request(format!(
+        // The session answers these itself; a session op reaching the data path is a bug of
+        // ours, answered as a bad request rather than a panic.
+        Command::Hello(_)
+        | Command::Auth(_)
+        | Command::Ping
+        | Command::Bye
+        | Command::Info
+        | Command::WatchInstance(_)
+        | Command::WatchAll(_)
+        | Command::Unwatch(_) => Err(bad_request(format!(
             "{} is not a data operation",
-            other.op().as_str()
+            command.op().as_str()
         ))),
     }
 }
 
-fn list_instances(db: &Database, p: ListInstancesParams) -> Outcome {
+fn list_instances(db: &Database, p: ListInstancesParams) -> Result<Value, ErrorObject> {
     let q = ListQuery {
         machine: p.machine,
         state: p.state,
@@ -397,31 +407,30 @@ fn list_instances(db: &Database, p: ListInstancesParams) -> Outcome {
         include_deleted: p.include_deleted,
     };
     let page = engine(db.list_instances(&q))?;
-    let items: Vec<Value> = page
-        .instances
-        .iter()
-        .map(|i| {
-            json!({
-                "id": i.id,
-                "machine": i.machine,
-                "version": i.version,
-                "state": i.state,
-                "created_at": i.created_at,
-                "updated_at": i.updated_at,
-                "last_wal_offset": i.last_wal_offset,
-            })
-        })
-        .collect();
     let next_after = if page.has_more {
-        page.instances.last().map(|i| Value::from(i.id.as_str()))
+        page.instances.last().map(|i| i.id.clone())
     } else {
         None
     };
-    let mut v = json!({"instances": items, "total": page.total, "has_more": page.has_more});
-    if let (Some(n), Some(obj)) = (next_after, v.as_object_mut()) {
-        obj.insert("next_after".into(), n);
-    }
-    Ok((v, None))
+    let instances = page
+        .instances
+        .into_iter()
+        .map(|i| InstanceSummary {
+            id: i.id,
+            machine: i.machine,
+            version: i.version,
+            state: i.state,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+            last_wal_offset: i.last_wal_offset,
+        })
+        .collect();
+    to_value(&ListInstancesResult {
+        instances,
+        total: page.total,
+        has_more: page.has_more,
+        next_after,
+    })
 }
 
 fn batch_op(index: usize, cmd: Command) -> Result<BatchOp, ErrorObject> {
@@ -449,7 +458,11 @@ fn batch_op(index: usize, cmd: Command) -> Result<BatchOp, ErrorObject> {
     })
 }
 
-async fn batch(ctx: Ctx<'_>, mode: BatchMode, cmds: Vec<Command>) -> Outcome {
+async fn batch(
+    ctx: Ctx<'_>,
+    mode: BatchMode,
+    cmds: Vec<Command>,
+) -> Result<(Value, Option<u64>), ErrorObject> {
     let max = ctx.db.config().max_batch_ops;
     if cmds.len() > max {
         return Err(with_details(
@@ -475,18 +488,18 @@ async fn batch(ctx: Ctx<'_>, mode: BatchMode, cmds: Vec<Command>) -> Outcome {
     match results {
         Ok(results) => {
             let mut last_offset = None;
-            let items: Vec<Value> = results
-                .iter()
-                .map(|r| match r {
+            let mut items = Vec::with_capacity(results.len());
+            for r in &results {
+                items.push(match r {
                     Ok(out) => {
-                        let (v, off) = output_json(out);
+                        let (v, off) = output_value(out)?;
                         last_offset = last_offset.max(off);
-                        json!({"status": "ok", "result": v, "error": null})
+                        BatchItemResult::ok(v)
                     }
-                    Err(e) => json!({"status": "error", "result": null, "error": to_wire(e)}),
-                })
-                .collect();
-            Ok((json!({ "results": items }), last_offset))
+                    Err(e) => BatchItemResult::error(to_wire(e)),
+                });
+            }
+            Ok((to_value(&BatchResult { results: items })?, last_offset))
         }
         Err(f) => {
             let mut obj = to_wire(&f.error);
@@ -560,6 +573,7 @@ async fn atomic_with_flush(ctx: Ctx<'_>, ops: Vec<BatchOp>) -> Result<OpResults,
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::json;
 
     fn instance(last_event_id: Option<&str>) -> Instance {
         Instance {
@@ -592,9 +606,9 @@ mod tests {
             if let Some(id) = event_id {
                 want["last_event_id"] = json!(id);
             }
-            let raw = to_raw(&InstanceResult::of(&i)).unwrap();
+            let raw = to_raw(&instance_view(&i)).unwrap();
             assert_eq!(raw.get(), serde_json::to_string(&want).unwrap());
-            assert_eq!(instance_json(&i), want);
+            assert_eq!(to_value(&instance_view(&i)).unwrap(), want);
 
             let a = ApplyOutcome {
                 from_state: "pending".into(),
@@ -611,9 +625,9 @@ mod tests {
             if let Some(id) = event_id {
                 want["event_id"] = json!(id);
             }
-            let raw = to_raw(&AppliedResult::of(&a)).unwrap();
+            let raw = to_raw(&applied_view(&a)).unwrap();
             assert_eq!(raw.get(), serde_json::to_string(&want).unwrap());
-            assert_eq!(output_json(&BatchOutput::Applied(a)).0, want);
+            assert_eq!(output_value(&BatchOutput::Applied(a)).unwrap().0, want);
         }
     }
 }

@@ -512,14 +512,14 @@ impl Session {
                     w.wait().await;
                 }
                 let result = match authz::check_instances(&shared.db, &principal, &req.command) {
-                    Ok(()) => handlers::execute_payload(data_ctx(&shared), req.command)
-                        .await
-                        .map(|(mut p, off)| {
+                    Ok(()) => handlers::execute(data_ctx(&shared), req.command).await.map(
+                        |(mut p, off)| {
                             if let Payload::Value(v) = &mut p {
                                 authz::filter_result(&principal, op, v);
                             }
                             (p, off)
-                        }),
+                        },
+                    ),
                     Err(e) => Err(e),
                 };
                 drop(done);

@@ -6,9 +6,16 @@ use super::subscriptions::Target;
 use super::{Outgoing, Pending, Session, ready, respond};
 use crate::auth::Principal;
 use crate::error::bad_request;
-use rstmdb_protocol::{Command, ErrorCode, ErrorObject, Op, WireMode};
+use crate::handlers::to_value;
+use rstmdb_protocol::{
+    AuthResult, ByeResult, Command, ErrorCode, ErrorObject, HelloResult, InfoResult, Op,
+    PingResult, UnwatchResult, WireMode,
+};
 use serde_json::json;
 use std::sync::Arc;
+
+/// `server_name` in HELLO and INFO.
+const SERVER_NAME: &str = "rstmdb";
 
 /// Features a client may negotiate in HELLO (the reference set).
 pub const FEATURES: [&str; 3] = ["idempotency", "batch", "wal_read"];
@@ -53,24 +60,19 @@ impl Session {
                     return ready(self.out(id, Err(e)));
                 }
                 self.mode = WireMode::negotiate(&p.wire_modes);
-                let features: Vec<&str> = FEATURES
+                let features = FEATURES
                     .iter()
-                    .copied()
-                    .filter(|f| p.features.iter().any(|r| r == f))
+                    .filter(|f| p.features.iter().any(|r| r == *f))
+                    .map(|f| f.to_string())
                     .collect();
-                ready(self.out(
-                    id,
-                    Ok((
-                        json!({
-                            "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
-                            "wire_mode": self.mode.as_str(),
-                            "server_name": "rstmdb",
-                            "server_version": env!("CARGO_PKG_VERSION"),
-                            "features": features,
-                        }),
-                        None,
-                    )),
-                ))
+                let result = HelloResult {
+                    protocol_version: rstmdb_protocol::PROTOCOL_VERSION,
+                    wire_mode: self.mode,
+                    server_name: SERVER_NAME.into(),
+                    server_version: env!("CARGO_PKG_VERSION").into(),
+                    features,
+                };
+                ready(self.out(id, to_value(&result).map(|v| (v, None))))
             }
             Command::Auth(mut p) => {
                 let r = if p.method != "bearer" {
@@ -95,7 +97,10 @@ impl Session {
                         Ok(principal) => {
                             self.principal = Some(Arc::new(principal));
                             self.shared.auth_throttle.record_success(self.peer.ip());
-                            Ok((json!({"authenticated": true}), None))
+                            to_value(&AuthResult {
+                                authenticated: true,
+                            })
+                            .map(|v| (v, None))
                         }
                         Err(why) => {
                             tracing::info!(peer = %self.peer, reason = why, "authentication failed");
@@ -113,10 +118,14 @@ impl Session {
                 };
                 ready(self.out(id, r))
             }
-            Command::Ping => ready(self.out(id, Ok((json!({"pong": true}), None)))),
+            Command::Ping => {
+                let r = to_value(&PingResult { pong: true }).map(|v| (v, None));
+                ready(self.out(id, r))
+            }
             Command::Bye => {
                 self.closing = true;
-                let mut o = self.out(id, Ok((json!({"goodbye": true}), None)));
+                let r = to_value(&ByeResult { goodbye: true }).map(|v| (v, None));
+                let mut o = self.out(id, r);
                 o.close_after = true;
                 ready(o)
             }
@@ -126,17 +135,25 @@ impl Session {
                 let mode = self.mode;
                 self.after_earlier(move |shared| {
                     let cfg = &shared.config;
-                    let info = json!({
-                        "server_name": "rstmdb",
-                        "server_version": env!("CARGO_PKG_VERSION"),
-                        "protocol_version": rstmdb_protocol::PROTOCOL_VERSION,
-                        "features": FEATURES,
-                        "max_frame_bytes": cfg.network.max_frame_bytes,
-                        "max_batch_ops": cfg.storage.max_batch_ops,
-                        "wal_offset": shared.db.last_offset(),
+                    // Both limits are validated far below u32::MAX (config.rs).
+                    let result = InfoResult {
+                        server_name: SERVER_NAME.into(),
+                        server_version: env!("CARGO_PKG_VERSION").into(),
+                        protocol_version: rstmdb_protocol::PROTOCOL_VERSION,
+                        features: FEATURES.iter().map(|f| f.to_string()).collect(),
+                        max_frame_bytes: u32::try_from(cfg.network.max_frame_bytes)
+                            .unwrap_or(u32::MAX),
+                        max_batch_ops: u32::try_from(cfg.storage.max_batch_ops).unwrap_or(u32::MAX),
+                    };
+                    let info = to_value(&result).map(|mut v| {
+                        // Our addition, not in the client's `InfoResult` (the CLI prints it).
+                        if let Some(obj) = v.as_object_mut() {
+                            obj.insert("wal_offset".into(), shared.db.last_offset().into());
+                        }
+                        (v, None)
                     });
                     Outgoing {
-                        response: respond(id, Ok((info, None))),
+                        response: respond(id, info),
                         mode,
                         close_after: false,
                         start_watch: None,
@@ -156,13 +173,11 @@ impl Session {
                     }
                     None => false,
                 };
-                ready(self.out(
-                    id,
-                    Ok((
-                        json!({"subscription_id": p.subscription_id, "removed": removed}),
-                        None,
-                    )),
-                ))
+                let result = UnwatchResult {
+                    subscription_id: p.subscription_id,
+                    removed,
+                };
+                ready(self.out(id, to_value(&result).map(|v| (v, None))))
             }
             other => ready(self.out(
                 id,

@@ -4,11 +4,15 @@
 use super::{Outgoing, Pending, Session, ready, respond};
 use crate::auth::{Principal, glob_match};
 use crate::error::bad_request;
+use crate::handlers::to_value;
 use crate::metrics::{Closure, SubKind, SubscriptionGuard};
 use crate::shared::Shared;
-use rstmdb_protocol::{ErrorCode, ErrorObject, Event, WatchAllParams, WatchInstanceParams};
+use rstmdb_protocol::{
+    ErrorCode, ErrorObject, Event, WatchAllParams, WatchAllResult, WatchInstanceParams,
+    WatchInstanceResult,
+};
 use rstmdb_storage::{ChangeEvent, ChangeStream, WatchError};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -69,13 +73,14 @@ fn subscribe(
         Target::Instance(p) => {
             let inst = db.get_instance(&p.instance_id).map_err(wire)?;
             let stream = db.watch(p.from_offset).map_err(wire)?;
+            let result = WatchInstanceResult {
+                subscription_id: sub.clone(),
+                instance_id: inst.id,
+                current_state: inst.state,
+                current_wal_offset: inst.last_wal_offset,
+            };
             Ok((
-                json!({
-                    "subscription_id": sub,
-                    "instance_id": inst.id,
-                    "current_state": inst.state,
-                    "current_wal_offset": inst.last_wal_offset,
-                }),
+                to_value(&result)?,
                 PendingWatch {
                     id: sub,
                     active: shared.metrics.subscription(SubKind::Instance),
@@ -88,8 +93,12 @@ fn subscribe(
         }
         Target::All(p) => {
             let stream = db.watch(p.from_offset).map_err(wire)?;
+            let result = WatchAllResult {
+                subscription_id: sub.clone(),
+                wal_offset: db.last_offset(),
+            };
             Ok((
-                json!({"subscription_id": sub, "wal_offset": db.last_offset()}),
+                to_value(&result)?,
                 PendingWatch {
                     id: sub,
                     active: shared.metrics.subscription(SubKind::All),
