@@ -259,6 +259,7 @@ pub async fn run<R, W>(
                         read_ahead += 1;
                         let Some(item) = reader.next().now_or_never() else { break };
                         s.on_read(item, &mut pending);
+                        debug_assert!(pending.len() <= net.max_inflight_per_connection);
                         next = pending.next().now_or_never().flatten();
                     }
                 }
@@ -281,6 +282,8 @@ pub async fn run<R, W>(
             }
             item = reader.next(), if can_read => {
                 s.on_read(item, &mut pending);
+                // Reading stops at the in-flight limit: per-connection memory is bounded by it.
+                debug_assert!(pending.len() <= net.max_inflight_per_connection);
                 deadline = Instant::now() + idle;
             }
             () = &mut idle_timer, if !s.closing && pending.is_empty() => {
