@@ -2,7 +2,7 @@
 //! BACKUP_BEGIN / BACKUP_READ / BACKUP_END (the spools themselves are `crate::backup`) and
 //! RESTORE_INSTANCE.
 
-use super::{Answer, Ctx, REPLICATION_OPS_INTERNAL, engine, to_value, value};
+use super::reply::{Answer, Ctx, engine, to_value, value};
 use crate::error::{bad_request, with_details};
 use rstmdb_protocol::{
     BackupBeginParams, BackupEndParams, BackupReadParams, CompactParams, CompactResult,
@@ -11,6 +11,10 @@ use rstmdb_protocol::{
 };
 use rstmdb_storage::FlushOutcome;
 use serde_json::Value;
+
+/// The answer to REPLICATE and REPLICATE_ACK sent as requests (0.3.0's words).
+pub const REPLICATION_OPS_INTERNAL: &str =
+    "invalid request: replication operations are handled internally";
 
 pub(super) async fn compact(ctx: Ctx<'_>, _: CompactParams) -> Answer {
     let cp = engine(ctx.db.checkpoint().await)?;

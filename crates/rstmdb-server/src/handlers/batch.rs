@@ -5,7 +5,7 @@ use super::admin::{flushed_result, run_flush_all};
 use super::instances::{
     applied_view, apply_req, create_req, created_view, delete_req, deleted_result, instance_view,
 };
-use super::{Answer, Ctx, to_value, value};
+use super::reply::{Answer, Ctx, to_value, value};
 use crate::error::{bad_request, to_wire, with_details};
 use rstmdb_protocol::{BatchItemResult, BatchMode, BatchParams, BatchResult, Command, ErrorObject};
 use rstmdb_storage::{BatchFailure, BatchOp, BatchOutput, Database};

@@ -2,7 +2,7 @@
 //! SNAPSHOT_INSTANCE, and the borrowed result views of the hot ones (also used for BATCH
 //! elements).
 
-use super::{Answer, Ctx, Payload, engine, to_raw, to_value, value};
+use super::reply::{Answer, Ctx, Payload, engine, to_raw, to_value, value};
 use rstmdb_core::Instance;
 use rstmdb_protocol::{
     AppliedView, ApplyEventParams, CreateInstanceParams, CreatedView, DeleteInstanceParams,

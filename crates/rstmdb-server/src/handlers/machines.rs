@@ -1,6 +1,6 @@
 //! PUT_MACHINE, GET_MACHINE, LIST_MACHINES.
 
-use super::{Answer, Ctx, engine, to_value, value};
+use super::reply::{Answer, Ctx, engine, to_value, value};
 use rstmdb_protocol::{
     GetMachineParams, GetMachineResult, ListMachinesResult, MachineSummary, PutMachineParams,
     PutMachineResult,

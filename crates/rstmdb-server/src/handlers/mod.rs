@@ -16,42 +16,16 @@ mod admin;
 mod batch;
 mod instances;
 mod machines;
+mod reply;
 mod wal;
 
+pub use admin::REPLICATION_OPS_INTERNAL;
 pub use instances::{DEFAULT_LIST_LIMIT, instance_view};
+pub(crate) use reply::to_value;
+pub use reply::{Answer, Ctx, Payload};
 
-use crate::backup::Backups;
-use crate::error::{bad_request, to_wire};
-use rstmdb_protocol::{Command, ErrorObject};
-use rstmdb_storage::Database;
-use serde::Serialize;
-use serde_json::Value;
-use serde_json::value::RawValue;
-use std::sync::Arc;
-use tokio::sync::watch;
-
-/// The answer to REPLICATE and REPLICATE_ACK sent as requests (0.3.0's words).
-pub const REPLICATION_OPS_INTERNAL: &str =
-    "invalid request: replication operations are handled internally";
-
-/// What a data op runs against: the engine, the spooled backups, and the FLUSH_ALL epoch
-/// (bumped after a flush so every subscription on every connection ends).
-#[derive(Debug, Clone, Copy)]
-pub struct Ctx<'a> {
-    pub db: &'a Database,
-    pub backups: &'a Backups,
-    pub flush_epoch: &'a Arc<watch::Sender<u64>>,
-}
-
-/// A result, as a `Value` or (for the hot ops) already serialized.
-#[derive(Debug)]
-pub enum Payload {
-    Value(Value),
-    Raw(Box<RawValue>),
-}
-
-/// A data op's answer: its result and, for mutations, the WAL offset to report in `meta`.
-pub type Answer = Result<(Payload, Option<u64>), ErrorObject>;
+use crate::error::bad_request;
+use rstmdb_protocol::Command;
 
 /// Runs one data operation: one arm per op, each naming the op's function and nothing else.
 /// Session operations never reach here (the session answers them); should one, it is
@@ -90,32 +64,4 @@ pub async fn execute(ctx: Ctx<'_>, command: Command) -> Answer {
             command.op().as_str()
         ))),
     }
-}
-
-fn engine<T>(r: Result<T, rstmdb_core::Error>) -> Result<T, ErrorObject> {
-    r.map_err(|e| to_wire(&e))
-}
-
-fn encoding_failed(e: serde_json::Error) -> ErrorObject {
-    ErrorObject::new(
-        rstmdb_protocol::ErrorCode::InternalError,
-        format!("encoding result: {e}"),
-    )
-}
-
-/// A result type of `rstmdb_protocol::results` as a `Value`: an object's keys sorted, the
-/// bytes the server has always written for it.
-pub(crate) fn to_value<T: Serialize>(v: &T) -> Result<Value, ErrorObject> {
-    serde_json::to_value(v).map_err(encoding_failed)
-}
-
-/// A borrowed view (`InstanceView`, `AppliedView`, `CreatedView`) serialized as is: its
-/// fields are in key order, so these are the same bytes as [`to_value`]'s.
-fn to_raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, ErrorObject> {
-    serde_json::value::to_raw_value(v).map_err(encoding_failed)
-}
-
-/// A `Value` result and its WAL offset.
-fn value(v: Value, wal_offset: Option<u64>) -> Answer {
-    Ok((Payload::Value(v), wal_offset))
 }

@@ -1,6 +1,6 @@
 //! WAL_READ, WAL_STATS.
 
-use super::{Answer, Ctx, engine, to_value, value};
+use super::reply::{Answer, Ctx, engine, to_value, value};
 use rstmdb_protocol::{IoStats, WalReadParams, WalReadResult, WalRecord, WalStatsResult};
 use serde_json::Value;
 
