@@ -6,89 +6,12 @@
 //! which is why [`ErrorCode`] is closed and extra information goes into [`Error::details`].
 
 use serde_json::{Map, Value};
-use std::fmt;
 
-/// The RCP error codes the engine can produce (protocol.md §6). Closed set: adding a code
-/// breaks published clients. The engine knows nothing of replication, so the three
-/// replication-only codes of the wire set (`READ_ONLY_MODE`, `REPLICATION_TIMEOUT`,
-/// `REPLICATION_ERROR`) are not here: no engine error can become one of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    UnsupportedProtocol,
-    BadRequest,
-    Unauthorized,
-    AuthFailed,
-    NotFound,
-    MachineNotFound,
-    MachineVersionExists,
-    MachineVersionLimitExceeded,
-    InstanceNotFound,
-    InstanceExists,
-    InvalidTransition,
-    GuardFailed,
-    Conflict,
-    WalIoError,
-    InternalError,
-    RateLimited,
-}
-
-impl ErrorCode {
-    /// Every code, in the order of protocol.md §6.
-    pub const ALL: [ErrorCode; 16] = [
-        ErrorCode::UnsupportedProtocol,
-        ErrorCode::BadRequest,
-        ErrorCode::Unauthorized,
-        ErrorCode::AuthFailed,
-        ErrorCode::NotFound,
-        ErrorCode::MachineNotFound,
-        ErrorCode::MachineVersionExists,
-        ErrorCode::MachineVersionLimitExceeded,
-        ErrorCode::InstanceNotFound,
-        ErrorCode::InstanceExists,
-        ErrorCode::InvalidTransition,
-        ErrorCode::GuardFailed,
-        ErrorCode::Conflict,
-        ErrorCode::WalIoError,
-        ErrorCode::InternalError,
-        ErrorCode::RateLimited,
-    ];
-
-    /// The code as it is spelled on the wire.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
-            ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::AuthFailed => "AUTH_FAILED",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::MachineNotFound => "MACHINE_NOT_FOUND",
-            ErrorCode::MachineVersionExists => "MACHINE_VERSION_EXISTS",
-            ErrorCode::MachineVersionLimitExceeded => "MACHINE_VERSION_LIMIT_EXCEEDED",
-            ErrorCode::InstanceNotFound => "INSTANCE_NOT_FOUND",
-            ErrorCode::InstanceExists => "INSTANCE_EXISTS",
-            ErrorCode::InvalidTransition => "INVALID_TRANSITION",
-            ErrorCode::GuardFailed => "GUARD_FAILED",
-            ErrorCode::Conflict => "CONFLICT",
-            ErrorCode::WalIoError => "WAL_IO_ERROR",
-            ErrorCode::InternalError => "INTERNAL_ERROR",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-        }
-    }
-
-    /// Whether a client may retry the same request unchanged (protocol.md §6).
-    pub const fn retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::WalIoError | ErrorCode::InternalError | ErrorCode::RateLimited
-        )
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The RCP error codes (protocol.md §6): the wire's closed set, defined once in
+/// `rstmdb-protocol`. The engine knows nothing of replication, so it only ever produces the
+/// codes in [`ErrorCode::STANDALONE`] (see [`Error::code`]); the three replication-only ones
+/// (`READ_ONLY_MODE`, `REPLICATION_TIMEOUT`, `REPLICATION_ERROR`) never come from here.
+pub use rstmdb_protocol::ErrorCode;
 
 /// Why an optimistic or idempotency check refused a request (all are `CONFLICT`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,7 +242,7 @@ mod tests {
 
     #[test]
     fn only_io_internal_and_rate_limited_are_retryable() {
-        let retryable: Vec<_> = ErrorCode::ALL
+        let retryable: Vec<_> = ErrorCode::STANDALONE
             .iter()
             .filter(|c| c.retryable())
             .map(|c| c.as_str())
@@ -332,7 +255,7 @@ mod tests {
 
     #[test]
     fn wire_names_are_unique_and_upper_snake_case() {
-        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let mut names: Vec<_> = ErrorCode::STANDALONE.iter().map(|c| c.as_str()).collect();
         assert!(
             names
                 .iter()
@@ -341,6 +264,60 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), 16);
+    }
+
+    /// The engine knows nothing of replication: no error of it may become a replication-only
+    /// code (the Python client 0.2.1 rejects those). One error of every variant.
+    #[test]
+    fn every_engine_error_has_a_standalone_code() {
+        let s = || String::from("x");
+        let all = [
+            Error::UnsupportedProtocol { requested: 2 },
+            Error::bad_request("p", "m"),
+            Error::Unauthorized { message: s() },
+            Error::AuthFailed { reason: s() },
+            Error::NotFound { what: s() },
+            Error::MachineNotFound {
+                machine: s(),
+                version: 1,
+            },
+            Error::MachineVersionExists {
+                machine: s(),
+                version: 1,
+            },
+            Error::MachineVersionLimitExceeded {
+                machine: s(),
+                count: 1,
+                limit: 1,
+            },
+            Error::InstanceNotFound { instance_id: s() },
+            Error::InstanceExists { instance_id: s() },
+            Error::InstanceDeleted { instance_id: s() },
+            Error::InvalidTransition {
+                state: s(),
+                event: s(),
+            },
+            Error::GuardFailed {
+                from: s(),
+                to: s(),
+                event: s(),
+            },
+            Error::Conflict(ConflictKind::WalOffset {
+                expected: 1,
+                actual: 2,
+            }),
+            Error::WalIo { detail: s() },
+            Error::Internal { detail: s() },
+            Error::RateLimited { message: s() },
+        ];
+        for e in &all {
+            assert!(!e.code().is_replication_only(), "{e:?}");
+            assert!(ErrorCode::STANDALONE.contains(&e.code()), "{e:?}");
+        }
+        // Every standalone code is reachable from some variant.
+        for code in ErrorCode::STANDALONE {
+            assert!(all.iter().any(|e| e.code() == *code), "{code}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! checked: any failure means the byte stream is out of sync and the connection must close.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+#[cfg(feature = "codec")]
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{FRAME_HEADER_BYTES, MAX_FRAME_PAYLOAD_BYTES, PROTOCOL_VERSION};
@@ -228,6 +229,7 @@ impl FrameCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = FrameError;
@@ -276,6 +278,7 @@ impl Decoder for FrameCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Encoder<Bytes> for FrameCodec {
     type Error = FrameError;
 
@@ -284,6 +287,7 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Encoder<&[u8]> for FrameCodec {
     type Error = FrameError;
 

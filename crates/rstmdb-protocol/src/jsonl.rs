@@ -5,6 +5,7 @@
 //! before the `\n` is dropped, so a human typing into `nc` or a Windows tool can talk to us.
 
 use bytes::{BufMut, Bytes, BytesMut};
+#[cfg(feature = "codec")]
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::MAX_FRAME_PAYLOAD_BYTES;
@@ -71,6 +72,7 @@ impl JsonlCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Decoder for JsonlCodec {
     type Item = Bytes;
     type Error = FrameError;
@@ -126,6 +128,7 @@ impl Decoder for JsonlCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Encoder<Bytes> for JsonlCodec {
     type Error = FrameError;
 
@@ -134,6 +137,7 @@ impl Encoder<Bytes> for JsonlCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Encoder<&[u8]> for JsonlCodec {
     type Error = FrameError;
 

@@ -49,19 +49,26 @@
 
 pub mod error_code;
 pub mod event;
+// Without the `codec` feature the byte layer keeps its types (frames, wire modes, errors) but
+// not the codec impls, so their private helpers go unused.
+#[cfg_attr(not(feature = "codec"), allow(dead_code, unused_imports))]
 pub mod frame;
+#[cfg_attr(not(feature = "codec"), allow(dead_code, unused_imports))]
 pub mod jsonl;
+pub mod names;
 pub mod op;
 pub mod params;
 pub mod request;
 pub mod response;
 pub mod results;
+#[cfg_attr(not(feature = "codec"), allow(dead_code, unused_imports))]
 pub mod wire;
 
 pub use error_code::ErrorCode;
 pub use event::{Event, ServerMessage};
 pub use frame::{FRAME_MAGIC, Frame, FrameCodec, FrameError, crc32c, flags};
 pub use jsonl::JsonlCodec;
+pub use names::Names;
 pub use op::Op;
 pub use params::*;
 pub use request::{Command, Request, RequestError, decode_request};

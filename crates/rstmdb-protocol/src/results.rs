@@ -416,3 +416,109 @@ pub struct ReplicaStatus {
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,
 }
+
+/// BACKUP_BEGIN (extension): the spooled backup's manifest fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupBeginResult {
+    /// Pass to BACKUP_READ and BACKUP_END.
+    pub backup_id: String,
+    /// The backup container's format version.
+    pub format_version: u32,
+    /// Version of the server that exported it.
+    pub server_version: String,
+    /// Export time, Unix milliseconds.
+    pub created_at: i64,
+    /// WAL offset the exported state is consistent from.
+    pub base_offset: u64,
+    /// Last WAL offset included.
+    pub wal_end: u64,
+    /// What the body holds (machines, instances, idempotency records, WAL records).
+    pub counts: Value,
+    /// Size of the body, in bytes.
+    pub body_bytes: u64,
+    /// SHA-256 of the body, hex.
+    pub body_sha256: String,
+}
+
+/// BACKUP_READ (extension): one chunk of a spooled backup body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReadResult {
+    /// The bytes, standard base64.
+    pub data: String,
+    /// Where they start in the body.
+    pub offset: u64,
+    /// Pass back as `offset` for the next chunk.
+    pub next_offset: u64,
+    /// The chunk ends the body.
+    pub eof: bool,
+}
+
+/// BACKUP_END (extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEndResult {
+    /// False when no such backup was spooled (ended before, or expired).
+    pub removed: bool,
+}
+
+/// RESTORE_INSTANCE (extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInstanceResult {
+    /// The id the instance was restored under.
+    pub instance_id: String,
+    /// Machine name.
+    pub machine: String,
+    /// Machine version.
+    pub version: u32,
+    /// State after the restore.
+    pub state: String,
+    /// Offset of the restore record.
+    pub wal_offset: u64,
+    /// A live instance with that id was replaced.
+    pub replaced: bool,
+}
+
+// ---- borrowed views of the hot results ------------------------------------------------------
+//
+// The server answers GET_INSTANCE, APPLY_EVENT and CREATE_INSTANCE from data it already holds:
+// these views borrow it, so nothing is cloned to write an answer. Their fields are in key
+// order, as a `Value` object (and so [`GetInstanceResult`] & co. through `to_value`) writes
+// them: the view and the owned result serialize to the same bytes (tested).
+
+/// GET_INSTANCE's result, borrowed ([`GetInstanceResult`] on the wire).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct InstanceView<'a> {
+    pub created_at: i64,
+    pub ctx: &'a serde_json::Map<String, Value>,
+    pub instance_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<&'a str>,
+    pub last_wal_offset: u64,
+    pub machine: &'a str,
+    pub state: &'a str,
+    pub updated_at: i64,
+    pub version: u32,
+}
+
+/// APPLY_EVENT's result, borrowed ([`ApplyEventResult`] on the wire).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AppliedView<'a> {
+    pub applied: bool,
+    pub ctx: &'a serde_json::Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<&'a str>,
+    pub from_state: &'a str,
+    pub to_state: &'a str,
+    pub wal_offset: u64,
+}
+
+/// CREATE_INSTANCE's result, borrowed ([`CreateInstanceResult`] on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CreatedView<'a> {
+    pub instance_id: &'a str,
+    pub state: &'a str,
+    pub wal_offset: u64,
+}
+
+#[cfg(test)]
+#[path = "results_tests.rs"]
+mod tests;

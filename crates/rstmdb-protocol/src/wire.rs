@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+#[cfg(feature = "codec")]
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::ParseNameError;
@@ -110,6 +111,7 @@ impl InboundCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Decoder for InboundCodec {
     type Item = Inbound;
     type Error = FrameError;
@@ -190,6 +192,7 @@ impl OutboundCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Encoder<Bytes> for OutboundCodec {
     type Error = FrameError;
 
@@ -198,6 +201,7 @@ impl Encoder<Bytes> for OutboundCodec {
     }
 }
 
+#[cfg(feature = "codec")]
 impl Encoder<&[u8]> for OutboundCodec {
     type Error = FrameError;
 

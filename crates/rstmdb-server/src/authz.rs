@@ -6,8 +6,8 @@
 //! instance the request names. Refusals are `UNAUTHORIZED` naming what was missing.
 
 use crate::auth::{Principal, Role};
-use crate::server::Shared;
 use rstmdb_protocol::{Command, ErrorCode, ErrorObject, Op};
+use rstmdb_storage::Database;
 use serde_json::Value;
 
 /// The least role that may run `op`. Session ops that need no authentication are `Read`
@@ -86,19 +86,18 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
             p.machines.join(", ")
         )))
     };
+    // The machines the request names, then the ops whose reach no machine list can limit.
+    let names = cmd.names();
+    for m in names
+        .machine
+        .into_iter()
+        .chain(names.machine_filter.iter().map(String::as_str))
+    {
+        check_machine(p, m)?;
+    }
     match cmd {
-        Command::PutMachine(x) => check_machine(p, &x.machine),
-        Command::GetMachine(x) => check_machine(p, &x.machine),
-        Command::CreateInstance(x) => check_machine(p, &x.machine),
-        Command::ListInstances(x) => match &x.machine {
-            Some(m) => check_machine(p, m),
-            None => unrestricted_only("LIST_INSTANCES without a machine filter"),
-        },
-        Command::WatchAll(x) => {
-            for m in &x.machines {
-                check_machine(p, m)?;
-            }
-            Ok(())
+        Command::ListInstances(x) if x.machine.is_none() => {
+            unrestricted_only("LIST_INSTANCES without a machine filter")
         }
         Command::WalRead(_) => unrestricted_only("WAL_READ"),
         Command::FlushAll(_) => unrestricted_only("FLUSH_ALL"),
@@ -120,32 +119,24 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
     }
 }
 
-/// Instance ids whose machine must be checked for a restricted principal.
-fn named_instances(cmd: &Command) -> Vec<&str> {
-    match cmd {
-        Command::GetInstance(x) => vec![x.instance_id.as_str()],
-        Command::ApplyEvent(x) => vec![x.instance_id.as_str()],
-        Command::DeleteInstance(x) => vec![x.instance_id.as_str()],
-        Command::SnapshotInstance(x) => vec![x.instance_id.as_str()],
-        Command::WatchInstance(x) => vec![x.instance_id.as_str()],
-        Command::Batch(b) => b.ops.iter().flat_map(named_instances).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// For restricted principals: the machine of every instance the request names must be
 /// allowed. An instance that does not exist passes here and fails in the operation itself
 /// with its usual error.
-pub fn check_instances(shared: &Shared, p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
+pub fn check_instances(db: &Database, p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
     if !p.restricted() {
         return Ok(());
     }
-    for id in named_instances(cmd) {
-        if let Ok(inst) = shared.db.get_instance(id) {
-            check_machine(p, &inst.machine)?;
+    // Every existing instance named, batch elements included; a create's new id is not
+    // checked (the op checks its machine, and an id already taken fails in the op itself).
+    let mut result = Ok(());
+    cmd.names().each_instance(&mut |id| {
+        if result.is_ok()
+            && let Ok(inst) = db.get_instance(id)
+        {
+            result = check_machine(p, &inst.machine);
         }
-    }
-    Ok(())
+    });
+    result
 }
 
 /// For restricted principals: drops from a LIST_MACHINES result the machines they may not see.

@@ -10,16 +10,17 @@
 //! export runs, so a slow client never holds back checkpoints.
 
 use crate::error::bad_request;
-use crate::server::Shared;
 use base64::Engine;
 use rstmdb_backup::{Record, encode_record, hex};
-use rstmdb_protocol::{BackupReadParams, ErrorCode, ErrorObject};
-use serde_json::{Value, json};
+use rstmdb_protocol::{
+    BackupBeginResult, BackupEndResult, BackupReadParams, BackupReadResult, ErrorCode, ErrorObject,
+};
+use rstmdb_storage::Database;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Largest BACKUP_READ answer, in body bytes (base64 makes it 4/3 of that on the wire).
@@ -77,8 +78,10 @@ impl Backups {
 }
 
 /// BACKUP_BEGIN.
-pub async fn begin(shared: Arc<Shared>) -> Result<(Value, Option<u64>), ErrorObject> {
-    let backups = &shared.backups;
+pub async fn begin(
+    backups: &Backups,
+    db: &Database,
+) -> Result<(BackupBeginResult, Option<u64>), ErrorObject> {
     backups.sweep();
     let id = uuid::Uuid::now_v7().to_string();
     let path = backups.dir.join(format!("{id}.body"));
@@ -104,7 +107,7 @@ pub async fn begin(shared: Arc<Shared>) -> Result<(Value, Option<u64>), ErrorObj
         );
     }
     let started = Instant::now();
-    let db = shared.db.clone();
+    let db = db.clone();
     let dir = backups.dir.clone();
     let p = path.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -160,30 +163,28 @@ pub async fn begin(shared: Arc<Shared>) -> Result<(Value, Option<u64>), ErrorObj
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
+    let counts = serde_json::to_value(&export.counts)
+        .map_err(|e| internal(format!("encoding the backup counts: {e}")))?;
     Ok((
-        json!({
-            "backup_id": id,
-            "format_version": rstmdb_backup::FORMAT_VERSION,
-            "server_version": env!("CARGO_PKG_VERSION"),
-            "created_at": created_at,
-            "base_offset": export.base_offset,
-            "wal_end": export.wal_end,
-            "counts": export.counts,
-            "body_bytes": size,
-            "body_sha256": sha,
-        }),
+        BackupBeginResult {
+            backup_id: id,
+            format_version: rstmdb_backup::FORMAT_VERSION,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_at,
+            base_offset: export.base_offset,
+            wal_end: export.wal_end,
+            counts,
+            body_bytes: size,
+            body_sha256: sha,
+        },
         None,
     ))
 }
 
 /// BACKUP_READ.
-pub async fn read(
-    shared: Arc<Shared>,
-    p: BackupReadParams,
-) -> Result<(Value, Option<u64>), ErrorObject> {
+pub async fn read(backups: &Backups, p: BackupReadParams) -> Result<BackupReadResult, ErrorObject> {
     let (path, size) = {
-        let mut s = shared
-            .backups
+        let mut s = backups
             .spools
             .lock()
             .map_err(|_| internal("backup registry lock poisoned"))?;
@@ -219,25 +220,24 @@ pub async fn read(
     .map_err(|e| internal(format!("backup read task: {e}")))?
     .map_err(|e| internal(format!("reading the backup spool: {e}")))?;
     let next = offset + data.len() as u64;
-    Ok((
-        json!({
-            "data": base64::engine::general_purpose::STANDARD.encode(&data),
-            "offset": offset,
-            "next_offset": next,
-            "eof": next == size,
-        }),
-        None,
-    ))
+    Ok(BackupReadResult {
+        data: base64::engine::general_purpose::STANDARD.encode(&data),
+        offset,
+        next_offset: next,
+        eof: next == size,
+    })
 }
 
 /// BACKUP_END.
-pub fn end(shared: &Shared, backup_id: &str) -> Result<(Value, Option<u64>), ErrorObject> {
-    let removed = match shared.backups.spools.lock() {
+pub fn end(backups: &Backups, backup_id: &str) -> Result<BackupEndResult, ErrorObject> {
+    let removed = match backups.spools.lock() {
         Ok(mut s) => s.remove(backup_id),
         Err(_) => return Err(internal("backup registry lock poisoned")),
     };
     if let Some(sp) = &removed {
         let _ = std::fs::remove_file(&sp.path);
     }
-    Ok((json!({"removed": removed.is_some()}), None))
+    Ok(BackupEndResult {
+        removed: removed.is_some(),
+    })
 }

@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
 use rstmdb_server::audit::AuditLog;
 use rstmdb_server::auth::Auth;
 use rstmdb_server::config::{Config, LogFormat};
-use rstmdb_server::server::{self, Shared};
+use rstmdb_server::server;
+use rstmdb_server::shared::Shared;
 use rstmdb_server::tls;
 use rstmdb_storage::Database;
 use std::io::IsTerminal;
@@ -379,7 +380,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     if let Some(l) = metrics_listener {
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("Metrics server listening on http://{at}/metrics");
-        tokio::spawn(rstmdb_server::metrics::serve(l, shared.clone()));
+        tokio::spawn(rstmdb_server::metrics_http::serve(
+            l,
+            shared.metrics.clone(),
+            shared.db.clone(),
+        ));
     }
     tokio::spawn(reload_on_sighup(shared.clone(), config_path.clone(), hup));
     tracing::info!("Server listening on {local} ({mode})");

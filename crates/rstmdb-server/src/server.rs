@@ -1,95 +1,15 @@
 //! The listener: accepts connections up to `max_connections`, runs one session task per
 //! connection, and stops them all on shutdown.
 
-use crate::audit::AuditLog;
-use crate::auth::{Auth, Throttle};
-use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::session::{self, ConnInfo};
+use crate::shared::Shared;
 use crate::tls;
-use rstmdb_storage::Database;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-
-/// What every session shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub db: Database,
-    pub config: Config,
-    /// Replaced on SIGHUP; sessions read it per AUTH, so existing ones keep their state and
-    /// the next AUTH uses the new material.
-    auth: std::sync::RwLock<Arc<Auth>>,
-    pub auth_throttle: Throttle,
-    /// Bumped by FLUSH_ALL: every subscription ends.
-    pub flush_epoch: watch::Sender<u64>,
-    /// `Some` when TLS is on; replaced on SIGHUP, read once per handshake.
-    tls: std::sync::RwLock<Option<Arc<ServerConfig>>>,
-    pub audit: Option<AuditLog>,
-    /// Connections and subscriptions are always counted; requests only when
-    /// `metrics.enabled` (the endpoint is on).
-    pub metrics: Arc<Metrics>,
-    /// Spooled online backups (BACKUP_BEGIN … BACKUP_END).
-    pub backups: crate::backup::Backups,
-}
-
-impl Shared {
-    pub fn new(
-        db: Database,
-        config: Config,
-        auth: Auth,
-        tls: Option<Arc<ServerConfig>>,
-        audit: Option<AuditLog>,
-    ) -> Shared {
-        let (flush_epoch, _) = watch::channel(0u64);
-        let db_dir = db.config().data_dir.clone();
-        Shared {
-            db,
-            config,
-            auth: std::sync::RwLock::new(Arc::new(auth)),
-            auth_throttle: Throttle::default(),
-            flush_epoch,
-            tls: std::sync::RwLock::new(tls),
-            audit,
-            metrics: Arc::new(Metrics::default()),
-            backups: crate::backup::Backups::new(&db_dir),
-        }
-    }
-
-    pub fn tls(&self) -> Option<TlsAcceptor> {
-        let cfg = match self.tls.read() {
-            Ok(t) => t.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        cfg.map(TlsAcceptor::from)
-    }
-
-    pub fn set_tls(&self, cfg: Arc<ServerConfig>) {
-        match self.tls.write() {
-            Ok(mut t) => *t = Some(cfg),
-            Err(poisoned) => *poisoned.into_inner() = Some(cfg),
-        }
-    }
-
-    pub fn auth(&self) -> Arc<Auth> {
-        match self.auth.read() {
-            Ok(a) => a.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn set_auth(&self, auth: Auth) {
-        match self.auth.write() {
-            Ok(mut a) => *a = Arc::new(auth),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(auth),
-        }
-    }
-}
 
 /// How long shutdown waits for sessions to finish their in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
