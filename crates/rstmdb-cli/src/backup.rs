@@ -512,7 +512,7 @@ async fn restore_one(
 /// `restore-instance`.
 pub async fn restore_instance(cli: &Cli, a: &RestoreInstanceArgs) -> Result<ExitCode, CliError> {
     let found = collect(&a.from, &a.key, Some(&a.instance), None)?;
-    let client = crate::commands::connect(cli, false).await?;
+    let client = crate::connect(cli, false).await?;
     let instance = found
         .instances
         .iter()
@@ -553,7 +553,7 @@ pub async fn restore_machine(cli: &Cli, a: &RestoreMachineArgs) -> Result<ExitCo
             a.machine
         )));
     }
-    let client = crate::commands::connect(cli, false).await?;
+    let client = crate::connect(cli, false).await?;
     let mut versions = Vec::new();
     for (machine, version, definition) in &found.machines {
         let r = client

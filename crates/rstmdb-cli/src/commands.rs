@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::args::{BatchArgs, BatchModeArg, Cli, Cmd, WatchAllArgs, WatchInstanceArgs};
 use crate::output::{self, line};
-use crate::{CliError, certs, client_config, diagram, input};
+use crate::{CliError, certs, connect, diagram, input};
 
 /// Runs one subcommand (not the REPL).
 pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
@@ -341,16 +341,6 @@ fn confirm_flush(server: &str) -> Result<bool, CliError> {
 pub fn hash_token(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Connects with the global options; a failure here is reported as a connection failure.
-/// `reconnect`: reconnect with backoff when the connection is lost (watch `--reconnect`).
-pub async fn connect(cli: &Cli, reconnect: bool) -> Result<Client, CliError> {
-    let mut config = client_config(cli)?;
-    if reconnect {
-        config = config.with_reconnect(rstmdb_client::ReconnectPolicy::default());
-    }
-    Client::connect(config).await.map_err(CliError::Connect)
 }
 
 /// `--json`: the value as one compact JSON document; otherwise the human form.

@@ -90,6 +90,20 @@ fn init_logging() {
         .try_init();
 }
 
+/// Connects with the global options; a failure here is reported as a connection failure.
+/// `reconnect`: reconnect with backoff when the connection is lost (watch `--reconnect`).
+/// (Here at the root, beside `client_config`, so `commands` and `backup` share it
+/// without importing each other.)
+pub async fn connect(cli: &Cli, reconnect: bool) -> Result<rstmdb_client::Client, CliError> {
+    let mut config = client_config(cli)?;
+    if reconnect {
+        config = config.with_reconnect(rstmdb_client::ReconnectPolicy::default());
+    }
+    rstmdb_client::Client::connect(config)
+        .await
+        .map_err(CliError::Connect)
+}
+
 /// The client configuration the global options describe.
 pub fn client_config(cli: &Cli) -> Result<ClientConfig, CliError> {
     let mut config = ClientConfig::new(cli.server.clone())

@@ -9,8 +9,7 @@ use rstmdb_protocol::{
     GetMachineParams, GetMachineResult, HelloResult, InfoResult, ListInstancesParams,
     ListInstancesResult, ListMachinesResult, PutMachineParams, PutMachineResult,
     ReplicationStatusResult, SnapshotInstanceParams, SnapshotInstanceResult, UnwatchParams,
-    UnwatchResult, WalReadParams, WalReadResult, WalStatsResult, WatchAllParams,
-    WatchInstanceParams,
+    UnwatchResult, WalReadParams, WalReadResult, WalStatsResult,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -18,7 +17,6 @@ use serde_json::Value;
 use crate::config::ClientConfig;
 use crate::connection::{Connection, SubscriptionSink};
 use crate::error::{Error, Result};
-use crate::watch::{WatchStream, WatchTarget};
 
 /// A handle to an rstmdb server. Cheap to clone; clones share one connection, and calls
 /// made concurrently from several tasks are pipelined on it.
@@ -253,17 +251,6 @@ impl Client {
             .await?;
         conn.forget_subscription(&subscription_id);
         decode("UNWATCH", value)
-    }
-
-    /// WATCH_INSTANCE: a stream of the instance's transitions. Set `from_offset` to replay
-    /// from the WAL first.
-    pub async fn watch_instance(&self, params: WatchInstanceParams) -> Result<WatchStream> {
-        WatchStream::start(self.clone(), WatchTarget::Instance(params)).await
-    }
-
-    /// WATCH_ALL: a stream of every transition matching the filters.
-    pub async fn watch_all(&self, params: WatchAllParams) -> Result<WatchStream> {
-        WatchStream::start(self.clone(), WatchTarget::All(params)).await
     }
 
     /// Sends a WATCH_* command on the current connection with `sink` as its destination.

@@ -23,6 +23,21 @@ use crate::client::{Client, decode};
 use crate::connection::{Connection, SubscriptionSink};
 use crate::error::{Error, Result};
 
+// The watch ops live here, not in `client.rs`, so that `watch` builds on `client` and not
+// the other way round.
+impl Client {
+    /// WATCH_INSTANCE: a stream of the instance's transitions. Set `from_offset` to replay
+    /// from the WAL first.
+    pub async fn watch_instance(&self, params: WatchInstanceParams) -> Result<WatchStream> {
+        WatchStream::start(self.clone(), WatchTarget::Instance(params)).await
+    }
+
+    /// WATCH_ALL: a stream of every transition matching the filters.
+    pub async fn watch_all(&self, params: WatchAllParams) -> Result<WatchStream> {
+        WatchStream::start(self.clone(), WatchTarget::All(params)).await
+    }
+}
+
 /// What a stream subscribes to.
 #[derive(Debug, Clone)]
 pub(crate) enum WatchTarget {

@@ -71,7 +71,7 @@ pub use jsonl::JsonlCodec;
 pub use names::Names;
 pub use op::Op;
 pub use params::*;
-pub use request::{Command, Request, RequestError, decode_request};
+pub use request::{BatchParams, Command, Request, RequestError, decode_request};
 pub use response::{ErrorObject, Meta, Response, ResponseBody, ResponseStatus};
 pub use results::*;
 pub use wire::{Inbound, InboundCodec, OutboundCodec, WireKind, WireMode};

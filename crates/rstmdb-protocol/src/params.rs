@@ -10,8 +10,6 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::request::Command;
-
 /// Deserialises `null` as the type's default, for optional fields with a non-`Option` type.
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -182,18 +180,6 @@ pub enum BatchMode {
     /// Each element takes effect on its own; failures are reported per element.
     #[default]
     BestEffort,
-}
-
-/// BATCH: several ops in one request.
-///
-/// Decoded by [`crate::decode_request`] (not serde) because each element is a whole command
-/// and its errors must name the element (`ops[3].op`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BatchParams {
-    /// Absent means best-effort.
-    pub mode: BatchMode,
-    /// The elements, in order (`ops` on the wire; `operations` is accepted too).
-    pub ops: Vec<Command>,
 }
 
 /// SNAPSHOT_INSTANCE: write a snapshot of one instance.

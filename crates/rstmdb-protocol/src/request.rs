@@ -21,12 +21,23 @@ use crate::error_code::ErrorCode;
 use crate::op::Op;
 use crate::params::{
     ApplyEventParams, AuthParams, BackupBeginParams, BackupEndParams, BackupReadParams, BatchMode,
-    BatchParams, CompactParams, CreateInstanceParams, DeleteInstanceParams, FlushAllParams,
-    GetInstanceParams, GetMachineParams, HelloParams, ListInstancesParams, PutMachineParams,
-    RestoreInstanceParams, SnapshotInstanceParams, UnwatchParams, WalReadParams, WatchAllParams,
-    WatchInstanceParams,
+    CompactParams, CreateInstanceParams, DeleteInstanceParams, FlushAllParams, GetInstanceParams,
+    GetMachineParams, HelloParams, ListInstancesParams, PutMachineParams, RestoreInstanceParams,
+    SnapshotInstanceParams, UnwatchParams, WalReadParams, WatchAllParams, WatchInstanceParams,
 };
 use crate::response::{ErrorObject, Response};
+
+/// BATCH: several ops in one request.
+///
+/// Decoded by [`crate::decode_request`] (not serde) because each element is a whole command
+/// and its errors must name the element (`ops[3].op`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchParams {
+    /// Absent means best-effort.
+    pub mode: BatchMode,
+    /// The elements, in order (`ops` on the wire; `operations` is accepted too).
+    pub ops: Vec<Command>,
+}
 
 /// Longest error message we build from client input, in bytes.
 const MAX_ERROR_MESSAGE_BYTES: usize = 512;
