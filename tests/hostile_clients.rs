@@ -490,3 +490,142 @@ fn a_thousand_subscriptions_on_one_connection() {
     let rss = report_rss(&s, "subscriptions");
     assert!(rss < 512 * 1024, "RSS {rss} KiB with {SUBS} subscriptions");
 }
+
+/// SHA-256 of "secret".
+const SECRET_HASH: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+/// Unauthenticated connections in the pre-auth test (issue 18's figure).
+const PREAUTH_CONNECTIONS: usize = 2_000;
+/// The frame each of them sends: large, but well under the 16 MiB frame limit.
+const PREAUTH_FRAME_BYTES: usize = 1024 * 1024;
+
+#[test]
+fn unauthenticated_clients_sending_large_frames_hold_little_memory() {
+    // Issue 18 finding 4: before AUTH a client could make the server buffer a frame up to the
+    // full frame limit, and a read buffer kept its largest size. 2,000 of them must leave the
+    // server under 300 MB and an authenticated client served.
+    let _serial = serial();
+    let s = Server::with_config(json!({
+        "auth": {"required": true, "token_hashes": [SECRET_HASH]},
+        // Every flooding connection is let in (one address here), so each meets the pre-auth
+        // frame limit rather than the per-address count.
+        "network": {"max_connections": PREAUTH_CONNECTIONS + 100,
+                    "max_unauthenticated_per_address": PREAUTH_CONNECTIONS + 100},
+    }));
+    let mut authed = s.connect();
+    authed.ok("AUTH", json!({"method": "bearer", "token": "secret"}));
+    assert_responsive(&mut authed, "startup");
+    report_rss(&s, "preauth/before");
+    let limit = raise_open_files_limit(PREAUTH_CONNECTIONS as u64 + 512);
+    let n = PREAUTH_CONNECTIONS.min(limit.saturating_sub(256) as usize);
+    assert!(n >= PREAUTH_CONNECTIONS / 2, "fd limit {limit} too low");
+
+    // A well-formed request padded to the frame size, so nothing but its size is hostile.
+    let pad = "x".repeat(PREAUTH_FRAME_BYTES - 128);
+    let mut payload =
+        format!(r#"{{"type":"request","id":"big","op":"PING","params":{{"pad":"{pad}"}}}}"#);
+    payload.push_str(&" ".repeat(PREAUTH_FRAME_BYTES - payload.len()));
+    let bytes = frame(payload.as_bytes());
+    let addr = s.addr();
+    let threads = 8;
+    let started = Instant::now();
+    let conns: Vec<TcpStream> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let bytes = &bytes;
+                scope.spawn(move || {
+                    let share = n / threads + usize::from(t < n % threads);
+                    (0..share)
+                        .filter_map(|_| {
+                            let mut c =
+                                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
+                            c.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+                            // Refused from the header: the rest of the write may fail.
+                            let _ = c.write_all(bytes);
+                            Some(c)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) {
+            assert_responsive(&mut authed, "the pre-auth flood");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("flood thread"))
+            .collect()
+    });
+    println!(
+        "HOSTILE preauth: {} connections sent {} KiB frames in {:.1} s",
+        conns.len(),
+        PREAUTH_FRAME_BYTES / 1024,
+        started.elapsed().as_secs_f64()
+    );
+    // Let the server read whatever it will read.
+    std::thread::sleep(Duration::from_secs(2));
+    let took = assert_responsive(&mut authed, "after the pre-auth flood");
+    let rss = report_rss(&s, "preauth/flooded");
+    println!("HOSTILE preauth: PING answered in {took:?}");
+    assert!(
+        rss < 300 * 1024,
+        "RSS {} MiB with {} unauthenticated large frames",
+        rss / 1024,
+        conns.len()
+    );
+    authed.ok("INFO", json!({}));
+    drop(conns);
+}
+
+#[test]
+fn unauthenticated_connections_are_limited_per_address_and_timed_out() {
+    // Issue 18 finding 4: without a credential a client held a slot until the idle timeout
+    // (forever with PING) and could open as many as max_connections.
+    let _serial = serial();
+    let s = Server::with_config(json!({
+        "auth": {"required": true, "token_hashes": [SECRET_HASH]},
+        "network": {"auth_timeout_secs": 2, "max_unauthenticated_per_address": 3},
+    }));
+    let mut held: Vec<Client> = (0..3).map(|_| s.connect()).collect();
+    for c in &mut held {
+        c.ok("PING", json!({}));
+    }
+    // A fourth unauthenticated connection from the same address is closed at once.
+    let fourth = TcpStream::connect(s.addr()).unwrap();
+    let closed = wait_for(Duration::from_secs(5), || {
+        closed_by_server(&fourth).then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "a 4th unauthenticated connection stayed open"
+    );
+    // One that authenticates leaves the count, so another may come in.
+    held[0].ok("AUTH", json!({"method": "bearer", "token": "secret"}));
+    let mut fifth = wait_for(Duration::from_secs(5), || {
+        let mut c = Client::try_connect(s.addr(), Duration::from_secs(1)).ok()?;
+        c.try_request("PING", json!({}), RESPONSIVE).ok()?;
+        Some(c)
+    })
+    .expect("a slot freed by AUTH is usable");
+    // PING does not keep an unauthenticated connection alive past the auth timeout; the
+    // authenticated one stays.
+    let start = Instant::now();
+    let mut pinger = held.pop().unwrap();
+    let gone = wait_for(Duration::from_secs(10), || {
+        pinger
+            .try_request("PING", json!({}), RESPONSIVE)
+            .is_err()
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "a pinging unauthenticated client was never closed"
+    );
+    println!(
+        "HOSTILE preauth: unauthenticated connection closed after {:?}",
+        start.elapsed()
+    );
+    assert!(start.elapsed() < Duration::from_secs(8));
+    held[0].ok("INFO", json!({}));
+    drop(fifth.try_request("PING", json!({}), RESPONSIVE));
+}

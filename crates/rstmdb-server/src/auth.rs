@@ -132,6 +132,65 @@ impl Throttle {
     }
 }
 
+/// Connections per network ([`throttle_key`]) that have not authenticated yet, so that one
+/// address cannot hold many connection slots without a credential
+/// (`network.max_unauthenticated_per_address`).
+#[derive(Debug, Default)]
+pub struct PreAuthCount {
+    by_addr: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One unauthenticated connection, counted until it authenticates or closes (drop).
+#[derive(Debug)]
+pub struct PreAuthSlot {
+    counts: std::sync::Arc<PreAuthCount>,
+    key: IpAddr,
+}
+
+impl PreAuthCount {
+    /// A slot for a new connection from `addr`, or `None` when its network already holds
+    /// `limit` unauthenticated connections.
+    pub fn enter(
+        counts: &std::sync::Arc<PreAuthCount>,
+        addr: IpAddr,
+        limit: usize,
+    ) -> Option<PreAuthSlot> {
+        let key = throttle_key(addr);
+        let mut map = counts.by_addr.lock().ok()?;
+        let n = map.entry(key).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PreAuthSlot {
+            counts: counts.clone(),
+            key,
+        })
+    }
+
+    /// Unauthenticated connections from `addr`'s network now.
+    pub fn count(&self, addr: IpAddr) -> usize {
+        self.by_addr
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&throttle_key(addr)).copied())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PreAuthSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.counts.by_addr.lock()
+            && let Some(n) = map.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// What a principal may do. Each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {

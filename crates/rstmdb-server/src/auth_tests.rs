@@ -295,3 +295,26 @@ fn certificates_match_by_cn_dns_or_uri_and_exactly_one_entry() {
     let off = Auth::from_config(&AuthConfig::default()).unwrap();
     assert_eq!(off.cert_match(&id(Some("svc-a"), &[], &[])), CertMatch::Off);
 }
+
+#[test]
+fn unauthenticated_connections_are_counted_per_network_until_dropped() {
+    let counts = std::sync::Arc::new(PreAuthCount::default());
+    let a: IpAddr = "2001:db8::1".parse().unwrap();
+    let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+    let s1 = PreAuthCount::enter(&counts, a, 2).unwrap();
+    let s2 = PreAuthCount::enter(&counts, same_64, 2).unwrap();
+    assert!(
+        PreAuthCount::enter(&counts, a, 2).is_none(),
+        "the /64 is full"
+    );
+    assert!(PreAuthCount::enter(&counts, "10.0.0.1".parse().unwrap(), 2).is_some());
+    drop(s1);
+    assert_eq!(counts.count(a), 1);
+    let s3 = PreAuthCount::enter(&counts, a, 2).unwrap();
+    drop((s2, s3));
+    assert_eq!(counts.count(a), 0);
+    assert!(
+        counts.by_addr.lock().unwrap().is_empty(),
+        "no entry left behind"
+    );
+}

@@ -55,6 +55,16 @@ pub struct NetworkConfig {
     /// Events buffered per connection before a slow subscriber is cut off.
     pub subscription_queue_depth: usize,
     pub max_frame_bytes: usize,
+    /// With `auth.required`: a connection that has not authenticated within this is closed
+    /// (PING does not extend it).
+    pub auth_timeout_secs: u64,
+    /// With `auth.required`: the largest frame or line accepted before the connection has
+    /// authenticated (HELLO and AUTH are small); refused from its header, like an oversized
+    /// frame.
+    pub max_frame_bytes_before_auth: usize,
+    /// With `auth.required`: connections from one address (an IPv6 address's /64) that have
+    /// not authenticated yet, at most; more are closed at once.
+    pub max_unauthenticated_per_address: usize,
     /// Threads serving connections; 0 = one fewer than the CPUs (at least one), since the
     /// commit pipeline keeps threads of its own busy (see `worker_threads()`).
     pub worker_threads: usize,
@@ -70,6 +80,9 @@ impl Default for NetworkConfig {
             max_subscriptions_per_connection: 100,
             subscription_queue_depth: 1024,
             max_frame_bytes: rstmdb_protocol::MAX_FRAME_PAYLOAD_BYTES,
+            auth_timeout_secs: 10,
+            max_frame_bytes_before_auth: 64 * 1024,
+            max_unauthenticated_per_address: 64,
             worker_threads: 0,
         }
     }
@@ -490,6 +503,24 @@ impl Config {
                     "must be between 1 and {}",
                     rstmdb_protocol::MAX_FRAME_PAYLOAD_BYTES
                 ),
+            ));
+        }
+        if n.auth_timeout_secs == 0 {
+            return Err(invalid(
+                "network.auth_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if n.max_frame_bytes_before_auth < 1024 {
+            return Err(invalid(
+                "network.max_frame_bytes_before_auth",
+                "must be at least 1024 (an AUTH with a long token must fit)".into(),
+            ));
+        }
+        if n.max_unauthenticated_per_address == 0 {
+            return Err(invalid(
+                "network.max_unauthenticated_per_address",
+                "must be at least 1".into(),
             ));
         }
         let s = &self.storage;

@@ -4,7 +4,7 @@
 //! the crate's modules form a DAG.
 
 use crate::audit::AuditLog;
-use crate::auth::{Auth, Throttle};
+use crate::auth::{Auth, PreAuthCount, Throttle};
 use crate::backup::Backups;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -23,6 +23,8 @@ pub struct Shared {
     /// the next AUTH uses the new material.
     auth: std::sync::RwLock<Arc<Auth>>,
     pub auth_throttle: Throttle,
+    /// Connections per network that have not authenticated yet.
+    pub preauth: Arc<PreAuthCount>,
     /// Bumped by FLUSH_ALL: every subscription ends.
     pub flush_epoch: Arc<watch::Sender<u64>>,
     /// `Some` when TLS is on; replaced on SIGHUP, read once per handshake.
@@ -50,6 +52,7 @@ impl Shared {
             config,
             auth: std::sync::RwLock::new(Arc::new(auth)),
             auth_throttle: Throttle::default(),
+            preauth: Arc::default(),
             flush_epoch: Arc::new(flush_epoch),
             tls: std::sync::RwLock::new(tls),
             audit,

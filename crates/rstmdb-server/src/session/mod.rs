@@ -23,7 +23,7 @@ mod subscriptions;
 pub use crate::timefmt::rfc3339_now;
 pub use ops::FEATURES;
 
-use crate::auth::Principal;
+use crate::auth::{PreAuthCount, PreAuthSlot, Principal};
 use crate::authz;
 use crate::error::bad_request;
 use crate::handlers::{self, Payload};
@@ -151,10 +151,33 @@ pub async fn run<R, W>(
         None if !auth.required => Some(Arc::new(Principal::anonymous())),
         None => None,
     };
-    let mut reader = FramedRead::new(
-        rd,
-        InboundCodec::with_max_payload_bytes(net.max_frame_bytes),
-    );
+    // Before it authenticates (auth.required, no certificate identity) a connection is held
+    // to a small frame limit, a deadline, and a count per network: without a credential it
+    // can hold neither much memory nor many slots for long.
+    let mut preauth = None;
+    if principal.is_none() {
+        match PreAuthCount::enter(
+            &shared.preauth,
+            peer.ip(),
+            net.max_unauthenticated_per_address,
+        ) {
+            Some(slot) => preauth = Some(slot),
+            None => {
+                tracing::warn!(
+                    %peer,
+                    limit = net.max_unauthenticated_per_address,
+                    "too many unauthenticated connections from this network; closing"
+                );
+                return;
+            }
+        }
+    }
+    let frame_limit = if preauth.is_some() {
+        net.max_frame_bytes.min(net.max_frame_bytes_before_auth)
+    } else {
+        net.max_frame_bytes
+    };
+    let mut reader = FramedRead::new(rd, InboundCodec::with_max_payload_bytes(frame_limit));
     let mut writer = FramedWrite::new(
         wr,
         OutboundCodec::with_max_payload_bytes(net.max_frame_bytes),
@@ -189,6 +212,8 @@ pub async fn run<R, W>(
     let mut deadline = Instant::now() + idle;
     let idle_timer = tokio::time::sleep_until(deadline);
     tokio::pin!(idle_timer);
+    let auth_timer = tokio::time::sleep(std::time::Duration::from_secs(net.auth_timeout_secs));
+    tokio::pin!(auth_timer);
     let event_burst = (net.subscription_queue_depth / 2).max(1);
 
     'session: loop {
@@ -259,6 +284,7 @@ pub async fn run<R, W>(
                         read_ahead += 1;
                         let Some(item) = reader.next().now_or_never() else { break };
                         s.on_read(item, &mut pending);
+                        after_read(&s, &mut reader, &mut preauth, net.max_frame_bytes);
                         debug_assert!(pending.len() <= net.max_inflight_per_connection);
                         next = pending.next().now_or_never().flatten();
                     }
@@ -282,9 +308,14 @@ pub async fn run<R, W>(
             }
             item = reader.next(), if can_read => {
                 s.on_read(item, &mut pending);
+                after_read(&s, &mut reader, &mut preauth, net.max_frame_bytes);
                 // Reading stops at the in-flight limit: per-connection memory is bounded by it.
                 debug_assert!(pending.len() <= net.max_inflight_per_connection);
                 deadline = Instant::now() + idle;
+            }
+            () = &mut auth_timer, if preauth.is_some() && !s.closing => {
+                tracing::info!(peer = %s.peer, "no authentication within network.auth_timeout_secs; closing");
+                s.closing = true;
             }
             () = &mut idle_timer, if !s.closing && pending.is_empty() => {
                 if Instant::now() >= deadline {
@@ -307,6 +338,29 @@ pub async fn run<R, W>(
         }
     }
     tracing::debug!(peer = %s.peer, "client disconnected");
+}
+
+/// A read buffer with more capacity than this and nothing in it is given back after a read,
+/// so one large request does not leave a connection holding its size for the rest of its life.
+const READ_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+
+/// Bookkeeping after each read: once the connection has authenticated, it gets the full frame
+/// limit and leaves the unauthenticated count; an empty read buffer grown past
+/// [`READ_BUFFER_KEEP_BYTES`] is released.
+fn after_read<R>(
+    s: &Session,
+    reader: &mut FramedRead<R, InboundCodec>,
+    preauth: &mut Option<PreAuthSlot>,
+    max_frame_bytes: usize,
+) {
+    if preauth.is_some() && s.principal.is_some() {
+        *preauth = None;
+        *reader.decoder_mut() = InboundCodec::with_max_payload_bytes(max_frame_bytes);
+    }
+    let buf = reader.read_buffer();
+    if buf.is_empty() && buf.capacity() > READ_BUFFER_KEEP_BYTES {
+        *reader.read_buffer_mut() = bytes::BytesMut::new();
+    }
 }
 
 /// A one-shot wake-up the session loop keeps across turns (see `run`).
