@@ -29,6 +29,7 @@ const ADMIN: &str = "admin-token-5f1c";
 const WRITER: &str = "writer-token-9a2e";
 const READER: &str = "reader-token-77b0";
 const ORDERS: &str = "orders-token-c3d4";
+const ORDERS_ADMIN: &str = "orders-admin-token-e5f6";
 
 /// A server whose secrets file names four principals.
 fn roles_server(extra: Value) -> Server {
@@ -37,11 +38,12 @@ fn roles_server(extra: Value) -> Server {
     write_600(
         &secrets,
         &format!(
-            "# name role[,globs]\n{}\n{} ci-writer write\n{} dashboard read\n{} orders-svc write,order*\n",
+            "# name role[,globs]\n{}\n{} ci-writer write\n{} dashboard read\n{} orders-svc write,order*\n{} orders-admin admin,order*\n",
             sha(ADMIN),
             sha(WRITER),
             sha(READER),
-            sha(ORDERS)
+            sha(ORDERS),
+            sha(ORDERS_ADMIN)
         ),
     );
     let mut cfg = base_config(&dir.path().join("data"));
@@ -161,6 +163,43 @@ fn idempotency_records_of_a_deleted_instance_never_replay_on_its_successor() {
         "GET_INSTANCE",
         json!({"instance_id": "shared-id"}),
         "INSTANCE_NOT_FOUND",
+    );
+}
+
+#[test]
+fn a_machine_restricted_principal_cannot_checkpoint_or_compact() {
+    // Issue 18 finding 3: SNAPSHOT_INSTANCE ran a global checkpoint (trimming the WAL others
+    // read) before it even looked the instance up; COMPACT was open to restricted admins.
+    let s = roles_server(json!({"compaction": {"enabled": false}}));
+    let mut admin = login(&s, ADMIN);
+    put_order(&mut admin, "order");
+    create(&mut admin, "order", "o-1", json!({}));
+    let checkpoint = |c: &mut Client| c.ok("WAL_STATS", json!({}))["checkpoint_offset"].clone();
+    let before = checkpoint(&mut admin);
+
+    let mut svc = login(&s, ORDERS);
+    let r = svc.ok("SNAPSHOT_INSTANCE", json!({"instance_id": "o-1"}));
+    assert_eq!(r["snapshot_id"], format!("snap-{}", r["wal_offset"]), "{r}");
+    svc.err_code(
+        "SNAPSHOT_INSTANCE",
+        json!({"instance_id": "ghost"}),
+        "INSTANCE_NOT_FOUND",
+    );
+    assert_eq!(
+        checkpoint(&mut admin),
+        before,
+        "a snapshot took a checkpoint"
+    );
+
+    let mut orders_admin = login(&s, ORDERS_ADMIN);
+    let m = unauthorized(&mut orders_admin, "COMPACT", json!({}));
+    assert!(m.contains("COMPACT"), "{m}");
+    assert_eq!(checkpoint(&mut admin), before);
+    admin.ok("COMPACT", json!({}));
+    assert_ne!(
+        checkpoint(&mut admin),
+        before,
+        "an unrestricted admin compacts"
     );
 }
 

@@ -101,6 +101,8 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
         }
         Command::WalRead(_) => unrestricted_only("WAL_READ"),
         Command::FlushAll(_) => unrestricted_only("FLUSH_ALL"),
+        // A checkpoint trims the WAL every client reads from (WAL_READ, watch resumes).
+        Command::Compact(_) => unrestricted_only("COMPACT"),
         // A backup holds every machine; a restore may create any instance.
         Command::BackupBegin(_) | Command::BackupRead(_) | Command::BackupEnd(_) => {
             unrestricted_only("BACKUP")
