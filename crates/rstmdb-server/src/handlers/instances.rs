@@ -36,7 +36,10 @@ pub(super) fn get_instance(ctx: Ctx<'_>, p: GetInstanceParams) -> Answer {
     Ok((Payload::Raw(to_raw(&instance_view(&i))?), None))
 }
 
-pub(super) fn list_instances(ctx: Ctx<'_>, p: ListInstancesParams) -> Answer {
+/// Runs on the blocking pool: without filters (and with `include_deleted`) the engine scans
+/// and decodes (decrypts) every instance for the total, which must not stall a runtime thread
+/// and the connections it serves (issue 18 finding 11).
+pub(super) async fn list_instances(ctx: Ctx<'_>, p: ListInstancesParams) -> Answer {
     let q = ListQuery {
         machine: p.machine,
         state: p.state,
@@ -45,7 +48,16 @@ pub(super) fn list_instances(ctx: Ctx<'_>, p: ListInstancesParams) -> Answer {
         after: p.after,
         include_deleted: p.include_deleted,
     };
-    let page = engine(ctx.db.list_instances(&q))?;
+    let db = ctx.db.clone();
+    let page = tokio::task::spawn_blocking(move || db.list_instances(&q))
+        .await
+        .map_err(|e| {
+            rstmdb_protocol::ErrorObject::new(
+                rstmdb_protocol::ErrorCode::InternalError,
+                format!("listing instances: {e}"),
+            )
+        })?;
+    let page = engine(page)?;
     let next_after = if page.has_more {
         page.instances.last().map(|i| i.id.clone())
     } else {

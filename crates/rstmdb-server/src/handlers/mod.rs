@@ -37,7 +37,7 @@ pub async fn execute(ctx: Ctx<'_>, command: Command) -> Answer {
         Command::ListMachines => machines::list_machines(ctx),
         Command::CreateInstance(p) => instances::create_instance(ctx, p).await,
         Command::GetInstance(p) => instances::get_instance(ctx, p),
-        Command::ListInstances(p) => instances::list_instances(ctx, p),
+        Command::ListInstances(p) => instances::list_instances(ctx, p).await,
         Command::DeleteInstance(p) => instances::delete_instance(ctx, p).await,
         Command::ApplyEvent(p) => instances::apply_event(ctx, p).await,
         Command::SnapshotInstance(p) => instances::snapshot_instance(ctx, p).await,
