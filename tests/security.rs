@@ -381,19 +381,34 @@ fn certificate_cn_is_an_identity_with_a_role() {
             "required": true,
             "token_hashes": [sha(ADMIN)],
             "identity_from_cert": true,
-            "cert_identities": {"reporting": "read", "orders-svc": "write,order*"}
+            "cert_identities": {"reporting": "read", "orders-svc": "write,order*", "ops": "admin"}
         }}),
     );
     let ca = pki.ca.cert.pem();
+    // A certificate no entry lists is refused, whatever token it would bring (issue 18
+    // finding 2: it used to fall back to AUTH, or to the anonymous admin without auth).
+    let stranger = Client::try_connect_tls(
+        s.addr(),
+        client_config(&ca, Some(&leaf(&pki.ca, "stranger", true, false))),
+        "localhost",
+    );
+    if let Ok(mut c) = stranger {
+        assert!(
+            c.try_request(
+                "AUTH",
+                json!({"method": "bearer", "token": ADMIN}),
+                Duration::from_secs(5)
+            )
+            .is_err(),
+            "an unlisted certificate got an answer"
+        );
+    }
     let mut admin = Client::try_connect_tls(
         s.addr(),
         client_config(&ca, Some(&leaf(&pki.ca, "ops", true, false))),
         "localhost",
     )
     .unwrap();
-    // "ops" is not a listed identity: a token is still needed.
-    admin.err_code("LIST_MACHINES", json!({}), "UNAUTHORIZED");
-    admin.ok("AUTH", json!({"method": "bearer", "token": ADMIN}));
     put_order(&mut admin, "order");
     put_order(&mut admin, "payment");
 
@@ -422,6 +437,76 @@ fn certificate_cn_is_an_identity_with_a_role() {
         "CREATE_INSTANCE",
         json!({"machine": "payment", "version": 1}),
     );
+    // The certificate's identity wins: a valid admin token does not widen it.
+    let e = svc.err_code(
+        "AUTH",
+        json!({"method": "bearer", "token": ADMIN}),
+        "AUTH_FAILED",
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("client certificate"),
+        "{e}"
+    );
+    unauthorized(
+        &mut svc,
+        "CREATE_INSTANCE",
+        json!({"machine": "payment", "version": 1}),
+    );
+}
+
+#[test]
+fn without_required_auth_a_restricted_certificate_cannot_become_the_anonymous_admin() {
+    // Issue 18 finding 2: with auth.required false, a listed, restricted certificate sent AUTH
+    // with any token and became the unrestricted anonymous admin; an unlisted one was the
+    // anonymous admin from the start.
+    let pki = Pki::new();
+    let s = tls_server(
+        &pki,
+        true,
+        json!({"auth": {
+            "required": false,
+            "identity_from_cert": true,
+            "cert_identities": {"orders-svc": "write,order*", "ops": "admin"}
+        }}),
+    );
+    let ca = pki.ca.cert.pem();
+    let mut admin = Client::try_connect_tls(
+        s.addr(),
+        client_config(&ca, Some(&leaf(&pki.ca, "ops", true, false))),
+        "localhost",
+    )
+    .unwrap();
+    put_order(&mut admin, "payment");
+    let mut svc = Client::try_connect_tls(
+        s.addr(),
+        client_config(&ca, Some(&leaf(&pki.ca, "orders-svc", true, false))),
+        "localhost",
+    )
+    .unwrap();
+    svc.err_code(
+        "AUTH",
+        json!({"method": "bearer", "token": "anything"}),
+        "AUTH_FAILED",
+    );
+    unauthorized(
+        &mut svc,
+        "CREATE_INSTANCE",
+        json!({"machine": "payment", "version": 1}),
+    );
+    if let Ok(mut c) = Client::try_connect_tls(
+        s.addr(),
+        client_config(&ca, Some(&leaf(&pki.ca, "stranger", true, false))),
+        "localhost",
+    ) {
+        assert!(
+            c.try_request("PUT_MACHINE", json!({}), Duration::from_secs(5))
+                .is_err(),
+            "an unlisted certificate got an answer"
+        );
+    }
 }
 
 #[test]

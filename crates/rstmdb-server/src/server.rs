@@ -85,7 +85,7 @@ async fn connection(
         let info = ConnInfo {
             peer,
             tls: false,
-            cert_cn: None,
+            cert: None,
         };
         session::run(rd, wr, info, shared, stop).await;
         return;
@@ -109,13 +109,13 @@ async fn connection(
             return;
         }
     };
-    let cert_cn = tls::peer_common_name(tls_stream.get_ref().1.peer_certificates());
-    tracing::debug!(%peer, client_cn = cert_cn.as_deref(), "client connected (TLS)");
+    let cert = tls::peer_identity(tls_stream.get_ref().1.peer_certificates());
+    tracing::debug!(%peer, client_cn = cert.as_ref().and_then(|c| c.cn.as_deref()), "client connected (TLS)");
     let (rd, wr) = tokio::io::split(tls_stream);
     let info = ConnInfo {
         peer,
         tls: true,
-        cert_cn,
+        cert,
     };
     session::run(rd, wr, info, shared, stop).await;
 }

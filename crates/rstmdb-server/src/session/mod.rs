@@ -23,7 +23,7 @@ mod subscriptions;
 pub use crate::timefmt::rfc3339_now;
 pub use ops::FEATURES;
 
-use crate::auth::{PreAuthCount, PreAuthSlot, Principal};
+use crate::auth::{CertMatch, PreAuthCount, PreAuthSlot, Principal};
 use crate::authz;
 use crate::error::bad_request;
 use crate::handlers::{self, Payload};
@@ -108,8 +108,8 @@ fn ready(out: Outgoing) -> Pending {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
-    /// Subject CN of a verified client certificate (mTLS).
-    pub cert_cn: Option<String>,
+    /// The names of a verified client certificate (mTLS).
+    pub cert: Option<crate::tls::PeerIdentity>,
 }
 
 struct Session {
@@ -117,6 +117,8 @@ struct Session {
     shared: Arc<Shared>,
     /// `None` until authenticated (always `Some` when auth is off).
     principal: Option<Arc<Principal>>,
+    /// The principal came from the client certificate: AUTH is refused.
+    cert_identified: bool,
     mode: WireMode,
     /// Subscription id → forwarding task (`None` until its WATCH response is written).
     watches: HashMap<String, Option<JoinHandle<()>>>,
@@ -140,16 +142,31 @@ pub async fn run<R, W>(
     let net = shared.config.network.clone();
     let peer = info.peer;
     let auth = shared.auth();
-    // A verified client certificate listed in auth.cert_identities is an identity of its own;
-    // otherwise, with auth off, everyone is the anonymous admin.
-    let principal = match info
-        .cert_cn
-        .as_deref()
-        .and_then(|cn| auth.principal_for_cert(cn))
-    {
-        Some(p) => Some(Arc::new(p)),
-        None if !auth.required => Some(Arc::new(Principal::anonymous())),
-        None => None,
+    // With certificate identities configured, a verified client certificate must match
+    // exactly one of them and is then the connection's identity for good (AUTH cannot change
+    // it); one that matches none is refused. Otherwise, with auth off, everyone is the
+    // anonymous admin.
+    let cert_match = match &info.cert {
+        Some(id) => auth.cert_match(id),
+        None => CertMatch::Off,
+    };
+    let cert_identified = matches!(cert_match, CertMatch::Principal(_));
+    let principal = match cert_match {
+        CertMatch::Principal(p) => Some(Arc::new(p)),
+        CertMatch::Unlisted | CertMatch::Ambiguous(_) => {
+            let id = info.cert.unwrap_or_default();
+            tracing::warn!(
+                %peer,
+                cn = id.cn.as_deref(),
+                dns = ?id.dns,
+                uris = ?id.uris,
+                matched = ?cert_match,
+                "client certificate matches no single auth.cert_identities entry; refusing the connection"
+            );
+            return;
+        }
+        CertMatch::Off if !auth.required => Some(Arc::new(Principal::anonymous())),
+        CertMatch::Off => None,
     };
     // Before it authenticates (auth.required, no certificate identity) a connection is held
     // to a small frame limit, a deadline, and a count per network: without a credential it
@@ -188,6 +205,7 @@ pub async fn run<R, W>(
     let mut s = Session {
         peer,
         principal,
+        cert_identified,
         shared,
         mode: WireMode::BinaryJson,
         watches: HashMap::new(),

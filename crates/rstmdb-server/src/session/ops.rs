@@ -75,7 +75,17 @@ impl Session {
                 ready(self.out(id, to_value(&result).map(|v| (v, None))))
             }
             Command::Auth(mut p) => {
-                let r = if p.method != "bearer" {
+                let r = if self.cert_identified {
+                    zeroize::Zeroize::zeroize(&mut p.token);
+                    let name = self.principal.as_ref().map_or("", |p| p.name.as_str());
+                    Err(ErrorObject::new(
+                        ErrorCode::AuthFailed,
+                        format!(
+                            "authentication failed: this connection is identified by its client \
+                             certificate ({name}); AUTH cannot change that"
+                        ),
+                    ))
+                } else if p.method != "bearer" {
                     zeroize::Zeroize::zeroize(&mut p.token);
                     Err(ErrorObject::new(
                         ErrorCode::AuthFailed,
