@@ -301,6 +301,19 @@ fn every_example_config_file_loads() {
         root.insert("storage".into(), storage.into());
         let mut auth = section(root, "auth");
         let auth_required = auth.get("required").and_then(|v| v.as_bool()) == Some(true);
+        // With certificate identities, only a listed certificate gets in (and AUTH is refused
+        // on it): connect as the example's admin certificate.
+        let admin_cert = if auth.get("identity_from_cert").and_then(|v| v.as_bool()) == Some(true) {
+            auth.get("cert_identities")
+                .and_then(|v| v.as_mapping())
+                .and_then(|m| {
+                    m.iter()
+                        .find(|(_, grant)| grant.as_str() == Some("admin"))
+                        .and_then(|(cn, _)| cn.as_str().map(str::to_owned))
+                })
+        } else {
+            None
+        };
         if auth.contains_key("secrets_file") {
             let secrets = dir.path().join("secrets");
             std::fs::write(&secrets, format!("{SECRET_HASH}\n")).unwrap();
@@ -360,15 +373,19 @@ fn every_example_config_file_loads() {
             )
         });
         let mut c = if tls_on {
-            // A client certificate whose CN no example maps to an identity: AUTH still needed.
-            let leaf = pki::leaf(&pki.ca, "config-test", true, false);
+            // The example's admin certificate, or one whose CN no example maps to an identity
+            // (AUTH still needed).
+            let cn = admin_cert.as_deref().unwrap_or("config-test");
+            let leaf = pki::leaf(&pki.ca, cn, true, false);
             let cfg = pki::client_config(&pki.ca.cert.pem(), mtls.then_some(&leaf));
             Client::try_connect_tls(s.addr(), cfg, "localhost").unwrap()
         } else {
             s.connect()
         };
         c.ping();
-        if auth_required {
+        if admin_cert.is_some() {
+            println!("{name}: connected as the admin certificate {admin_cert:?}");
+        } else if auth_required {
             c.err_code("INFO", json!({}), "UNAUTHORIZED");
             c.ok("AUTH", json!({"method": "bearer", "token": "secret"}));
         }
