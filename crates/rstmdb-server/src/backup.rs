@@ -459,3 +459,76 @@ pub fn end(backups: &Backups, backup_id: &str) -> Result<BackupEndResult, ErrorO
         removed: removed.is_some(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn spool(dir: &Path, body: &[u8]) -> (PathBuf, Arc<Cipher>) {
+        let cipher = Arc::new(Cipher::new(&EncryptionKey::generate().unwrap()));
+        let path = dir.join("s.body");
+        let mut w = SealedWriter::new(private_file(&path).unwrap(), cipher.clone());
+        // Uneven pieces, as the export writes record lines.
+        for piece in body.chunks(1000) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap();
+        (path, cipher)
+    }
+
+    #[test]
+    fn every_range_reads_back_and_the_file_is_chunks_plus_overhead() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = SPOOL_CHUNK;
+        for size in [0, 1, c - 1, c, c + 1, 3 * c + 17] {
+            let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let (path, cipher) = spool(dir.path(), &body);
+            let chunks = size.div_ceil(c);
+            let on_disk = std::fs::metadata(&path).unwrap().len();
+            assert_eq!(on_disk, size + chunks * SEAL_OVERHEAD as u64);
+            for (off, n) in [(0, size), (0, 1), (c - 1, 2), (c, c), (size / 2, size)] {
+                if off > size {
+                    continue;
+                }
+                let n = n.min(size - off);
+                let got = read_sealed(&path, &cipher, size, off, n).unwrap();
+                assert_eq!(
+                    got,
+                    &body[off as usize..(off + n) as usize],
+                    "{size}: {off}+{n}"
+                );
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_changed_or_swapped_chunk_or_another_key_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 2 * SPOOL_CHUNK;
+        let body = vec![7u8; size as usize];
+        let (path, cipher) = spool(dir.path(), &body);
+        let sealed = std::fs::read(&path).unwrap();
+        let other = Cipher::new(&EncryptionKey::generate().unwrap());
+        assert!(read_sealed(&path, &other, size, 0, 1).is_err());
+
+        let mut flipped = sealed.clone();
+        flipped[100] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(read_sealed(&path, &cipher, size, 0, 1).is_err());
+
+        // Same length chunks, swapped: the index in the associated data catches it.
+        let half = sealed.len() / 2;
+        let mut swapped = sealed[half..].to_vec();
+        swapped.extend_from_slice(&sealed[..half]);
+        std::fs::write(&path, &swapped).unwrap();
+        let e = read_sealed(&path, &cipher, size, 0, 1).unwrap_err();
+        assert!(e.contains("chunk 0"), "{e}");
+
+        std::fs::write(&path, &sealed[..half]).unwrap();
+        assert!(read_sealed(&path, &cipher, size, SPOOL_CHUNK, 1).is_err());
+        std::fs::write(&path, &sealed).unwrap();
+        assert_eq!(read_sealed(&path, &cipher, size, 0, size).unwrap(), body);
+    }
+}
