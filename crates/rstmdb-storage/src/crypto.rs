@@ -96,6 +96,18 @@ impl EncryptionKey {
         }
     }
 
+    /// A fresh key from the OS CSPRNG, for data that only this process must read back (the
+    /// server's backup spools): it is never written anywhere.
+    pub fn generate() -> Result<EncryptionKey, SealError> {
+        let mut bytes = [0u8; KEY_BYTES];
+        OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| SealError(format!("the OS random source failed: {e}")))?;
+        let key = EncryptionKey::from_bytes(bytes);
+        bytes.zeroize();
+        Ok(key)
+    }
+
     /// Reads a key file: exactly 32 raw bytes, or 64 hex characters optionally followed by
     /// one newline (`\n` or `\r\n`). On Unix the file must not be readable or writable by
     /// group or others (0600 or 0400).
@@ -392,6 +404,17 @@ mod tests {
 
     fn key(b: u8) -> EncryptionKey {
         EncryptionKey::from_bytes([b; KEY_BYTES])
+    }
+
+    #[test]
+    fn generated_keys_differ_and_seal() {
+        let a = EncryptionKey::generate().unwrap();
+        let b = EncryptionKey::generate().unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a.id(), b.id());
+        let sealed = Cipher::new(&a).seal(b"ctx", b"secret").unwrap();
+        assert_eq!(Cipher::new(&a).open(b"ctx", &sealed).unwrap(), b"secret");
+        assert!(Cipher::new(&b).open(b"ctx", &sealed).is_err());
     }
 
     #[test]

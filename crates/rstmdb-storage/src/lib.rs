@@ -66,7 +66,7 @@ pub use backup::{BackupExport, RestoreOptions, RestoreReport, RestoreTarget};
 pub use cache::InstanceCacheStats;
 pub use commit::CommitStats;
 pub use config::{FsyncPolicy, StorageConfig};
-pub use crypto::{Cipher, EncryptionKey, KeyError, KeyId, OpenFailure, SealError};
+pub use crypto::{Cipher, EncryptionKey, KeyError, KeyId, OpenFailure, SEAL_OVERHEAD, SealError};
 pub use db::{
     ApplyEvent, ApplyOutcome, BatchFailure, BatchMode, BatchOp, BatchOutput, ChangeStream,
     CheckpointOutcome, CreateInstance, CreateOutcome, DEFAULT_WAL_READ_LIMIT, Database,

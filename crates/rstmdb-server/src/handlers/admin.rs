@@ -84,7 +84,7 @@ pub(super) fn replicate(_: Ctx<'_>) -> Answer {
 }
 
 pub(super) async fn backup_begin(ctx: Ctx<'_>, _: BackupBeginParams) -> Answer {
-    let (result, off) = crate::backup::begin(ctx.backups, ctx.db).await?;
+    let (result, off) = crate::backup::begin(ctx.backups, ctx.db, ctx.backup_owner).await?;
     value(to_value(&result)?, off)
 }
 

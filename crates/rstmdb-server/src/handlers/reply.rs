@@ -17,6 +17,9 @@ use tokio::sync::watch;
 pub struct Ctx<'a> {
     pub db: &'a Database,
     pub backups: &'a Backups,
+    /// The session running the op: the owner of the backups it begins
+    /// (`crate::backup::SessionSpools::owner`).
+    pub backup_owner: u64,
     pub flush_epoch: &'a Arc<watch::Sender<u64>>,
 }
 

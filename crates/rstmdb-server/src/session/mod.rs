@@ -64,10 +64,11 @@ struct Outgoing {
 type Pending = Pin<Box<dyn Future<Output = Outgoing> + Send>>;
 
 /// What data ops run against, borrowed from the shared state.
-fn data_ctx(shared: &Shared) -> handlers::Ctx<'_> {
+fn data_ctx(shared: &Shared, backup_owner: u64) -> handlers::Ctx<'_> {
     handlers::Ctx {
         db: &shared.db,
         backups: &shared.backups,
+        backup_owner,
         flush_epoch: &shared.flush_epoch,
     }
 }
@@ -126,6 +127,8 @@ struct Session {
     events_tx: mpsc::Sender<Bytes>,
     overflow: Arc<Notify>,
     ordering: Ordering,
+    /// The backups this session began: deleted when it ends (dropped with the session).
+    backups: crate::backup::SessionSpools,
 }
 
 /// Runs a connection until it closes, the client says BYE, it idles out, or `stop` fires.
@@ -204,6 +207,7 @@ pub async fn run<R, W>(
     let ordering = Ordering::new(shared.metrics.clone());
     let mut s = Session {
         peer,
+        backups: shared.backups.session(),
         principal,
         cert_identified,
         shared,
@@ -582,19 +586,20 @@ impl Session {
             let (waits, done) = self.ordering.admit(scope_of(&req.command));
             let shared = self.shared.clone();
             let mode = self.mode;
+            let owner = self.backups.owner();
             return Box::pin(async move {
                 for w in waits {
                     w.wait().await;
                 }
                 let result = match authz::check_instances(&shared.db, &principal, &req.command) {
-                    Ok(()) => handlers::execute(data_ctx(&shared), req.command).await.map(
-                        |(mut p, off)| {
+                    Ok(()) => handlers::execute(data_ctx(&shared, owner), req.command)
+                        .await
+                        .map(|(mut p, off)| {
                             if let Payload::Value(v) = &mut p {
                                 authz::filter_result(&principal, op, v);
                             }
                             (p, off)
-                        },
-                    ),
+                        }),
                     Err(e) => Err(e),
                 };
                 drop(done);
