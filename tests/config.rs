@@ -466,11 +466,13 @@ fn bad_env_boolean_is_refused_naming_the_variable() {
 
 #[test]
 fn sighup_reloads_token_hashes_from_the_secrets_file() {
-    // decisions.md: SIGHUP reloads the token hashes; existing connections keep their
-    // session, new ones use the new material.
+    // decisions.md: SIGHUP reloads the token hashes; new AUTHs use the new material, and
+    // connections whose token is still configured keep their session. Issue 18: a session
+    // whose token the reload removed ends.
     let dir = tempdir();
     let secrets = dir.path().join("secrets");
-    std::fs::write(&secrets, format!("{SECRET_HASH}\n")).unwrap();
+    let stays = sha256_hex(b"stays");
+    std::fs::write(&secrets, format!("{SECRET_HASH}\n{stays} reporter read\n")).unwrap();
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
     let yaml = minimal(&format!(
         "auth:\n  required: true\n  secrets_file: \"{}\"\n",
@@ -480,9 +482,11 @@ fn sighup_reloads_token_hashes_from_the_secrets_file() {
         Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]).unwrap_or_else(|f| panic!("{f:?}"));
     let mut old = s.connect();
     old.ok("AUTH", json!({"method": "bearer", "token": "secret"}));
-    // Replace the secret by sha256("rotated").
+    let mut kept = s.connect();
+    kept.ok("AUTH", json!({"method": "bearer", "token": "stays"}));
+    // Replace the secret by sha256("rotated"); "stays" now writes.
     let rotated = sha256_hex(b"rotated");
-    std::fs::write(&secrets, format!("{rotated}\n")).unwrap();
+    std::fs::write(&secrets, format!("{rotated}\n{stays} reporter write\n")).unwrap();
     s.signal("HUP");
     std::thread::sleep(Duration::from_millis(200));
     if let Some(st) = s.wait_exit(Duration::from_millis(1)) {
@@ -512,8 +516,26 @@ fn sighup_reloads_token_hashes_from_the_secrets_file() {
         json!({"method": "bearer", "token": "secret"}),
         "AUTH_FAILED",
     );
-    // The connection authenticated before the reload keeps its session.
-    old.ok("INFO", json!({}));
+    // The session of the removed token is over; the other keeps its session, under the
+    // token's new grant.
+    assert!(
+        old.try_request("INFO", json!({}), Duration::from_secs(5))
+            .is_err(),
+        "a session of a removed token still answered"
+    );
+    kept.ok("INFO", json!({}));
+    let e = kept.err_code(
+        "PUT_MACHINE",
+        json!({"machine": "x", "version": 1, "definition": {"states": ["a"], "initial": "a", "transitions": []}}),
+        "UNAUTHORIZED",
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("reporter has write"),
+        "the new grant applies to the open session: {e}"
+    );
 }
 
 fn sha256_hex(data: &[u8]) -> String {

@@ -455,6 +455,15 @@ impl Auth {
     /// Checks a bearer token and wipes it. When auth is not required any non-empty token is
     /// accepted (as the reference does) and the principal is anonymous.
     pub fn check(&self, token: &mut String) -> Result<Principal, &'static str> {
+        self.check_token(token).map(|(p, _)| p)
+    }
+
+    /// [`Auth::check`], also naming the configured token that matched (`None` when auth is
+    /// not required), so that a session can ask after a reload whether it is still there.
+    pub fn check_token(
+        &self,
+        token: &mut String,
+    ) -> Result<(Principal, Option<TokenId>), &'static str> {
         let mut digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let empty = token.is_empty();
         token.zeroize();
@@ -463,15 +472,26 @@ impl Auth {
             return if empty {
                 Err("empty token")
             } else {
-                Ok(Principal::anonymous())
+                Ok((Principal::anonymous(), None))
             };
         }
         let found = ct_find(self.entries.iter().map(|e| &e.hash), &digest);
         digest.zeroize();
         found
             .and_then(|i| self.entries.get(i))
-            .map(|e| e.principal.clone())
+            .map(|e| (e.principal.clone(), Some(TokenId(e.hash))))
             .ok_or("invalid token")
+    }
+
+    /// The principal `token` now stands for, or `None` when it is no longer configured (after a
+    /// reload removed or rotated it).
+    pub fn principal_for_token(&self, token: &TokenId) -> Option<Principal> {
+        if !self.required {
+            return None;
+        }
+        ct_find(self.entries.iter().map(|e| &e.hash), &token.0)
+            .and_then(|i| self.entries.get(i))
+            .map(|e| e.principal.clone())
     }
 
     /// The principal of a verified client certificate's CN, when `identity_from_cert` is on
@@ -503,6 +523,17 @@ impl Auth {
             [(_, p)] => CertMatch::Principal(p.clone()),
             many => CertMatch::Ambiguous(many.iter().map(|(n, _)| n.principal_name()).collect()),
         }
+    }
+}
+
+/// Which configured token a session authenticated with: its SHA-256, kept so that a reload
+/// can tell whether the token is still configured. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenId([u8; 32]);
+
+impl std::fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenId(..)")
     }
 }
 

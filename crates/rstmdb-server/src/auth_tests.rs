@@ -318,3 +318,25 @@ fn unauthenticated_connections_are_counted_per_network_until_dropped() {
         "no entry left behind"
     );
 }
+
+#[test]
+fn a_token_removed_by_a_reload_no_longer_names_a_principal() {
+    let cfg = |hashes: Vec<String>| AuthConfig {
+        required: true,
+        token_hashes: hashes,
+        ..Default::default()
+    };
+    let before = Auth::from_config(&cfg(vec![hash("keep"), hash("drop")])).unwrap();
+    let mut t = "drop".to_string();
+    let (_, dropped) = before.check_token(&mut t).unwrap();
+    let mut t = "keep".to_string();
+    let (_, kept) = before.check_token(&mut t).unwrap();
+    let (dropped, kept) = (dropped.unwrap(), kept.unwrap());
+    assert_eq!(format!("{dropped:?}"), "TokenId(..)", "never printed");
+    let after = Auth::from_config(&cfg(vec![hash("keep")])).unwrap();
+    assert_eq!(after.principal_for_token(&dropped), None);
+    assert_eq!(
+        after.principal_for_token(&kept).map(|p| p.name),
+        Some("token-hash-1".to_string())
+    );
+}

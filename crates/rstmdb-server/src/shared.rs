@@ -25,6 +25,8 @@ pub struct Shared {
     pub auth_throttle: Throttle,
     /// Connections per network that have not authenticated yet.
     pub preauth: Arc<PreAuthCount>,
+    /// Bumped by every credentials reload (`set_auth`).
+    pub auth_epoch: watch::Sender<u64>,
     /// Bumped by FLUSH_ALL: every subscription ends.
     pub flush_epoch: Arc<watch::Sender<u64>>,
     /// `Some` when TLS is on; replaced on SIGHUP, read once per handshake.
@@ -46,6 +48,7 @@ impl Shared {
         audit: Option<AuditLog>,
     ) -> Shared {
         let (flush_epoch, _) = watch::channel(0u64);
+        let (auth_epoch, _) = watch::channel(0u64);
         let db_dir = db.config().data_dir.clone();
         Shared {
             db,
@@ -54,6 +57,7 @@ impl Shared {
             auth_throttle: Throttle::default(),
             preauth: Arc::default(),
             flush_epoch: Arc::new(flush_epoch),
+            auth_epoch,
             tls: std::sync::RwLock::new(tls),
             audit,
             metrics: Arc::new(Metrics::default()),
@@ -83,10 +87,13 @@ impl Shared {
         }
     }
 
+    /// Installs reloaded credentials and tells every session, so that one whose token is
+    /// gone ends and one whose token's grant changed takes the new grant.
     pub fn set_auth(&self, auth: Auth) {
         match self.auth.write() {
             Ok(mut a) => *a = Arc::new(auth),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(auth),
         }
+        self.auth_epoch.send_modify(|e| *e += 1);
     }
 }

@@ -120,6 +120,9 @@ struct Session {
     principal: Option<Arc<Principal>>,
     /// The principal came from the client certificate: AUTH is refused.
     cert_identified: bool,
+    /// The configured token the principal came from (AUTH): a reload that removes it ends
+    /// the session, one that changes its grant changes the principal.
+    token: Option<crate::auth::TokenId>,
     mode: WireMode,
     /// Subscription id → forwarding task (`None` until its WATCH response is written).
     watches: HashMap<String, Option<JoinHandle<()>>>,
@@ -210,6 +213,7 @@ pub async fn run<R, W>(
         backups: shared.backups.session(),
         principal,
         cert_identified,
+        token: None,
         shared,
         mode: WireMode::BinaryJson,
         watches: HashMap::new(),
@@ -224,6 +228,7 @@ pub async fn run<R, W>(
     // in the timer wheel) two or three times per request.
     let mut stop_changed = next_change(stop);
     let mut flush_changed = next_change(s.shared.flush_epoch.subscribe());
+    let mut auth_changed = next_change(s.shared.auth_epoch.subscribe());
     let mut overflowed: Signal = {
         let overflow = overflow.clone();
         Box::pin(async move { overflow.notified().await })
@@ -265,6 +270,14 @@ pub async fn run<R, W>(
                 } else {
                     // The server is going away; stop polling a closed channel.
                     flush_changed = Box::pin(std::future::pending());
+                }
+            }
+            (changed, rx) = &mut auth_changed => {
+                if changed.is_ok() {
+                    s.after_reload();
+                    auth_changed = next_change(rx);
+                } else {
+                    auth_changed = Box::pin(std::future::pending());
                 }
             }
             _ = &mut overflowed => {
@@ -482,6 +495,29 @@ async fn feed<W: AsyncWrite + Unpin>(
 }
 
 impl Session {
+    /// Credentials were reloaded (SIGHUP): a session authenticated by a token that is no
+    /// longer configured ends (after answering what it already read); one whose token now has
+    /// another grant continues under it. Certificate and anonymous principals are unaffected.
+    fn after_reload(&mut self) {
+        let Some(token) = &self.token else {
+            return;
+        };
+        match self.shared.auth().principal_for_token(token) {
+            Some(p) => self.principal = Some(Arc::new(p)),
+            None => {
+                let name = self.principal.as_ref().map(|p| p.name.clone());
+                tracing::info!(
+                    peer = %self.peer,
+                    principal = name.as_deref(),
+                    "the token this connection authenticated with was removed by a reload; closing"
+                );
+                self.principal = None;
+                self.token = None;
+                self.closing = true;
+            }
+        }
+    }
+
     /// Runs `work` once every earlier request on the connection has finished; later
     /// requests wait for it (a barrier in `Ordering`).
     fn after_earlier(

@@ -105,9 +105,10 @@ impl Session {
                     )
                     .with_detail("retry_after_ms", json!(wait.as_millis() as u64)))
                 } else {
-                    match self.shared.auth().check(&mut p.token) {
-                        Ok(principal) => {
+                    match self.shared.auth().check_token(&mut p.token) {
+                        Ok((principal, token)) => {
                             self.principal = Some(Arc::new(principal));
+                            self.token = token;
                             to_value(&AuthResult {
                                 authenticated: true,
                             })
