@@ -278,12 +278,37 @@ impl Default for LoggingConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    pub enabled: bool,
+    /// Absent: on exactly when `path` is set (a path alone must not silently audit nothing);
+    /// `false` turns the log off even with a path, `true` without one writes to stdout.
+    pub enabled: Option<bool>,
     /// A file to append JSON lines to; stdout when absent.
     pub path: Option<PathBuf>,
+    /// Records buffered for the writer thread; when it is this far behind (a stalled disk or
+    /// pipe), further records are dropped and counted rather than stalling requests.
+    pub queue_depth: usize,
+}
+
+/// `audit.queue_depth` when not set.
+pub const AUDIT_QUEUE_DEPTH: usize = 65_536;
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: None,
+            path: None,
+            queue_depth: AUDIT_QUEUE_DEPTH,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Whether the audit log is on: `enabled` when given, otherwise whether `path` is set.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(self.path.is_some())
+    }
 }
 
 impl Config {
@@ -420,7 +445,7 @@ impl Config {
             self.tls.client_ca_path = Some(PathBuf::from(v));
         }
         if let Some(v) = env("RSTMDB_AUDIT_ENABLED") {
-            self.audit.enabled = boolean("RSTMDB_AUDIT_ENABLED", &v)?;
+            self.audit.enabled = Some(boolean("RSTMDB_AUDIT_ENABLED", &v)?);
         }
         if let Some(v) = env("RSTMDB_AUDIT_PATH") {
             self.audit.path = Some(PathBuf::from(v));
@@ -491,6 +516,9 @@ impl Config {
                     rstmdb_protocol::MAX_FRAME_PAYLOAD_BYTES
                 ),
             ));
+        }
+        if self.audit.queue_depth == 0 {
+            return Err(invalid("audit.queue_depth", "must be at least 1".into()));
         }
         let s = &self.storage;
         if s.wal_segment_size_mb == 0 || s.wal_segment_size_mb > 4096 {

@@ -45,6 +45,10 @@ impl Shared {
     ) -> Shared {
         let (flush_epoch, _) = watch::channel(0u64);
         let db_dir = db.config().data_dir.clone();
+        let mut metrics = Metrics::default();
+        if let Some(a) = &audit {
+            metrics.audit_dropped = a.dropped_counter();
+        }
         Shared {
             db,
             config,
@@ -53,7 +57,7 @@ impl Shared {
             flush_epoch: Arc::new(flush_epoch),
             tls: std::sync::RwLock::new(tls),
             audit,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(metrics),
             backups: Backups::new(&db_dir),
         }
     }
