@@ -771,16 +771,24 @@ fn audit_lines_on_stdout_never_share_a_line_with_log_lines() {
         "logging": {"level": "trace"}
     }));
     // Bursts of pipelined requests from several connections: many audit records queue up
-    // at once, while every request logs a line of its own.
+    // at once, while every request logs a line of its own. Every tenth names an (unknown)
+    // instance id of 9000 bytes: its audit line is longer than a typical 8 KiB write buffer,
+    // which would write it in more than one piece.
+    let long_id = "x".repeat(9000);
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let mut c = s.connect();
+            let long_id = long_id.clone();
             std::thread::spawn(move || {
                 for _ in 0..20 {
                     let ids: Vec<String> = (0..100).map(|_| c.fresh_id()).collect();
                     let mut bytes = Vec::new();
-                    for id in &ids {
-                        let req = request_json(id, "PING", None);
+                    for (n, id) in ids.iter().enumerate() {
+                        let req = if n % 10 == 0 {
+                            request_json(id, "GET_INSTANCE", Some(json!({"instance_id": long_id})))
+                        } else {
+                            request_json(id, "PING", None)
+                        };
                         bytes.extend(frame(&serde_json::to_vec(&req).unwrap()));
                     }
                     c.send_raw(&bytes);
