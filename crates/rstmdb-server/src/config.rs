@@ -294,6 +294,9 @@ pub struct AuditConfig {
 /// `audit.queue_depth` when not set.
 pub const AUDIT_QUEUE_DEPTH: usize = 65_536;
 
+/// Largest `audit.queue_depth`.
+pub const MAX_AUDIT_QUEUE_DEPTH: usize = 16 * 1024 * 1024;
+
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
@@ -517,8 +520,12 @@ impl Config {
                 ),
             ));
         }
-        if self.audit.queue_depth == 0 {
-            return Err(invalid("audit.queue_depth", "must be at least 1".into()));
+        if self.audit.queue_depth == 0 || self.audit.queue_depth > MAX_AUDIT_QUEUE_DEPTH {
+            // The channel's slots are allocated up front.
+            return Err(invalid(
+                "audit.queue_depth",
+                format!("must be between 1 and {MAX_AUDIT_QUEUE_DEPTH}"),
+            ));
         }
         let s = &self.storage;
         if s.wal_segment_size_mb == 0 || s.wal_segment_size_mb > 4096 {
