@@ -794,3 +794,341 @@ fn a_new_data_directory_is_private() {
         & 0o777;
     assert_eq!(mode, 0o700, "data dir mode {mode:o}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Audit log completeness (issue 18 finding 5)
+// ---------------------------------------------------------------------------------------------
+
+/// The audit file's records, parsed (a line that is not JSON fails the test).
+fn audit_records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Waits until `pred` holds for the audit file's records, then returns them.
+fn audit_until(path: &Path, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    wait_for(Duration::from_secs(15), || {
+        let r = audit_records(path);
+        pred(&r).then_some(r)
+    })
+    .unwrap_or_else(|| audit_records(path))
+}
+
+#[test]
+fn audit_path_alone_turns_the_audit_log_on_and_enabled_false_turns_it_off() {
+    let dir = tempdir();
+    let audit = dir.path().join("audit.log");
+    let s = Server::with_config(json!({"audit": {"path": audit.to_string_lossy()}}));
+    let mut c = s.connect();
+    c.ping();
+    let records = audit_until(&audit, |r| r.iter().any(|x| x["op"] == "PING"));
+    assert!(
+        records.iter().any(|x| x["op"] == "PING"),
+        "audit.path without audit.enabled must audit: {records:?}\n{}",
+        s.all_logs()
+    );
+
+    let off = dir.path().join("off.log");
+    let s2 =
+        Server::with_config(json!({"audit": {"enabled": false, "path": off.to_string_lossy()}}));
+    let mut c2 = s2.connect();
+    c2.ping();
+    // The file is opened at startup when the log is on: its absence proves it is off.
+    assert!(!off.exists(), "audit.enabled: false must turn the log off");
+}
+
+#[test]
+fn a_stalled_audit_sink_never_stalls_requests_and_drops_are_counted() {
+    let dir = tempdir();
+    let fifo = dir.path().join("audit.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A reader that opens the pipe and never reads: once the pipe buffer (64 KiB) and the
+    // queue are full, the audit writer is stuck for good.
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&fifo).unwrap();
+            let _ = hold_rx.recv();
+            drop(f);
+        })
+    };
+    let s = Server::with_config(json!({
+        "audit": {"path": fifo.to_string_lossy(), "queue_depth": 16},
+        "metrics": {"enabled": true, "bind_addr": "127.0.0.1:0"}
+    }));
+    let mut c = s.connect();
+    let started = std::time::Instant::now();
+    // ~200 bytes a record: 3000 records are several pipe buffers' worth.
+    for _ in 0..3000 {
+        c.ping();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "requests were held up by the audit sink"
+    );
+    let body = support::scrape::get(support::scrape::metrics_addr(&s), "/metrics").2;
+    let dropped = support::scrape::sample(&body, "rstmdb_audit_dropped_total");
+    assert!(dropped > 0.0, "drops are counted: {body}");
+    assert!(
+        s.stdout().contains("audit records dropped"),
+        "drops are logged: {}",
+        s.stdout()
+    );
+    let _ = hold_tx.send(());
+    reader.join().unwrap();
+}
+
+#[test]
+fn audit_lines_on_stdout_never_share_a_line_with_log_lines() {
+    // Trace logging: a log line per request from the runtime threads while the audit thread
+    // writes to the same stdout.
+    let s = Server::with_config(json!({
+        "audit": {"enabled": true},
+        "logging": {"level": "trace"}
+    }));
+    // Bursts of pipelined requests from several connections: many audit records queue up
+    // at once, while every request logs a line of its own. Every tenth names an (unknown)
+    // instance id of 9000 bytes: its audit line is longer than a typical 8 KiB write buffer,
+    // which would write it in more than one piece.
+    let long_id = "x".repeat(9000);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = s.connect();
+            let long_id = long_id.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let ids: Vec<String> = (0..100).map(|_| c.fresh_id()).collect();
+                    let mut bytes = Vec::new();
+                    for (n, id) in ids.iter().enumerate() {
+                        let req = if n % 10 == 0 {
+                            request_json(id, "GET_INSTANCE", Some(json!({"instance_id": long_id})))
+                        } else {
+                            request_json(id, "PING", None)
+                        };
+                        bytes.extend(frame(&serde_json::to_vec(&req).unwrap()));
+                    }
+                    c.send_raw(&bytes);
+                    for id in &ids {
+                        c.read_response(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in clients {
+        t.join().unwrap();
+    }
+    let audited = wait_for(Duration::from_secs(15), || {
+        let out = s.stdout();
+        (out.matches("\"duration_ms\"").count() >= 8000).then_some(out)
+    })
+    .unwrap_or_else(|| s.stdout());
+    let mut whole = 0;
+    for line in audited.lines() {
+        if line.contains("\"duration_ms\"") || line.contains("{\"timestamp\"") {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("an audit line shares its line ({e}): {line}"));
+            assert!(v["op"].is_string() || v["op"].is_null());
+            whole += 1;
+        }
+    }
+    assert!(whole >= 8000, "{whole} audit lines");
+}
+
+#[test]
+fn every_write_in_the_wal_has_an_audit_line_after_an_abrupt_close() {
+    let dir = tempdir();
+    let audit = dir.path().join("audit.log");
+    let s =
+        Server::with_config(json!({"audit": {"enabled": true, "path": audit.to_string_lossy()}}));
+    let mut admin = s.connect();
+    put_order(&mut admin, "order");
+    // Rounds of pipelined creates on a connection closed right after sending them: the
+    // server reads them, starts their commits, and its writes of the answers fail.
+    let mut sent = 0;
+    for round in 0..10 {
+        let mut c = s.connect();
+        let mut bytes = Vec::new();
+        for n in 0..200 {
+            let req = request_json(
+                &format!("r{round}-{n}"),
+                "CREATE_INSTANCE",
+                Some(json!({"machine": "order", "version": 1,
+                            "instance_id": format!("w{round}-{n}")})),
+            );
+            bytes.extend(frame(&serde_json::to_vec(&req).unwrap()));
+        }
+        c.send_raw(&bytes);
+        drop(c);
+        sent += 200;
+    }
+    // What reached the WAL, read on a new connection once the server has settled.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = s.connect();
+    let mut in_wal = std::collections::BTreeSet::new();
+    let mut from = 0u64;
+    loop {
+        let r = c.ok("WAL_READ", json!({"from_offset": from, "limit": 1000}));
+        let recs = r["records"].as_array().unwrap().clone();
+        if recs.is_empty() {
+            break;
+        }
+        for rec in &recs {
+            if rec["entry"]["type"] == "create_instance"
+                && let Some(id) = rec["entry"]["instance_id"].as_str()
+            {
+                in_wal.insert(id.to_owned());
+            }
+        }
+        from = r["next_offset"].as_u64().unwrap();
+    }
+    assert!(!in_wal.is_empty(), "some of {sent} creates committed");
+    let audited_ids = |r: &[Value]| -> std::collections::BTreeSet<String> {
+        r.iter()
+            .filter(|x| x["op"] == "CREATE_INSTANCE")
+            .filter_map(|x| x["instance_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let records = audit_until(&audit, |r| in_wal.is_subset(&audited_ids(r)));
+    let have = audited_ids(&records);
+    let missing: Vec<_> = in_wal.difference(&have).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} committed creates have no audit line: {:?}",
+        missing.len(),
+        in_wal.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for r in &records {
+        let st = r["status"].as_str().unwrap_or("");
+        assert!(["ok", "error", "abandoned"].contains(&st), "status {r}");
+    }
+}
+
+#[test]
+fn audit_lines_of_batch_restore_and_backup_ops_name_what_they_touched() {
+    let dir = tempdir();
+    let audit = dir.path().join("audit.log");
+    let s =
+        Server::with_config(json!({"audit": {"enabled": true, "path": audit.to_string_lossy()}}));
+    let mut c = s.connect();
+    put_order(&mut c, "order");
+    put_counter(&mut c, "ctr");
+    create(&mut c, "order", "b-1", json!({}));
+    c.ok(
+        "BATCH",
+        json!({"mode": "best_effort", "ops": [
+            {"op": "APPLY_EVENT", "params": {"instance_id": "b-1", "event": "PAY"}},
+            {"op": "CREATE_INSTANCE", "params": {"machine": "ctr", "version": 1, "instance_id": "b-2"}},
+            {"op": "CREATE_INSTANCE", "params": {"machine": "order", "version": 1}}
+        ]}),
+    );
+    let exported = json!({"id": "r", "machine": "ctr", "version": 1, "state": "on",
+        "ctx": {"n": 1}, "last_wal_offset": 5, "created_at": 1, "updated_at": 2});
+    c.ok(
+        "RESTORE_INSTANCE",
+        json!({"instance_id": "r", "instance": exported, "as_id": "r-copy"}),
+    );
+    let b = c.ok("BACKUP_BEGIN", json!({}));
+    let backup_id = b["backup_id"].as_str().unwrap().to_owned();
+    c.ok(
+        "BACKUP_READ",
+        json!({"backup_id": backup_id, "offset": 0, "max_bytes": 16}),
+    );
+    c.ok("BACKUP_END", json!({"backup_id": backup_id}));
+    let records = audit_until(&audit, |r| r.iter().any(|x| x["op"] == "BACKUP_END"));
+    let find = |op: &str| {
+        records
+            .iter()
+            .find(|r| r["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} in {records:#?}"))
+    };
+    let batch = find("BATCH");
+    let ids: Vec<&str> = batch["instance_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("BATCH names its instances: {batch}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(ids.contains(&"b-1") && ids.contains(&"b-2"), "{batch}");
+    assert_eq!(ids.len(), 3, "the generated id is named too: {batch}");
+    assert_eq!(batch["machines"], json!(["ctr", "order"]), "{batch}");
+    let restore = find("RESTORE_INSTANCE");
+    assert_eq!(restore["instance_id"], "r-copy", "{restore}");
+    assert_eq!(restore["instance_ids"], json!(["r", "r-copy"]), "{restore}");
+    assert_eq!(restore["machine"], "ctr", "{restore}");
+    for op in ["BACKUP_BEGIN", "BACKUP_READ", "BACKUP_END"] {
+        let r = find(op);
+        assert_eq!(r["backup_id"], backup_id.as_str(), "{r}");
+    }
+}
+
+#[test]
+fn tls_failures_connection_refusals_and_reloads_are_audited_with_the_peer() {
+    let pki = Pki::new();
+    let dir = tempdir();
+    let audit = dir.path().join("audit.log");
+    let s = tls_server(
+        &pki,
+        false,
+        json!({"audit": {"enabled": true, "path": audit.to_string_lossy()},
+               "network": {"max_connections": 1}}),
+    );
+    // A plaintext client on the TLS port: the handshake fails.
+    let mut plain = std::net::TcpStream::connect(s.addr()).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let plain_addr = plain.local_addr().unwrap().to_string();
+    std::io::Write::write_all(&mut plain, b"not a TLS client hello\n").unwrap();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut Vec::new());
+    drop(plain);
+    let tls_failed = audit_until(&audit, |r| r.iter().any(|x| x["op"] == "TLS_HANDSHAKE"));
+    let r = tls_failed
+        .iter()
+        .find(|x| x["op"] == "TLS_HANDSHAKE")
+        .unwrap_or_else(|| panic!("no TLS_HANDSHAKE in {tls_failed:?}"));
+    assert_eq!(r["status"], "error");
+    assert_eq!(r["error_code"], "TLS_HANDSHAKE_FAILED");
+    assert_eq!(r["client_addr"], plain_addr.as_str());
+
+    // One connection is the limit: a second is refused.
+    let mut first = s.connect_tls_for_test(&pki.ca.cert.pem());
+    first.ping();
+    let second = std::net::TcpStream::connect(s.addr()).unwrap();
+    let second_addr = second.local_addr().unwrap().to_string();
+    let refused = audit_until(&audit, |r| {
+        r.iter().any(|x| x["op"] == "CONNECTION_REFUSED")
+    });
+    let r = refused
+        .iter()
+        .find(|x| x["op"] == "CONNECTION_REFUSED")
+        .unwrap_or_else(|| panic!("no CONNECTION_REFUSED in {refused:?}"));
+    assert_eq!(r["error_code"], "CONNECTION_LIMIT");
+    assert_eq!(r["client_addr"], second_addr.as_str());
+    drop(second);
+
+    // A reload that works, then one that fails.
+    s.signal("HUP");
+    audit_until(&audit, |r| r.iter().any(|x| x["op"] == "RELOAD"));
+    std::fs::write(pki.path("server.pem"), "not a certificate\n").unwrap();
+    s.signal("HUP");
+    let reloads = audit_until(&audit, |r| {
+        r.iter().filter(|x| x["op"] == "RELOAD").count() >= 2
+    });
+    let statuses: Vec<&Value> = reloads
+        .iter()
+        .filter(|x| x["op"] == "RELOAD")
+        .map(|x| &x["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("ok"), &json!("error")], "{reloads:?}");
+    first.ping();
+}

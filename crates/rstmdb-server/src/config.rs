@@ -291,12 +291,40 @@ impl Default for LoggingConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    pub enabled: bool,
+    /// Absent: on exactly when `path` is set (a path alone must not silently audit nothing);
+    /// `false` turns the log off even with a path, `true` without one writes to stdout.
+    pub enabled: Option<bool>,
     /// A file to append JSON lines to; stdout when absent.
     pub path: Option<PathBuf>,
+    /// Records buffered for the writer thread; when it is this far behind (a stalled disk or
+    /// pipe), further records are dropped and counted rather than stalling requests.
+    pub queue_depth: usize,
+}
+
+/// `audit.queue_depth` when not set.
+pub const AUDIT_QUEUE_DEPTH: usize = 65_536;
+
+/// Largest `audit.queue_depth`.
+pub const MAX_AUDIT_QUEUE_DEPTH: usize = 16 * 1024 * 1024;
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: None,
+            path: None,
+            queue_depth: AUDIT_QUEUE_DEPTH,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Whether the audit log is on: `enabled` when given, otherwise whether `path` is set.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(self.path.is_some())
+    }
 }
 
 impl Config {
@@ -433,7 +461,7 @@ impl Config {
             self.tls.client_ca_path = Some(PathBuf::from(v));
         }
         if let Some(v) = env("RSTMDB_AUDIT_ENABLED") {
-            self.audit.enabled = boolean("RSTMDB_AUDIT_ENABLED", &v)?;
+            self.audit.enabled = Some(boolean("RSTMDB_AUDIT_ENABLED", &v)?);
         }
         if let Some(v) = env("RSTMDB_AUDIT_PATH") {
             self.audit.path = Some(PathBuf::from(v));
@@ -521,6 +549,13 @@ impl Config {
             return Err(invalid(
                 "network.max_unauthenticated_per_address",
                 "must be at least 1".into(),
+            ));
+        }
+        if self.audit.queue_depth == 0 || self.audit.queue_depth > MAX_AUDIT_QUEUE_DEPTH {
+            // The channel's slots are allocated up front.
+            return Err(invalid(
+                "audit.queue_depth",
+                format!("must be between 1 and {MAX_AUDIT_QUEUE_DEPTH}"),
             ));
         }
         let s = &self.storage;

@@ -134,3 +134,36 @@ fn validation_names_the_key() {
     );
     assert!(Config::load(None, &no_env).is_ok());
 }
+
+#[test]
+fn audit_path_alone_enables_the_audit_log_and_enabled_false_wins() {
+    let load = |yaml: &str, env: &dyn Fn(&str) -> Option<String>| {
+        let c = Config::from_yaml(yaml).unwrap();
+        let mut c = c;
+        c.apply_env(env).unwrap();
+        c.validate().unwrap();
+        c.audit.is_enabled()
+    };
+    assert!(!load("", &no_env));
+    assert!(load("audit:\n  path: /tmp/a.log\n", &no_env));
+    assert!(!load(
+        "audit:\n  enabled: false\n  path: /tmp/a.log\n",
+        &no_env
+    ));
+    assert!(load("audit:\n  enabled: true\n", &no_env));
+    let path_env = |k: &str| (k == "RSTMDB_AUDIT_PATH").then(|| "/tmp/a.log".to_string());
+    assert!(load("", &path_env));
+    let off_env = |k: &str| (k == "RSTMDB_AUDIT_ENABLED").then(|| "false".to_string());
+    assert!(!load("audit:\n  path: /tmp/a.log\n", &off_env));
+}
+
+#[test]
+fn audit_queue_depth_is_bounded() {
+    for bad in ["0", "16777217"] {
+        let c = Config::from_yaml(&format!("audit:\n  queue_depth: {bad}\n")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("audit.queue_depth"), "{e}");
+    }
+    let c = Config::from_yaml("audit:\n  queue_depth: 1\n").unwrap();
+    c.validate().unwrap();
+}

@@ -16,6 +16,7 @@ use rstmdb_server::auth::Auth;
 use rstmdb_server::config::{Config, LogFormat};
 use rstmdb_server::server;
 use rstmdb_server::shared::Shared;
+use rstmdb_server::timefmt::rfc3339_now;
 use rstmdb_server::tls;
 use rstmdb_storage::Database;
 use std::io::IsTerminal;
@@ -323,8 +324,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     } else {
         None
     };
-    let audit = if config.audit.enabled {
-        match AuditLog::start(config.audit.path.clone()) {
+    let audit = if config.audit.is_enabled() {
+        match AuditLog::start(config.audit.path.clone(), config.audit.queue_depth) {
             Ok(a) => Some(a),
             Err(e) => return fail(e),
         }
@@ -346,7 +347,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         tokens = auth.token_count(),
         tls = config.tls.enabled,
         mtls = config.tls.enabled && config.tls.require_client_cert,
-        audit = config.audit.enabled,
+        audit = config.audit.is_enabled(),
         "starting rstmdb {}",
         env!("CARGO_PKG_VERSION")
     );
@@ -456,10 +457,17 @@ async fn reload_on_sighup(
                     reloads_ok = n,
                     "reloaded authentication and TLS material on SIGHUP"
                 );
+                if let Some(a) = &shared.audit {
+                    a.connection_event(rfc3339_now(), "signal:SIGHUP".into(), "RELOAD", None);
+                }
             }
             Err(e) => {
                 let n = shared.metrics.reloads_failed.fetch_add(1, Relaxed) + 1;
                 tracing::error!(result = "failed", error = %e, reloads_failed = n, "SIGHUP reload failed; keeping the previous material");
+                if let Some(a) = &shared.audit {
+                    let at = "signal:SIGHUP".into();
+                    a.connection_event(rfc3339_now(), at, "RELOAD", Some("RELOAD_FAILED"));
+                }
             }
         }
     }

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub tls_handshake_failures: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Audit records dropped because the audit writer was `audit.queue_depth` behind; the
+    /// audit log's own counter (`AuditLog::dropped_counter`) when the log is on.
+    pub audit_dropped: Arc<AtomicU64>,
     /// Requests held by the connections' ordering bookkeeping (`session::Ordering`): at most
     /// the requests in flight, whatever a connection did before.
     pub ordering_entries: AtomicI64,
@@ -86,6 +89,7 @@ impl Default for Metrics {
             tls_handshake_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            audit_dropped: Arc::new(AtomicU64::new(0)),
             ordering_entries: AtomicI64::new(0),
             ready: AtomicBool::new(true),
         }

@@ -175,6 +175,12 @@ pub async fn render(m: &Metrics, db: &Database) -> String {
         "TLS handshakes that failed or timed out",
         m.tls_handshake_failures.load(Relaxed),
     );
+    t.one(
+        "rstmdb_audit_dropped_total",
+        "counter",
+        "Audit records dropped because the audit log writer was audit.queue_depth behind",
+        m.audit_dropped.load(Relaxed),
+    );
     t.head(
         "rstmdb_reloads_total",
         "counter",

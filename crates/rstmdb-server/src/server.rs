@@ -40,6 +40,7 @@ pub async fn serve(
                 };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, max = shared.config.network.max_connections, "connection limit reached, rejecting");
+                    audit_event(&shared, peer, "CONNECTION_REFUSED", "CONNECTION_LIMIT");
                     drop(stream);
                     continue;
                 };
@@ -98,6 +99,7 @@ async fn connection(
                 .tls_handshake_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
+            audit_event(&shared, peer, "TLS_HANDSHAKE", "TLS_HANDSHAKE_FAILED");
             return;
         }
         Err(_) => {
@@ -106,6 +108,7 @@ async fn connection(
                 .tls_handshake_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(%peer, "TLS handshake timed out");
+            audit_event(&shared, peer, "TLS_HANDSHAKE", "TLS_HANDSHAKE_TIMEOUT");
             return;
         }
     };
@@ -118,6 +121,13 @@ async fn connection(
         cert,
     };
     session::run(rd, wr, info, shared, stop).await;
+}
+
+/// An audit record for a connection that never became a session (issue 18 finding 5).
+fn audit_event(shared: &Shared, peer: SocketAddr, op: &'static str, code: &'static str) {
+    if let Some(a) = &shared.audit {
+        a.connection_event(session::rfc3339_now(), peer.to_string(), op, Some(code));
+    }
 }
 
 pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {

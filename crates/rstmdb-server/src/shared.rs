@@ -50,6 +50,10 @@ impl Shared {
         let (flush_epoch, _) = watch::channel(0u64);
         let (auth_epoch, _) = watch::channel(0u64);
         let db_dir = db.config().data_dir.clone();
+        let mut metrics = Metrics::default();
+        if let Some(a) = &audit {
+            metrics.audit_dropped = a.dropped_counter();
+        }
         Shared {
             db,
             config,
@@ -60,7 +64,7 @@ impl Shared {
             auth_epoch,
             tls: std::sync::RwLock::new(tls),
             audit,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(metrics),
             backups: Backups::new(&db_dir),
         }
     }

@@ -1,11 +1,25 @@
 //! The audit and metrics wrapper around a request: with the audit log or request metrics
 //! on, a request's outcome is recorded (op, what it named, status, duration) when it
 //! completes.
+//!
+//! A request's future can be dropped before it completes: the connection broke while writes
+//! were in flight, or shutdown stopped waiting for the session. A write whose commit was
+//! already handed to the engine still lands in the WAL, so its audit record must not depend
+//! on the future finishing. The record is held by an [`AuditGuard`] owned by the future: the
+//! future's completion writes it with the outcome; dropping the future first writes it with
+//! `status: "abandoned"` (outcome unknown: the WAL says whether the write took effect) and the
+//! same ids. Either way every request that reached dispatch has exactly one line. (Running
+//! each write in a spawned task instead would also record the real outcome, but would keep
+//! executing requests of a client that is gone and cost a task per request.)
 
 use super::{Pending, Session};
-use crate::audit::Record;
+use crate::audit::{AuditLog, Record};
+use crate::shared::Shared;
 use crate::timefmt::rfc3339_now;
-use rstmdb_protocol::{Command, ErrorCode, Inbound, decode_request};
+use rstmdb_protocol::{Command, ErrorCode, Inbound, Op, ResponseBody, decode_request};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// The request fields the audit log records: which op, on what. Never a param that could
 /// carry a secret or the instance data.
@@ -15,26 +29,151 @@ struct AuditFields {
     instance_id: Option<String>,
     machine: Option<String>,
     event: Option<String>,
+    instance_ids: Option<Vec<String>>,
+    machines: Option<Vec<String>>,
+    backup_id: Option<String>,
+}
+
+fn push_unique(v: &mut Vec<String>, s: &str) {
+    if !v.iter().any(|x| x == s) {
+        v.push(s.to_owned());
+    }
 }
 
 impl AuditFields {
     fn of(cmd: &Command) -> AuditFields {
         let names = cmd.names();
-        AuditFields {
+        let mut f = AuditFields {
             op: Some(cmd.op().as_str()),
             instance_id: names.any_instance().map(str::to_owned),
             machine: names.machine.map(str::to_owned),
-            event: match cmd {
-                Command::ApplyEvent(p) => Some(p.event.clone()),
-                _ => None,
-            },
+            ..AuditFields::default()
+        };
+        match cmd {
+            Command::ApplyEvent(p) => f.event = Some(p.event.clone()),
+            Command::Batch(p) => {
+                // Every element's instance (existing or asked-for) and machine, in order.
+                let (mut ids, mut machines) = (Vec::new(), Vec::new());
+                for c in &p.ops {
+                    let n = c.names();
+                    n.each_instance(&mut |id| push_unique(&mut ids, id));
+                    if let Some(id) = n.new_instance {
+                        push_unique(&mut ids, id);
+                    }
+                    if let Some(m) = n.machine {
+                        push_unique(&mut machines, m);
+                    }
+                }
+                f.instance_ids = Some(ids);
+                f.machines = Some(machines);
+            }
+            Command::RestoreInstance(p) => {
+                // The backup's id, and the id it is restored under when that differs.
+                let mut ids = vec![p.instance_id.clone()];
+                if let Some(as_id) = &p.as_id {
+                    push_unique(&mut ids, as_id);
+                }
+                f.instance_id = Some(p.as_id.clone().unwrap_or_else(|| p.instance_id.clone()));
+                f.instance_ids = Some(ids);
+            }
+            Command::BackupRead(p) => f.backup_id = Some(p.backup_id.clone()),
+            Command::BackupEnd(p) => f.backup_id = Some(p.backup_id.clone()),
+            _ => {}
+        }
+        f
+    }
+
+    /// What only the answer knows: BACKUP_BEGIN's backup id, the ids a BATCH's creates were
+    /// given.
+    fn complete_from(&mut self, op: Option<Op>, result: &Value) {
+        match op {
+            Some(Op::BackupBegin) => {
+                self.backup_id = result
+                    .get("backup_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            Some(Op::Batch) => {
+                let (Some(ids), Some(items)) = (
+                    self.instance_ids.as_mut(),
+                    result.get("results").and_then(Value::as_array),
+                ) else {
+                    return;
+                };
+                for item in items {
+                    if let Some(id) = item
+                        .get("result")
+                        .and_then(|r| r.get("instance_id"))
+                        .and_then(Value::as_str)
+                    {
+                        push_unique(ids, id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes a request's audit record exactly once: with its outcome from [`AuditGuard::done`],
+/// or as `abandoned` when dropped before (see the module docs).
+struct AuditGuard {
+    audit: AuditLog,
+    shared: Arc<Shared>,
+    client_addr: String,
+    identity: Option<String>,
+    start: Instant,
+    /// `None` once written.
+    fields: Option<AuditFields>,
+}
+
+impl AuditGuard {
+    fn done(mut self, error: Option<ErrorCode>, result: Option<&Value>, op: Option<Op>) {
+        if let Some(mut f) = self.fields.take() {
+            if let Some(v) = result {
+                f.complete_from(op, v);
+            }
+            let status = if error.is_some() { "error" } else { "ok" };
+            self.write(f, status, error);
+        }
+    }
+
+    fn write(&mut self, f: AuditFields, status: &'static str, error: Option<ErrorCode>) {
+        // Instance ops name no machine; the audit trail should (one state-store read, only
+        // with the audit log on). Gone instances leave it null.
+        let machine = f.machine.or_else(|| {
+            let id = f.instance_id.as_deref()?;
+            self.shared.db.get_instance(id).ok().map(|i| i.machine)
+        });
+        self.audit.record(Record {
+            timestamp: rfc3339_now(),
+            client_addr: std::mem::take(&mut self.client_addr),
+            identity: self.identity.take(),
+            op: f.op,
+            instance_id: f.instance_id,
+            machine,
+            event: f.event,
+            instance_ids: f.instance_ids,
+            machines: f.machines,
+            backup_id: f.backup_id,
+            status,
+            error_code: error.map(ErrorCode::as_str),
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+}
+
+impl Drop for AuditGuard {
+    fn drop(&mut self) {
+        if let Some(f) = self.fields.take() {
+            self.write(f, "abandoned", None);
         }
     }
 }
 
 impl Session {
     /// Runs one request; with the audit log or metrics on, its outcome is recorded when it
-    /// completes.
+    /// completes (and with the audit log on, as `abandoned` if it never does).
     pub(super) fn dispatch(&mut self, inbound: Inbound) -> Pending {
         let decoded = decode_request(&inbound.payload);
         let audit = self.shared.audit.clone();
@@ -42,48 +181,36 @@ impl Session {
         if audit.is_none() && !metrics_on {
             return self.dispatch_inner(decoded, inbound.payload);
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let op = decoded.as_ref().ok().map(|r| r.command.op());
         let fields = match (&audit, &decoded) {
             (Some(_), Ok(r)) => AuditFields::of(&r.command),
             _ => AuditFields::default(),
         };
         let pending = self.dispatch_inner(decoded, inbound.payload);
+        // After dispatch: a successful AUTH (run synchronously) records who it authenticated.
         let identity = self.principal.as_ref().map(|p| p.name.clone());
-        let client_addr = self.peer.to_string();
+        let guard = audit.map(|audit| AuditGuard {
+            audit,
+            shared: self.shared.clone(),
+            client_addr: self.peer.to_string(),
+            identity,
+            start,
+            fields: Some(fields),
+        });
         let metrics = metrics_on.then(|| self.shared.metrics.clone());
-        let shared = self.shared.clone();
         Box::pin(async move {
             let out = pending.await;
-            let error = match &out.response.body {
-                rstmdb_protocol::ResponseBody::Ok(_) | rstmdb_protocol::ResponseBody::OkRaw(_) => {
-                    None
-                }
-                rstmdb_protocol::ResponseBody::Err(e) => Some(e.code),
+            let (error, result) = match &out.response.body {
+                ResponseBody::Ok(v) => (None, Some(v)),
+                ResponseBody::OkRaw(_) => (None, None),
+                ResponseBody::Err(e) => (Some(e.code), None),
             };
-            let elapsed = start.elapsed();
             if let Some(m) = metrics {
-                m.request(op, elapsed, error);
+                m.request(op, start.elapsed(), error);
             }
-            if let Some(audit) = audit {
-                // Instance ops name no machine; the audit trail should (one state-store
-                // read, only with the audit log on). Gone instances leave it null.
-                let machine = fields.machine.or_else(|| {
-                    let id = fields.instance_id.as_deref()?;
-                    shared.db.get_instance(id).ok().map(|i| i.machine)
-                });
-                audit.record(Record {
-                    timestamp: rfc3339_now(),
-                    client_addr,
-                    identity,
-                    op: fields.op,
-                    instance_id: fields.instance_id,
-                    machine,
-                    event: fields.event,
-                    status: if error.is_some() { "error" } else { "ok" },
-                    error_code: error.map(ErrorCode::as_str),
-                    duration_ms: elapsed.as_secs_f64() * 1000.0,
-                });
+            if let Some(g) = guard {
+                g.done(error, result, op);
             }
             out
         })
