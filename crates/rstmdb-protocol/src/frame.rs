@@ -115,8 +115,10 @@ pub fn crc32c(data: &[u8]) -> u32 {
 pub struct Frame {
     /// Flags as received. Only `CRC_PRESENT` has an effect (already applied by the decoder).
     pub flags: u16,
-    /// The message: UTF-8 JSON text, not yet validated.
-    pub payload: Bytes,
+    /// The message: UTF-8 JSON text, not yet validated. A `BytesMut` owning its bytes alone,
+    /// so a receiver can wipe a secret in it (a frozen `Bytes` would share the read buffer's
+    /// allocation and could not be written).
+    pub payload: BytesMut,
 }
 
 /// Decodes [`Frame`]s and encodes payloads as frames.
@@ -250,7 +252,7 @@ impl Decoder for FrameCodec {
 
         let mut frame = src.split_to(frame_len);
         frame.advance(body_start);
-        let payload = frame.freeze();
+        let payload = frame;
 
         if header.flags & flags::CRC_PRESENT != 0 {
             let actual = crc32c(&payload);

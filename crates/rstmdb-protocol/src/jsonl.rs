@@ -74,10 +74,10 @@ impl JsonlCodec {
 
 #[cfg(feature = "codec")]
 impl Decoder for JsonlCodec {
-    type Item = Bytes;
+    type Item = BytesMut;
     type Error = FrameError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
         loop {
             let unscanned = src.get(self.scanned..).unwrap_or_default();
             let Some(offset) = unscanned.iter().position(|&b| b == b'\n') else {
@@ -108,11 +108,11 @@ impl Decoder for JsonlCodec {
             if line.iter().all(|&b| is_json_whitespace(b)) {
                 continue;
             }
-            return Ok(Some(line.freeze()));
+            return Ok(Some(line));
         }
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
         if let Some(line) = self.decode(src)? {
             return Ok(Some(line));
         }

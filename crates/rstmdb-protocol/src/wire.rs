@@ -29,8 +29,9 @@ pub enum WireKind {
 /// One received message: its payload (JSON text, not yet validated) and how it arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
-    /// The message bytes, without frame header or line terminator.
-    pub payload: Bytes,
+    /// The message bytes, without frame header or line terminator, owned alone (see
+    /// [`crate::Frame::payload`]).
+    pub payload: BytesMut,
     /// Frame or line.
     pub kind: WireKind,
 }

@@ -75,7 +75,7 @@ fn ping_example_decodes() {
         frames,
         [Frame {
             flags: flags::CRC_PRESENT,
-            payload: Bytes::from_static(PING)
+            payload: BytesMut::from(PING)
         }]
     );
 }
@@ -350,4 +350,28 @@ fn output_frames_always_carry_version_1_crc_present_and_no_extension() {
 fn io_errors_convert_for_the_codec_traits() {
     let error = FrameError::from(std::io::Error::other("reset"));
     assert!(matches!(error, FrameError::Io(_)));
+}
+
+#[test]
+fn a_decoded_payload_is_the_received_bytes_and_can_be_wiped_in_place() {
+    // Issue 18 finding 8: the server wipes an AUTH request's bytes once decoded. A frozen
+    // `Bytes` payload shared the read buffer's allocation and could not be written, so the
+    // wipe never happened; the payload is now a `BytesMut` owning its range of that buffer.
+    let secret = br#"{"type":"request","id":"1","op":"AUTH","params":{"method":"bearer","token":"s3cr3t-token"}}"#;
+    let mut wire = valid_frame(secret);
+    wire.extend_from_slice(&valid_frame(PING));
+    let mut src = BytesMut::from(&wire[..]);
+    let (start, end) = (src.as_ptr() as usize, src.as_ptr() as usize + src.len());
+    let mut codec = FrameCodec::new();
+    let mut frame = codec.decode(&mut src).unwrap().unwrap();
+    let at = frame.payload.as_ptr() as usize;
+    assert!(
+        (start..end).contains(&at),
+        "the payload is the read buffer's bytes, not a copy"
+    );
+    frame.payload.as_mut().fill(0);
+    assert!(frame.payload.iter().all(|&b| b == 0));
+    // The rest of the buffer is untouched and still decodes.
+    let next = codec.decode(&mut src).unwrap().unwrap();
+    assert_eq!(&next.payload[..], PING);
 }

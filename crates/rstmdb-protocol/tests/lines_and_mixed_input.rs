@@ -13,7 +13,7 @@ fn lines(codec: &mut JsonlCodec, input: &[u8]) -> Result<Vec<Bytes>, FrameError>
     let mut buf = BytesMut::from(input);
     let mut out = Vec::new();
     while let Some(line) = codec.decode_eof(&mut buf)? {
-        out.push(line);
+        out.push(line.freeze());
     }
     Ok(out)
 }
@@ -184,9 +184,9 @@ fn inbound_mixed_input_fed_one_byte_at_a_time_decodes() {
     assert_eq!(
         out,
         [
-            (WireKind::Line, Bytes::from_static(b"{\"n\":1}")),
-            (WireKind::Frame, Bytes::from_static(b"{\"n\":2}")),
-            (WireKind::Line, Bytes::from_static(b"{\"n\":3}")),
+            (WireKind::Line, BytesMut::from(&b"{\"n\":1}"[..])),
+            (WireKind::Frame, BytesMut::from(&b"{\"n\":2}"[..])),
+            (WireKind::Line, BytesMut::from(&b"{\"n\":3}"[..])),
         ]
     );
 }

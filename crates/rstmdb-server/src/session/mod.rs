@@ -572,7 +572,7 @@ impl Session {
     fn dispatch_inner(
         &mut self,
         decoded: Result<rstmdb_protocol::Request, rstmdb_protocol::RequestError>,
-        payload: Bytes,
+        mut payload: bytes::BytesMut,
     ) -> Pending {
         let req = match decoded {
             Ok(r) => r,
@@ -591,11 +591,10 @@ impl Session {
             }
         };
         if req.command.op() == Op::Auth {
-            // Best effort: the request bytes holding the token are wiped once decoded (the
-            // decoded token is wiped after hashing, in `Auth::check`).
-            if let Ok(mut buf) = payload.try_into_mut() {
-                zeroize::Zeroize::zeroize(buf.as_mut());
-            }
+            // The request bytes holding the token are wiped once decoded: the payload owns its
+            // range of the read buffer alone. (The decoded token is wiped after hashing, in
+            // `Auth::check`; TLS keeps its own plaintext buffer, which we cannot reach.)
+            zeroize::Zeroize::zeroize(payload.as_mut());
         }
         let id = Some(req.id);
         let op = req.command.op();
