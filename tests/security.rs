@@ -204,6 +204,66 @@ fn a_machine_restricted_principal_cannot_checkpoint_or_compact() {
 }
 
 #[test]
+fn an_admin_lists_the_open_connections_and_ends_one() {
+    // Issue 18: operators need to see who is connected and to end a connection.
+    let s = roles_server(json!({}));
+    let mut admin = login(&s, ADMIN);
+    let mut svc = login(&s, ORDERS);
+    let mut stranger = s.connect();
+    stranger.ok("PING", json!({}));
+    let list = admin.ok("SESSIONS", json!({}));
+    let sessions = list["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 3, "{list}");
+    let by_principal = |name: Value| {
+        sessions
+            .iter()
+            .find(|x| x["principal"] == name)
+            .unwrap_or_else(|| panic!("no session of {name} in {list}"))
+            .clone()
+    };
+    let svc_session = by_principal(json!("orders-svc"));
+    by_principal(Value::Null); // not authenticated yet
+    by_principal(json!("secrets-line-2")); // the bare admin hash
+    assert!(
+        svc_session["client_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(
+        svc_session["since"].as_str().unwrap().ends_with('Z'),
+        "{svc_session}"
+    );
+    assert_eq!(svc_session["tls"], false);
+
+    // Only an unrestricted admin may look or end.
+    unauthorized(&mut login(&s, READER), "SESSIONS", json!({}));
+    let m = unauthorized(&mut login(&s, ORDERS_ADMIN), "SESSIONS", json!({}));
+    assert!(m.contains("SESSIONS"), "{m}");
+    unauthorized(&mut svc, "END_SESSION", json!({"session_id": 1}));
+
+    let id = svc_session["session_id"].clone();
+    let r = admin.ok("END_SESSION", json!({"session_id": id}));
+    assert_eq!(r["ended"], true, "{r}");
+    assert!(
+        svc.try_request("PING", json!({}), Duration::from_secs(5))
+            .is_err(),
+        "an ended session still answered"
+    );
+    admin.err_code("END_SESSION", json!({"session_id": id}), "NOT_FOUND");
+    let after = admin.ok("SESSIONS", json!({}));
+    assert!(
+        after["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["session_id"] != id),
+        "{after}"
+    );
+    stranger.ok("PING", json!({}));
+}
+
+#[test]
 fn machine_globs_limit_what_a_token_touches() {
     let s = roles_server(json!({}));
     let mut admin = login(&s, ADMIN);

@@ -148,6 +148,13 @@ pub enum Cmd {
     },
     /// Show the node's replication role and, on a primary or replica, its progress.
     ReplicationStatus,
+    /// List the server's open connections: id, principal, address, since (admin).
+    Sessions,
+    /// Close one open connection by its id from `sessions` (admin).
+    EndSession {
+        /// The session id.
+        id: u64,
+    },
     /// Remove every machine and instance (the server must allow it). Asks for confirmation
     /// when stdin is a terminal; piped or scripted runs are not asked.
     FlushAll {

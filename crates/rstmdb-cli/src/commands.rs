@@ -278,6 +278,33 @@ pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
             });
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Sessions => {
+            let r = client.sessions().await?;
+            print(json_out, &r, || {
+                line(format!(
+                    "{:<8} {:<24} {:<22} {:<5} SINCE",
+                    "ID", "PRINCIPAL", "ADDRESS", "TLS"
+                ));
+                for s in &r.sessions {
+                    line(format!(
+                        "{:<8} {:<24} {:<22} {:<5} {}",
+                        s.session_id,
+                        s.principal.as_deref().unwrap_or("-"),
+                        s.client_addr,
+                        if s.tls { "yes" } else { "no" },
+                        s.since
+                    ));
+                }
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::EndSession { id } => {
+            let r = client.end_session(*id).await?;
+            print(json_out, &r, || {
+                line(format!("Ended session {}", r.session_id));
+            });
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::FlushAll { .. } => {
             let r = client.flush_all().await?;
             print(json_out, &r, || {

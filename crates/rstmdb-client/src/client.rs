@@ -240,6 +240,19 @@ impl Client {
         self.typed(Command::ReplicationStatus).await
     }
 
+    /// SESSIONS: the server's open connections (admin, unrestricted).
+    pub async fn sessions(&self) -> Result<rstmdb_protocol::SessionsResult> {
+        self.typed(Command::Sessions).await
+    }
+
+    /// END_SESSION: close one open connection by its SESSIONS id (admin, unrestricted).
+    pub async fn end_session(&self, session_id: u64) -> Result<rstmdb_protocol::EndSessionResult> {
+        self.typed(Command::EndSession(rstmdb_protocol::EndSessionParams {
+            session_id,
+        }))
+        .await
+    }
+
     /// UNWATCH on the current connection.
     pub async fn unwatch(&self, subscription_id: impl Into<String>) -> Result<UnwatchResult> {
         let subscription_id = subscription_id.into();

@@ -109,10 +109,11 @@ pub use rstmdb_protocol as protocol;
 pub use rstmdb_protocol::{
     ApplyEventParams, ApplyEventResult, BatchItemResult, BatchMode, BatchResult, Command,
     CompactParams, CompactResult, CreateInstanceParams, CreateInstanceResult, DeleteInstanceParams,
-    DeleteInstanceResult, ErrorCode, ErrorObject, Event, FlushAllResult, GetInstanceParams,
-    GetInstanceResult, GetMachineParams, GetMachineResult, HelloResult, InfoResult,
-    InstanceSummary, IoStats, ListInstancesParams, ListInstancesResult, ListMachinesResult,
-    MachineSummary, Op, PutMachineParams, PutMachineResult, ReplicaStatus, ReplicationStatusResult,
-    SnapshotInstanceParams, SnapshotInstanceResult, UnwatchParams, UnwatchResult, WalReadParams,
-    WalReadResult, WalRecord, WalStatsResult, WatchAllParams, WatchInstanceParams, WireMode,
+    DeleteInstanceResult, EndSessionParams, EndSessionResult, ErrorCode, ErrorObject, Event,
+    FlushAllResult, GetInstanceParams, GetInstanceResult, GetMachineParams, GetMachineResult,
+    HelloResult, InfoResult, InstanceSummary, IoStats, ListInstancesParams, ListInstancesResult,
+    ListMachinesResult, MachineSummary, Op, PutMachineParams, PutMachineResult, ReplicaStatus,
+    ReplicationStatusResult, SessionInfo, SessionsResult, SnapshotInstanceParams,
+    SnapshotInstanceResult, UnwatchParams, UnwatchResult, WalReadParams, WalReadResult, WalRecord,
+    WalStatsResult, WatchAllParams, WatchInstanceParams, WireMode,
 };

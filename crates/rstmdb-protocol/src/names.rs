@@ -83,7 +83,9 @@ impl Command {
             | Command::BackupBegin(_)
             | Command::BackupRead(_)
             | Command::BackupEnd(_)
-            | Command::RestoreInstance(_) => {}
+            | Command::RestoreInstance(_)
+            | Command::Sessions
+            | Command::EndSession(_) => {}
         }
         n
     }

@@ -68,11 +68,15 @@ pub enum Op {
     BackupRead,
     BackupEnd,
     RestoreInstance,
+    /// The open connections: id, principal, address, since (admin).
+    Sessions,
+    /// Close one open connection by its id (admin).
+    EndSession,
 }
 
 impl Op {
     /// Every op: 0.1.1's in its order, FLUSH_ALL, 0.3.0's additions, then our extensions.
-    pub const ALL: [Op; 29] = [
+    pub const ALL: [Op; 31] = [
         Op::Hello,
         Op::Auth,
         Op::Ping,
@@ -102,6 +106,8 @@ impl Op {
         Op::BackupRead,
         Op::BackupEnd,
         Op::RestoreInstance,
+        Op::Sessions,
+        Op::EndSession,
     ];
 
     /// The wire name.
@@ -136,6 +142,8 @@ impl Op {
             Op::BackupRead => "BACKUP_READ",
             Op::BackupEnd => "BACKUP_END",
             Op::RestoreInstance => "RESTORE_INSTANCE",
+            Op::Sessions => "SESSIONS",
+            Op::EndSession => "END_SESSION",
         }
     }
 

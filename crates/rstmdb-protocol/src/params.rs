@@ -182,6 +182,12 @@ pub enum BatchMode {
     BestEffort,
 }
 
+/// END_SESSION: close one open connection (an id from SESSIONS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndSessionParams {
+    pub session_id: u64,
+}
+
 /// SNAPSHOT_INSTANCE: write a snapshot of one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInstanceParams {

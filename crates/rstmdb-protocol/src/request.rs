@@ -21,9 +21,10 @@ use crate::error_code::ErrorCode;
 use crate::op::Op;
 use crate::params::{
     ApplyEventParams, AuthParams, BackupBeginParams, BackupEndParams, BackupReadParams, BatchMode,
-    CompactParams, CreateInstanceParams, DeleteInstanceParams, FlushAllParams, GetInstanceParams,
-    GetMachineParams, HelloParams, ListInstancesParams, PutMachineParams, RestoreInstanceParams,
-    SnapshotInstanceParams, UnwatchParams, WalReadParams, WatchAllParams, WatchInstanceParams,
+    CompactParams, CreateInstanceParams, DeleteInstanceParams, EndSessionParams, FlushAllParams,
+    GetInstanceParams, GetMachineParams, HelloParams, ListInstancesParams, PutMachineParams,
+    RestoreInstanceParams, SnapshotInstanceParams, UnwatchParams, WalReadParams, WatchAllParams,
+    WatchInstanceParams,
 };
 use crate::response::{ErrorObject, Response};
 
@@ -114,6 +115,10 @@ pub enum Command {
     BackupEnd(BackupEndParams),
     /// RESTORE_INSTANCE (extension).
     RestoreInstance(RestoreInstanceParams),
+    /// SESSIONS (extension; params ignored).
+    Sessions,
+    /// END_SESSION (extension).
+    EndSession(EndSessionParams),
 }
 
 impl Command {
@@ -149,6 +154,8 @@ impl Command {
             Command::BackupRead(_) => Op::BackupRead,
             Command::BackupEnd(_) => Op::BackupEnd,
             Command::RestoreInstance(_) => Op::RestoreInstance,
+            Command::Sessions => Op::Sessions,
+            Command::EndSession(_) => Op::EndSession,
         }
     }
 }
@@ -222,7 +229,9 @@ impl Serialize for ParamsOf<'_> {
             Command::BackupRead(params) => params.serialize(serializer),
             Command::BackupEnd(params) => params.serialize(serializer),
             Command::RestoreInstance(params) => params.serialize(serializer),
+            Command::EndSession(params) => params.serialize(serializer),
             Command::Ping
+            | Command::Sessions
             | Command::Bye
             | Command::Info
             | Command::ListMachines
@@ -537,6 +546,8 @@ fn decode_command(object: &mut Map<String, Value>, at: &str) -> Result<Command, 
         Op::ReplicationStatus => Command::ReplicationStatus,
         Op::Replicate => Command::Replicate,
         Op::ReplicateAck => Command::ReplicateAck,
+        Op::Sessions => Command::Sessions,
+        Op::EndSession => Command::EndSession(typed(params()?, prefix)?),
         Op::Hello => Command::Hello(typed(params()?, prefix)?),
         Op::Auth => Command::Auth(typed(params()?, prefix)?),
         Op::PutMachine => Command::PutMachine(typed(params()?, prefix)?),

@@ -367,6 +367,36 @@ pub struct FlushAllResult {
     pub machines_removed: u64,
 }
 
+/// One open connection, as SESSIONS lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The id END_SESSION takes; unique for the server's lifetime.
+    pub session_id: u64,
+    /// `ip:port` of the peer.
+    pub client_addr: String,
+    /// The principal's name (a token's name, a certificate's name, `anonymous`), or `null`
+    /// before the connection has authenticated.
+    pub principal: Option<String>,
+    /// When the connection was accepted (RFC 3339, UTC).
+    pub since: String,
+    pub tls: bool,
+}
+
+/// SESSIONS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsResult {
+    /// Ordered by `session_id`.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// END_SESSION.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndSessionResult {
+    pub session_id: u64,
+    /// Always true: an unknown id is `NOT_FOUND`.
+    pub ended: bool,
+}
+
 /// REPLICATION_STATUS. The shape depends on the node's role (0.3.0's three shapes): a
 /// standalone node sends only `role`; the other fields belong to primaries or replicas and
 /// are `None` when absent. Fields neither shape names are kept in `extra`.

@@ -20,7 +20,9 @@ pub fn required_role(op: Op) -> Role {
         | Op::BackupBegin
         | Op::BackupRead
         | Op::BackupEnd
-        | Op::RestoreInstance => Role::Admin,
+        | Op::RestoreInstance
+        | Op::Sessions
+        | Op::EndSession => Role::Admin,
         Op::CreateInstance
         | Op::ApplyEvent
         | Op::DeleteInstance
@@ -108,6 +110,8 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
             unrestricted_only("BACKUP")
         }
         Command::RestoreInstance(_) => unrestricted_only("RESTORE_INSTANCE"),
+        // Connections of every principal, whatever machines they touch.
+        Command::Sessions | Command::EndSession(_) => unrestricted_only("SESSIONS/END_SESSION"),
         Command::Batch(b) => {
             for (i, c) in b.ops.iter().enumerate() {
                 check_command(p, c).map_err(|mut e| {

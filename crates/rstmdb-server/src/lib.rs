@@ -7,6 +7,7 @@
 //!   and audit wrapper in submodules.
 //! - `ordering`: which earlier requests a request waits for (per connection).
 //! - [`timefmt`]: RFC 3339 timestamps for `meta.server_time` and the audit log.
+//! - [`registry`]: the open connections (SESSIONS, END_SESSION).
 //! - [`shared`]: what every session shares (engine, config, reloadable auth/TLS, …).
 //! - [`handlers`]: one handler per data operation behind one dispatcher.
 //! - [`auth`]: token hashes compared in constant time; principals with roles and machine globs.
@@ -29,6 +30,7 @@ pub mod harden;
 pub mod metrics;
 pub mod metrics_http;
 mod ordering;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub mod shared;

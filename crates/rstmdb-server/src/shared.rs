@@ -23,6 +23,8 @@ pub struct Shared {
     /// the next AUTH uses the new material.
     auth: std::sync::RwLock<Arc<Auth>>,
     pub auth_throttle: Throttle,
+    /// Every open connection (SESSIONS, END_SESSION).
+    pub sessions: Arc<crate::registry::Registry>,
     /// Connections per network that have not authenticated yet.
     pub preauth: Arc<PreAuthCount>,
     /// Bumped by every credentials reload (`set_auth`).
@@ -60,6 +62,7 @@ impl Shared {
             auth: std::sync::RwLock::new(Arc::new(auth)),
             auth_throttle: Throttle::default(),
             preauth: Arc::default(),
+            sessions: Arc::default(),
             flush_epoch: Arc::new(flush_epoch),
             auth_epoch,
             tls: std::sync::RwLock::new(tls),

@@ -59,7 +59,9 @@ pub async fn execute(ctx: Ctx<'_>, command: Command) -> Answer {
         | Command::Info
         | Command::WatchInstance(_)
         | Command::WatchAll(_)
-        | Command::Unwatch(_) => Err(bad_request(format!(
+        | Command::Unwatch(_)
+        | Command::Sessions
+        | Command::EndSession(_) => Err(bad_request(format!(
             "{} is not a data operation",
             command.op().as_str()
         ))),

@@ -28,6 +28,7 @@ use crate::authz;
 use crate::error::bad_request;
 use crate::handlers::{self, Payload};
 use crate::ordering::{Ordering, Scope, scope_of};
+use crate::registry::{Registration, Registry};
 use crate::shared::Shared;
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
@@ -123,6 +124,8 @@ struct Session {
     /// The configured token the principal came from (AUTH): a reload that removes it ends
     /// the session, one that changes its grant changes the principal.
     token: Option<crate::auth::TokenId>,
+    /// This connection in the server's registry (SESSIONS, END_SESSION).
+    registration: Registration,
     mode: WireMode,
     /// Subscription id → forwarding task (`None` until its WATCH response is written).
     watches: HashMap<String, Option<JoinHandle<()>>>,
@@ -195,6 +198,17 @@ pub async fn run<R, W>(
             }
         }
     }
+    let registration = Registry::register(
+        &shared.sessions,
+        peer,
+        info.tls,
+        rfc3339_now(),
+        principal.as_ref().map(|p| p.name.clone()),
+    );
+    let mut ended: Signal = {
+        let end = registration.end.clone();
+        Box::pin(async move { end.notified().await })
+    };
     let frame_limit = if preauth.is_some() {
         net.max_frame_bytes.min(net.max_frame_bytes_before_auth)
     } else {
@@ -214,6 +228,7 @@ pub async fn run<R, W>(
         principal,
         cert_identified,
         token: None,
+        registration,
         shared,
         mode: WireMode::BinaryJson,
         watches: HashMap::new(),
@@ -279,6 +294,10 @@ pub async fn run<R, W>(
                 } else {
                     auth_changed = Box::pin(std::future::pending());
                 }
+            }
+            _ = &mut ended, if !s.closing => {
+                tracing::info!(peer = %s.peer, "session ended by END_SESSION");
+                s.closing = true;
             }
             _ = &mut overflowed => {
                 tracing::warn!(peer = %s.peer, "subscriber fell behind; closing the connection");
@@ -503,7 +522,10 @@ impl Session {
             return;
         };
         match self.shared.auth().principal_for_token(token) {
-            Some(p) => self.principal = Some(Arc::new(p)),
+            Some(p) => {
+                self.registration.set_principal(Some(p.name.clone()));
+                self.principal = Some(Arc::new(p));
+            }
             None => {
                 let name = self.principal.as_ref().map(|p| p.name.clone());
                 tracing::info!(
@@ -513,6 +535,7 @@ impl Session {
                 );
                 self.principal = None;
                 self.token = None;
+                self.registration.set_principal(None);
                 self.closing = true;
             }
         }

@@ -1,6 +1,7 @@
 //! The ops a session answers itself, from its own state (wire mode, principal,
-//! subscriptions) rather than through a data handler: HELLO, AUTH, PING, BYE, INFO and the
-//! watch ops (their subscription plumbing is in `subscriptions.rs`).
+//! subscriptions) rather than through a data handler: HELLO, AUTH, PING, BYE, INFO, the
+//! watch ops (their subscription plumbing is in `subscriptions.rs`), SESSIONS and
+//! END_SESSION (over the server's registry of connections).
 
 use super::subscriptions::Target;
 use super::{Outgoing, Pending, Session, ready, respond};
@@ -8,8 +9,8 @@ use crate::auth::Principal;
 use crate::error::bad_request;
 use crate::handlers::to_value;
 use rstmdb_protocol::{
-    AuthResult, ByeResult, Command, ErrorCode, ErrorObject, HelloResult, InfoResult, Op,
-    PingResult, UnwatchResult, WireMode,
+    AuthResult, ByeResult, Command, EndSessionResult, ErrorCode, ErrorObject, HelloResult,
+    InfoResult, Op, PingResult, SessionInfo, SessionsResult, UnwatchResult, WireMode,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -36,7 +37,12 @@ pub(super) enum Handling {
 pub(super) fn handling(op: Op) -> Handling {
     match op {
         Op::Hello | Op::Auth | Op::Ping | Op::Bye => Handling::Open,
-        Op::Info | Op::WatchInstance | Op::WatchAll | Op::Unwatch => Handling::Session,
+        Op::Info
+        | Op::WatchInstance
+        | Op::WatchAll
+        | Op::Unwatch
+        | Op::Sessions
+        | Op::EndSession => Handling::Session,
         _ => Handling::Data,
     }
 }
@@ -107,6 +113,8 @@ impl Session {
                 } else {
                     match self.shared.auth().check_token(&mut p.token) {
                         Ok((principal, token)) => {
+                            self.registration
+                                .set_principal(Some(principal.name.clone()));
                             self.principal = Some(Arc::new(principal));
                             self.token = token;
                             to_value(&AuthResult {
@@ -190,6 +198,44 @@ impl Session {
                     removed,
                 };
                 ready(self.out(id, to_value(&result).map(|v| (v, None))))
+            }
+            Command::Sessions => {
+                let sessions = self
+                    .shared
+                    .sessions
+                    .list()
+                    .into_iter()
+                    .map(|l| SessionInfo {
+                        session_id: l.id,
+                        client_addr: l.peer.to_string(),
+                        principal: l.principal,
+                        since: l.since,
+                        tls: l.tls,
+                    })
+                    .collect();
+                let result = SessionsResult { sessions };
+                ready(self.out(id, to_value(&result).map(|v| (v, None))))
+            }
+            Command::EndSession(p) => {
+                let r = if self.shared.sessions.end(p.session_id) {
+                    tracing::info!(
+                        peer = %self.peer,
+                        by = principal.name.as_str(),
+                        session_id = p.session_id,
+                        "ending a session on request (END_SESSION)"
+                    );
+                    to_value(&EndSessionResult {
+                        session_id: p.session_id,
+                        ended: true,
+                    })
+                    .map(|v| (v, None))
+                } else {
+                    Err(ErrorObject::new(
+                        ErrorCode::NotFound,
+                        format!("no open session {}", p.session_id),
+                    ))
+                };
+                ready(self.out(id, r))
             }
             other => ready(self.out(
                 id,
