@@ -706,6 +706,15 @@ fn pitr_replays_archived_segments_to_exactly_the_requested_offset() {
         .collect();
     assert!(archived.len() as u64 >= compact["segments_deleted"].as_u64().unwrap());
     assert!(archived.iter().all(|n| n.ends_with(".wal")), "{archived:?}");
+    {
+        // Issue 18 finding 6: the archive holds the whole log; only its owner may read it.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&archive), 0o700, "archive directory");
+        for n in &archived {
+            assert_eq!(mode(&archive.join(n)), 0o600, "archived segment {n}");
+        }
+    }
     let earliest = rt.block_on(async {
         let c = client(&addr).await;
         c.call_raw("WAL_STATS", json!({})).await.unwrap()["earliest_offset"]
@@ -864,4 +873,83 @@ fn backup_and_restore_ops_need_the_admin_role() {
         .fails_with(1)
         .to_owned();
     assert!(e.contains("UNAUTHORIZED"), "{e}");
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn restore_with_a_data_key_writes_an_encrypted_directory() {
+    // Issue 18 finding 6: restore always wrote a plaintext data directory, even for a backup
+    // of an encrypted server; --data-key-file encrypts it for the server that will serve it.
+    const MARKER: &str = "restore-plaintext-marker";
+    let server = Server::start();
+    let cli = Cli::new(&server);
+    let def = cli.file("flip.json", FLIP);
+    cli.run(&["put-machine", "-n", "flip", "-v", "1", &format!("@{def}")])
+        .ok();
+    cli.run(&[
+        "create-instance",
+        "-m",
+        "flip",
+        "-V",
+        "1",
+        "-i",
+        "secret-1",
+        "-c",
+        &format!(r#"{{"card":"{MARKER}"}}"#),
+    ])
+    .ok();
+    let home = cli.home().to_path_buf();
+    let out = home.join("full.rbk");
+    cli.run(&["backup", "--out", &s(&out)]).ok();
+    let data_key = key_file(&home, "data.key", 0x5c);
+    let restored = tempdir();
+    let data = restored.path().join("data");
+    let r = rstmdb(
+        &[
+            "restore",
+            "--from",
+            &s(&out),
+            "--data-dir",
+            &s(&data),
+            "--data-key-file",
+            &s(&data_key),
+        ],
+        &[],
+    );
+    r.ok();
+    assert_eq!(
+        files_containing(&data, MARKER.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "plaintext left in the restored directory"
+    );
+    // A server with the key opens it (one would refuse a plaintext directory with a key
+    // configured) and everything is there.
+    let srv = Server::with_config(json!({"storage": {
+        "data_dir": data.to_string_lossy(),
+        "encryption": {"key_file": data_key.to_string_lossy()},
+    }}));
+    let got = Cli::new(&srv)
+        .run(&["--json", "get-instance", "secret-1"])
+        .json();
+    assert_eq!(got["ctx"]["card"], MARKER, "{got}");
 }

@@ -88,7 +88,8 @@ enum Cmd {
         #[arg(long)]
         wal_archive: Option<PathBuf>,
         /// The data key (`storage.encryption.key_file`) of the server that wrote the
-        /// archive, when it ran with encryption at rest. The restored data is plaintext.
+        /// archive, when it ran with encryption at rest. The restored data is plaintext
+        /// unless --data-key-file is given.
         #[arg(long, requires = "wal_archive")]
         archive_key_file: Option<PathBuf>,
         /// Key of an encrypted backup: 32 raw bytes or 64 hex characters, mode 600.
@@ -98,6 +99,11 @@ enum Cmd {
         /// Segment size of the restored WAL, MiB.
         #[arg(long, default_value_t = 64)]
         wal_segment_size_mb: u64,
+        /// Encrypt the restored data directory with this data key (the
+        /// `storage.encryption.key_file` of the server that will serve it): restore, then the
+        /// same conversion `rstmdb rekey --new-key-file` does.
+        #[arg(long)]
+        data_key_file: Option<PathBuf>,
     },
 }
 
@@ -130,6 +136,30 @@ fn rekey(
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+/// `restore --data-key-file`: converts the freshly restored (plaintext) directory to one
+/// encrypted under `key`, as `rekey --new-key-file` does.
+fn encrypt_restored(data_dir: &std::path::Path, key: rstmdb_storage::EncryptionKey) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("starting the runtime: {e}")),
+    };
+    match runtime.block_on(rstmdb_storage::rekey(data_dir, None, Some(key))) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!(
+            "the restore succeeded but encrypting it failed: {e}; {} holds the plaintext \
+             restore: run `rstmdb rekey --data-dir {} --new-key-file K` or delete it",
+            data_dir.display(),
+            data_dir.display()
+        )),
     }
 }
 
@@ -254,8 +284,14 @@ fn main() -> ExitCode {
         archive_key_file,
         key_file,
         wal_segment_size_mb,
+        data_key_file,
     }) = &cli.command
     {
+        // The data key is read first: a bad key file must not leave a plaintext restore behind.
+        let data_key = match load_key(data_key_file.as_deref()) {
+            Ok(k) => k,
+            Err(e) => return fail(e),
+        };
         return match restore_cmd(
             from,
             data_dir,
@@ -268,7 +304,10 @@ fn main() -> ExitCode {
         ) {
             Ok(msg) => {
                 println!("{msg}");
-                ExitCode::SUCCESS
+                match data_key {
+                    None => ExitCode::SUCCESS,
+                    Some(key) => encrypt_restored(data_dir, key),
+                }
             }
             Err(e) => fail(e),
         };

@@ -106,7 +106,15 @@ fn archive_segment(path: &Path, archive: &Path) -> std::io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("segment path has no file name"))?;
-    fs::create_dir_all(archive)?;
+    // The archive holds every record in the log: owner-only, whatever the umask (an existing
+    // directory keeps the mode its operator gave it).
+    if !archive.is_dir() {
+        let mut dir = fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(archive)?;
+    }
     let dest = archive.join(name);
     let len = fs::metadata(path)?.len();
     if fs::metadata(&dest).is_ok_and(|m| m.len() == len) {
@@ -116,6 +124,11 @@ fn archive_segment(path: &Path, archive: &Path) -> std::io::Result<()> {
     tmp_name.push(".tmp");
     let tmp = archive.join(tmp_name);
     fs::copy(path, &tmp)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+    }
     File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, &dest)?;
     crate::wal::segment::sync_dir(archive)
