@@ -13,9 +13,15 @@ use tokio::sync::{broadcast, mpsc};
 /// `high_water`.
 fn stages(dir: &std::path::Path, high_water: u64) -> (Wal, ApplyStage) {
     let (wal, _) = Wal::open(WalOptions::new(dir), 1).unwrap();
+    let apply = apply_stage(&wal, high_water);
+    (wal, apply)
+}
+
+/// An apply stage over an empty, temporary store, publishing through `wal`.
+fn apply_stage(wal: &Wal, high_water: u64) -> ApplyStage {
     let db = Store::new(sled::Config::new().temporary(true).open().unwrap(), None);
     let (events, _) = broadcast::channel(16);
-    let apply = ApplyStage::new(
+    ApplyStage::new(
         db,
         60_000,
         events,
@@ -23,26 +29,21 @@ fn stages(dir: &std::path::Path, high_water: u64) -> (Wal, ApplyStage) {
         wal.publisher(),
         high_water,
         Arc::new(InstanceCache::new(1)),
-    );
-    (wal, apply)
+    )
 }
 
-/// A record whose plan writes nothing (the instance does not exist).
-fn request() -> CommitRequest {
-    let entry = WalEntry::DeleteInstance {
-        instance_id: "absent".into(),
-        idempotency_key: None,
-        updated_at: 0,
-    };
-    let bytes = entry.to_bytes().unwrap();
-    let (reply, _) = oneshot::channel();
-    CommitRequest {
-        entry,
-        bytes,
-        hints: Vec::new(),
-        _guards: Vec::new(),
-        reply,
+/// A checkpoint trigger that never fires.
+fn no_checkpoints() -> CheckpointTrigger {
+    CheckpointTrigger {
+        due: Box::new(|| {}),
+        events_threshold: 0,
+        size_threshold_bytes: 0,
     }
+}
+
+/// A record whose plan writes nothing (the instance does not exist); nobody waits for it.
+fn request() -> CommitRequest {
+    request_with_reply().0
 }
 
 #[test]
@@ -72,19 +73,15 @@ fn a_group_reusing_handed_offsets_is_caught() {
     // The store has applied up to offset 10 but the log was not moved past it (what
     // `Database::open` does with `continue_offsets`): its next record would reuse offset 1.
     let (wal, apply) = stages(dir.path(), 10);
-    let trigger = CheckpointTrigger {
-        due: Box::new(|| {}),
-        events_threshold: 0,
-        size_threshold_bytes: 0,
-    };
-    let (log, _apply_thread) = pipeline(wal, apply, FsyncPolicy::EveryWrite, trigger);
+    let (log, _apply_thread) = pipeline(wal, apply, FsyncPolicy::EveryWrite, no_checkpoints());
     let (tx, rx) = mpsc::channel(1);
     tx.try_send(Command::Commit(request())).unwrap();
     drop(tx);
     log.run(rx);
 }
 
-/// A commit request for `entry`, with the receiver of its answer.
+/// A record whose plan writes nothing (the instance does not exist), with the receiver of
+/// its answer.
 fn request_with_reply() -> (
     CommitRequest,
     oneshot::Receiver<Result<CommitOutcome, CommitError>>,
@@ -121,23 +118,8 @@ fn a_failed_rotation_never_lets_the_next_group_reuse_handed_offsets() {
         failing_syncs: 1,
         ..Default::default()
     });
-    let db = Store::new(sled::Config::new().temporary(true).open().unwrap(), None);
-    let (events, _) = broadcast::channel(16);
-    let apply = ApplyStage::new(
-        db,
-        60_000,
-        events,
-        Arc::new(CommitStats::default()),
-        wal.publisher(),
-        0,
-        Arc::new(InstanceCache::new(1)),
-    );
-    let trigger = CheckpointTrigger {
-        due: Box::new(|| {}),
-        events_threshold: 0,
-        size_threshold_bytes: 0,
-    };
-    let (log, _apply_thread) = pipeline(wal, apply, FsyncPolicy::Never, trigger);
+    let apply = apply_stage(&wal, 0);
+    let (log, _apply_thread) = pipeline(wal, apply, FsyncPolicy::Never, no_checkpoints());
     let (tx, rx) = mpsc::channel(1);
     let log_thread = std::thread::spawn(move || log.run(rx));
     let mut answers = Vec::new();
