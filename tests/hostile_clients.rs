@@ -582,9 +582,12 @@ fn unauthenticated_connections_are_limited_per_address_and_timed_out() {
     // Issue 18 finding 4: without a credential a client held a slot until the idle timeout
     // (forever with PING) and could open as many as max_connections.
     let _serial = serial();
+    let logs = tempdir();
+    let audit = logs.path().join("audit.log");
     let s = Server::with_config(json!({
         "auth": {"required": true, "token_hashes": [SECRET_HASH]},
         "network": {"auth_timeout_secs": 2, "max_unauthenticated_per_address": 3},
+        "audit": {"path": audit.to_string_lossy()},
     }));
     let mut held: Vec<Client> = (0..3).map(|_| s.connect()).collect();
     for c in &mut held {
@@ -599,6 +602,13 @@ fn unauthenticated_connections_are_limited_per_address_and_timed_out() {
         closed.is_some(),
         "a 4th unauthenticated connection stayed open"
     );
+    let refused = wait_for(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        text.lines()
+            .any(|l| l.contains("\"CONNECTION_REFUSED\"") && l.contains("UNAUTHENTICATED_LIMIT"))
+            .then_some(())
+    });
+    assert!(refused.is_some(), "the refusal is not in the audit log");
     // One that authenticates leaves the count, so another may come in.
     held[0].ok("AUTH", json!({"method": "bearer", "token": "secret"}));
     let mut fifth = wait_for(Duration::from_secs(5), || {

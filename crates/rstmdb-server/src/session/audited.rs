@@ -34,9 +34,27 @@ struct AuditFields {
     backup_id: Option<String>,
 }
 
+/// Longest name (id, machine, event) an audit line repeats from a request. Names are checked
+/// by the handler, after the audit record has taken them, so a request could otherwise put a
+/// name as long as a frame into the audit log.
+const MAX_AUDIT_NAME_BYTES: usize = 256;
+
+/// `s`, cut to [`MAX_AUDIT_NAME_BYTES`] on a character boundary, saying so.
+fn cap(s: &str) -> String {
+    if s.len() <= MAX_AUDIT_NAME_BYTES {
+        return s.to_owned();
+    }
+    let mut end = MAX_AUDIT_NAME_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &s[..end], s.len())
+}
+
 fn push_unique(v: &mut Vec<String>, s: &str) {
-    if !v.iter().any(|x| x == s) {
-        v.push(s.to_owned());
+    let s = cap(s);
+    if !v.contains(&s) {
+        v.push(s);
     }
 }
 
@@ -45,12 +63,12 @@ impl AuditFields {
         let names = cmd.names();
         let mut f = AuditFields {
             op: Some(cmd.op().as_str()),
-            instance_id: names.any_instance().map(str::to_owned),
-            machine: names.machine.map(str::to_owned),
+            instance_id: names.any_instance().map(cap),
+            machine: names.machine.map(cap),
             ..AuditFields::default()
         };
         match cmd {
-            Command::ApplyEvent(p) => f.event = Some(p.event.clone()),
+            Command::ApplyEvent(p) => f.event = Some(cap(&p.event)),
             Command::Batch(p) => {
                 // Every element's instance (existing or asked-for) and machine, in order.
                 let (mut ids, mut machines) = (Vec::new(), Vec::new());
@@ -69,15 +87,15 @@ impl AuditFields {
             }
             Command::RestoreInstance(p) => {
                 // The backup's id, and the id it is restored under when that differs.
-                let mut ids = vec![p.instance_id.clone()];
+                let mut ids = vec![cap(&p.instance_id)];
                 if let Some(as_id) = &p.as_id {
                     push_unique(&mut ids, as_id);
                 }
-                f.instance_id = Some(p.as_id.clone().unwrap_or_else(|| p.instance_id.clone()));
+                f.instance_id = Some(cap(p.as_id.as_deref().unwrap_or(&p.instance_id)));
                 f.instance_ids = Some(ids);
             }
-            Command::BackupRead(p) => f.backup_id = Some(p.backup_id.clone()),
-            Command::BackupEnd(p) => f.backup_id = Some(p.backup_id.clone()),
+            Command::BackupRead(p) => f.backup_id = Some(cap(&p.backup_id)),
+            Command::BackupEnd(p) => f.backup_id = Some(cap(&p.backup_id)),
             _ => {}
         }
         f
@@ -88,10 +106,7 @@ impl AuditFields {
     fn complete_from(&mut self, op: Option<Op>, result: &Value) {
         match op {
             Some(Op::BackupBegin) => {
-                self.backup_id = result
-                    .get("backup_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
+                self.backup_id = result.get("backup_id").and_then(Value::as_str).map(cap);
             }
             Some(Op::Batch) => {
                 let (Some(ids), Some(items)) = (
@@ -214,5 +229,23 @@ impl Session {
             }
             out
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_on_a_character_boundary_and_say_so() {
+        assert_eq!(cap("order-1"), "order-1");
+        let exact = "a".repeat(MAX_AUDIT_NAME_BYTES);
+        assert_eq!(cap(&exact), exact);
+        // 'é' is two bytes: 200 of them straddle the limit.
+        let long = "é".repeat(200);
+        let c = cap(&long);
+        assert!(c.ends_with("…(400 bytes)"), "{c}");
+        let kept = c.trim_end_matches("…(400 bytes)");
+        assert!(kept.len() <= MAX_AUDIT_NAME_BYTES && kept.chars().all(|ch| ch == 'é'));
     }
 }

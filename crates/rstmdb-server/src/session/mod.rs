@@ -172,6 +172,14 @@ pub async fn run<R, W>(
                 matched = ?cert_match,
                 "client certificate matches no single auth.cert_identities entry; refusing the connection"
             );
+            if let Some(a) = &shared.audit {
+                a.connection_event(
+                    rfc3339_now(),
+                    peer.to_string(),
+                    "CONNECTION_REFUSED",
+                    Some("CERTIFICATE_NOT_LISTED"),
+                );
+            }
             return;
         }
         CertMatch::Off if !auth.required => Some(Arc::new(Principal::anonymous())),
@@ -194,6 +202,14 @@ pub async fn run<R, W>(
                     limit = net.max_unauthenticated_per_address,
                     "too many unauthenticated connections from this network; closing"
                 );
+                if let Some(a) = &shared.audit {
+                    a.connection_event(
+                        rfc3339_now(),
+                        peer.to_string(),
+                        "CONNECTION_REFUSED",
+                        Some("UNAUTHENTICATED_LIMIT"),
+                    );
+                }
                 return;
             }
         }
