@@ -26,10 +26,7 @@ impl Key {
     /// random bytes are all printable with probability about 4 in 10^14).
     pub fn parse(raw: &[u8]) -> Result<Key> {
         if let Ok(bytes) = <[u8; 32]>::try_from(raw) {
-            let text = bytes
-                .iter()
-                .all(|&b| (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'));
-            if text {
+            if looks_like_passphrase(&bytes) {
                 return Err(Error::Key(
                     "must be 32 raw bytes or 64 hex characters; found 32 characters of text, \
                      which looks like a passphrase rather than a key: use `openssl rand -hex 32`"
@@ -95,4 +92,13 @@ impl Key {
     pub(crate) fn cipher(&self) -> Result<Aes256Gcm> {
         Aes256Gcm::new_from_slice(self.0.as_slice()).map_err(|e| Error::Key(e.to_string()))
     }
+}
+
+/// True when every byte is printable ASCII or a space, tab or newline: 32 such bytes are a
+/// typed passphrase, not 32 random bytes (all 32 random bytes are printable with probability
+/// (98/256)^32, about 4 in 10^14), so a key reader refuses them rather than use them as a key.
+/// Shared with the storage engine's key file reader.
+pub fn looks_like_passphrase(raw: &[u8]) -> bool {
+    raw.iter()
+        .all(|&b| (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'))
 }

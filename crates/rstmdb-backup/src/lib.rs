@@ -25,7 +25,7 @@
 mod key;
 mod seal;
 
-pub use key::Key;
+pub use key::{Key, looks_like_passphrase};
 use seal::Sealer;
 
 use aes_gcm::aead::OsRng;

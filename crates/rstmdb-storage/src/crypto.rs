@@ -143,7 +143,7 @@ impl EncryptionKey {
         let expected = "expected exactly 32 raw bytes, or 64 hex characters and an optional \
                         newline";
         if raw.len() == KEY_BYTES {
-            if looks_like_text(&raw) {
+            if rstmdb_backup::looks_like_passphrase(&raw) {
                 return Err(invalid(format!(
                     "{expected}; found 32 bytes of printable text, which looks like a \
                      passphrase rather than random key bytes: write the key as 64 hex \
@@ -189,14 +189,6 @@ impl EncryptionKey {
     pub fn id(&self) -> KeyId {
         self.id
     }
-}
-
-/// True when every byte is printable ASCII or a space, tab or newline: such a 32-byte file is
-/// a typed passphrase, not 32 random bytes (all 32 random bytes are printable with probability
-/// (98/256)^32, about 4 in 10^14), so it is refused rather than silently used as the key.
-pub(crate) fn looks_like_text(raw: &[u8]) -> bool {
-    raw.iter()
-        .all(|&b| (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'))
 }
 
 fn hex_digit(c: u8) -> Option<u8> {
