@@ -1,5 +1,6 @@
 //! docs/configuration.md cannot drift from the code: every key the server accepts (read from
-//! the `Deserialize` structs in crates/rstmdb-server/src/config.rs, starting at `Config`) has
+//! the `Deserialize` structs in crates/rstmdb-server/src/config.rs and config/cluster.rs,
+//! starting at `Config`) has
 //! a row in the key table, every row is a key the server accepts, the Default column loads to
 //! exactly `Config::default()`, and every environment variable the server reads is named in
 //! the row of the key it overrides (or in the list below the table).
@@ -112,9 +113,19 @@ fn keys(structs: &BTreeMap<String, Vec<Field>>, ty: &str, prefix: &str, out: &mu
     }
 }
 
-/// Every config key the server accepts, from config.rs.
+/// The config source files, each with the prefix its `self.` keys have: `config.rs` and the
+/// `cluster:` section's module.
+const CONFIG_SOURCES: [(&str, &str); 2] = [
+    ("crates/rstmdb-server/src/config.rs", ""),
+    ("crates/rstmdb-server/src/config/cluster.rs", "cluster."),
+];
+
+/// Every config key the server accepts, from the config source files.
 fn code_keys() -> Vec<String> {
-    let structs = deserialize_structs(&read("crates/rstmdb-server/src/config.rs"));
+    let mut structs = BTreeMap::new();
+    for (file, _) in CONFIG_SOURCES {
+        structs.extend(deserialize_structs(&read(file)));
+    }
     let mut out = Vec::new();
     keys(&structs, "Config", "", &mut out);
     out
@@ -143,22 +154,25 @@ fn doc_rows() -> BTreeMap<String, Vec<String>> {
 }
 
 /// Environment variables the server reads, with the key each overrides (from the
-/// assignment that follows `env("VAR")` in config.rs; none for `RSTMDB_CONFIG`).
+/// assignment that follows `env("VAR")` in the config sources, `self.` there standing for the
+/// file's prefix; none for `RSTMDB_CONFIG`).
 fn code_env_vars() -> BTreeMap<String, Option<String>> {
-    let src = read("crates/rstmdb-server/src/config.rs");
     let mut vars = BTreeMap::new();
-    for (at, _) in src.match_indices("env(\"RSTMDB_") {
-        let rest = &src[at + 5..];
-        let var = rest[..rest.find('"').unwrap()].to_owned();
-        let after = &rest[var.len()..];
-        let key = after.find("self.").map(|s| {
-            after[s + 5..]
-                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
-                .next()
-                .unwrap()
-                .to_owned()
-        });
-        vars.insert(var, key);
+    for (file, prefix) in CONFIG_SOURCES {
+        let src = read(file);
+        for (at, _) in src.match_indices("env(\"RSTMDB_") {
+            let rest = &src[at + 5..];
+            let var = rest[..rest.find('"').unwrap()].to_owned();
+            let after = &rest[var.len()..];
+            let key = after.find("self.").map(|s| {
+                let field = after[s + 5..]
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+                    .next()
+                    .unwrap();
+                format!("{prefix}{field}")
+            });
+            vars.insert(var, key);
+        }
     }
     // `self.auth.token_hashes.push(…)`: the key is the longest prefix that is a key.
     let keys = code_keys();
@@ -267,7 +281,12 @@ fn documented_defaults_are_the_defaults() {
     // The Default column, read as YAML (`none` and `stdout` mean "not set"), must load to
     // exactly the built-in defaults.
     let mut root = Mapping::new();
-    for (key, cells) in doc_rows() {
+    // `cluster:` is absent by default: its rows are checked by
+    // `documented_cluster_defaults_are_the_defaults`.
+    for (key, cells) in doc_rows()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("cluster."))
+    {
         let raw = cells[1].trim_matches('`');
         let value = match raw {
             "none" | "stdout" => Value::Null,
@@ -302,6 +321,47 @@ fn documented_defaults_are_the_defaults() {
         loaded,
         Config::default(),
         "docs/configuration.md's defaults differ from Config::default()\n{yaml}"
+    );
+}
+
+#[test]
+fn documented_cluster_defaults_are_the_defaults() {
+    // The `cluster.*` rows: `required` keys get a value, every other Default cell is read as
+    // YAML (`none` = not set); the section must equal one with only the required keys.
+    let required = [
+        ("cluster_id", "c1"),
+        ("node_id", "1"),
+        ("raft_listen", "127.0.0.1:7411"),
+    ];
+    let mut section = Mapping::new();
+    for (key, cells) in doc_rows() {
+        let Some(field) = key.strip_prefix("cluster.") else {
+            continue;
+        };
+        let raw = cells[1].trim_matches('`');
+        let value = match (raw, required.iter().find(|(k, _)| *k == field)) {
+            ("required", Some((_, v))) => serde_yaml::from_str(v).unwrap(),
+            ("required", None) => panic!("cluster.{field} is documented as required"),
+            (_, Some(_)) => panic!("cluster.{field} is required: its Default cell must say so"),
+            ("none", None) => Value::Null,
+            (_, None) => serde_yaml::from_str(raw)
+                .unwrap_or_else(|e| panic!("default of {key} ({raw:?}) is not YAML: {e}")),
+        };
+        section.insert(Value::String(field.into()), value);
+    }
+    let mut root = Mapping::new();
+    root.insert("cluster".into(), Value::Mapping(section));
+    let yaml = serde_yaml::to_string(&Value::Mapping(root)).unwrap();
+    let documented = Config::from_yaml(&yaml)
+        .unwrap_or_else(|e| panic!("the documented cluster defaults do not load: {e}\n{yaml}"));
+    let minimal = Config::from_yaml(
+        "cluster: {cluster_id: c1, node_id: 1, raft_listen: \"127.0.0.1:7411\"}\n",
+    )
+    .unwrap();
+    assert!(documented.cluster.is_some());
+    assert_eq!(
+        documented.cluster, minimal.cluster,
+        "docs/configuration.md's cluster defaults differ from the code's\n{yaml}"
     );
 }
 

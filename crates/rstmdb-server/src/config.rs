@@ -1,6 +1,11 @@
 //! Server configuration: YAML file (`--config` or `RSTMDB_CONFIG`), then environment
 //! overrides, then validation. Every key is honoured; an unknown key or a bad value is a
-//! startup error that names it (decisions.md).
+//! startup error that names it (decisions.md). The `cluster:` section lives in
+//! [`cluster`].
+
+pub mod cluster;
+
+pub use cluster::{ClusterConfig, MemberAddrs, ReadConsistency};
 
 use rstmdb_storage::{FsyncPolicy, StorageConfig};
 use serde::Deserialize;
@@ -35,6 +40,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
     pub audit: AuditConfig,
+    /// Absent: a single node (no raft, no peer listener).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Largest `network.worker_threads`.
@@ -484,7 +491,7 @@ impl Config {
                 }
             };
         }
-        Ok(())
+        cluster::apply_env(&mut self.cluster, env)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -640,7 +647,10 @@ impl Config {
             ));
         }
         self.metrics_addr()?;
-        Ok(())
+        match &self.cluster {
+            Some(c) => c.validate(self),
+            None => Ok(()),
+        }
     }
 
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {

@@ -1,7 +1,8 @@
 //! rstmdb-server: the `rstmdb` binary's library. RCP over TCP on top of the embedded
 //! storage engine.
 //!
-//! - [`config`]: YAML + environment configuration, validated up front.
+//! - [`config`]: YAML + environment configuration, validated up front; the `cluster:`
+//!   section in [`config::cluster`].
 //! - [`server`]: the listener, connection limit and graceful shutdown.
 //! - [`session`]: one connection — the read/answer loop; its session ops, watch forwarding
 //!   and audit wrapper in submodules.

@@ -13,7 +13,7 @@
 use clap::{Parser, Subcommand};
 use rstmdb_server::audit::AuditLog;
 use rstmdb_server::auth::Auth;
-use rstmdb_server::config::{Config, LogFormat};
+use rstmdb_server::config::{ClusterConfig, Config, LogFormat};
 use rstmdb_server::server;
 use rstmdb_server::shared::Shared;
 use rstmdb_server::timefmt::rfc3339_now;
@@ -229,6 +229,17 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// A valid `cluster:` section, in a build without the cluster runtime: refuse to start
+/// rather than run as a single node the operator did not ask for. Replaced by starting the
+/// cluster once the runtime exists.
+fn cluster_mode_unavailable(cluster: &ClusterConfig) -> ExitCode {
+    fail(format!(
+        "cluster mode is configured (cluster.cluster_id {:?}, cluster.node_id {}) but this build \
+         does not run it yet; remove the cluster: section to run a single node",
+        cluster.cluster_id, cluster.node_id
+    ))
+}
+
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.logging.level))
@@ -317,6 +328,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if let Some(cluster) = &config.cluster {
+        return cluster_mode_unavailable(cluster);
+    }
     init_logging(&config);
     for step in &hardening_failed {
         tracing::warn!("core dumps may not be disabled: {step}");
