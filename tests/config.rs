@@ -365,7 +365,20 @@ fn every_example_config_file_loads() {
             metrics.insert("bind_addr".into(), "127.0.0.1:0".into());
             root.insert("metrics".into(), metrics.into());
         }
+        let is_cluster = root.contains_key("cluster");
         let yaml = serde_yaml::to_string(&doc).unwrap();
+        if is_cluster {
+            // Until the cluster runtime exists, a valid cluster example must be refused as
+            // such (an invalid one would name its key instead).
+            let f = match Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]) {
+                Ok(s) => panic!("{name} started without a cluster runtime\n{}", s.all_logs()),
+                Err(f) => f,
+            };
+            assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{name}: {f:?}");
+            assert!(f.stderr.contains(CLUSTER_UNAVAILABLE), "{name}: {f:?}");
+            eprintln!("{name}: valid, refused until cluster mode exists");
+            continue;
+        }
         let mut s = Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]).unwrap_or_else(|f| {
             panic!(
                 "{name} does not start: {:?}\n--- effective file\n{yaml}\n--- stdout\n{}\n--- stderr\n{}",
