@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::error::WalError;
-use super::format::{Expect, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RecordHeader};
+use super::format::{
+    Expect, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_HEADER_V2_BYTES, RecordHeader,
+};
 use super::segment::scan_segment;
 use super::shared::{CountingFile, IoStats, ScannedSegment, Shared};
 
@@ -22,11 +24,13 @@ const MAX_REOPEN_ATTEMPTS: u32 = 64;
 /// Bound on the rounds of locating a seq (each round scans at most one segment).
 const MAX_LOCATE_ROUNDS: u32 = 1024;
 
-/// One record: its seq, its flags as stored, and its payload (decrypted when the record is
-/// encrypted).
+/// One record: its seq, its term, its flags as stored, and its payload (decrypted when the
+/// record is encrypted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalRecord {
     pub seq: u64,
+    /// The raft term stored in a version 2 record; 0 for a version 1 record.
+    pub term: u64,
     pub flags: u8,
     pub payload: Vec<u8>,
 }
@@ -404,14 +408,29 @@ impl Cursor {
                 "partial record header: {filled} of {RECORD_HEADER_BYTES} bytes"
             )));
         }
-        let header = RecordHeader::decode(&raw);
+        let extra = RecordHeader::extra_len(&raw);
+        let mut full = [0u8; RECORD_HEADER_V2_BYTES];
+        full[..RECORD_HEADER_BYTES].copy_from_slice(&raw);
+        let more = read_full(
+            &mut self.reader,
+            &mut full[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + extra],
+        )
+        .map_err(|e| self.io_err(e))?;
+        if more < extra {
+            return Err(self.corrupt(format!(
+                "partial record header: {} of {} bytes",
+                RECORD_HEADER_BYTES + more,
+                RECORD_HEADER_BYTES + extra
+            )));
+        }
+        let header = RecordHeader::decode(&full[..RECORD_HEADER_BYTES + extra]);
         let end = self.offset.saturating_add(header.record_len());
         if end > self.file_len {
             self.file_len = self.reader.get_ref().len().map_err(|e| self.io_err(e))?;
         }
         let available = self
             .file_len
-            .saturating_sub(self.offset + RECORD_HEADER_BYTES as u64);
+            .saturating_sub(self.offset + header.header_len as u64);
         if let Some(problem) =
             header.shape_problem(available.min(u64::from(MAX_PAYLOAD_BYTES_LIMIT)))
         {
@@ -463,6 +482,7 @@ impl Cursor {
         self.advance(header);
         Ok(WalRecord {
             seq: header.seq,
+            term: header.term,
             flags: header.flags,
             payload,
         })

@@ -379,7 +379,7 @@ impl Wal {
         let limit = self.opts.segment_size_bytes;
         let cipher = self.opts.cipher.clone();
         let overhead = if cipher.is_some() { SEAL_OVERHEAD } else { 0 };
-        let stored = |p: &[u8]| record_len(p.len() + overhead);
+        let stored = |p: &[u8]| record_len(0, p.len() + overhead);
         let mut rest = payloads;
         while let Some(next) = rest.first() {
             if self.active.len > 0 && self.active.len + stored(next) > limit {
@@ -402,13 +402,13 @@ impl Wal {
             let mut seq = self.active.next_seq;
             for p in group {
                 match &cipher {
-                    Some(c) => encode_sealed_record(&mut buf, seq, c, p).map_err(|e| {
+                    Some(c) => encode_sealed_record(&mut buf, seq, 0, c, p).map_err(|e| {
                         Failure::write(WalError::Io {
                             context: format!("encrypting WAL record {seq}"),
                             source: std::io::Error::other(e),
                         })
                     })?,
-                    None => encode_record(&mut buf, seq, 0, p),
+                    None => encode_record(&mut buf, seq, 0, 0, p),
                 }
                 self.active.index.note(seq, offset);
                 offset += stored(p);
