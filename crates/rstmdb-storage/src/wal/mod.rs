@@ -6,9 +6,12 @@
 //! - [`Wal`] is the writer. One thread owns it: [`Wal::append`] writes records (one `write(2)`
 //!   per segment touched), [`Wal::sync`] makes them durable, [`Wal::publish`] lets readers see
 //!   them. Any failure rolls the files back so a later append never lands after half a record.
+//!   For the raft log: [`Wal::append_with_terms`] appends records with their term (record
+//!   version 2) at a given seq.
 //! - [`WalReader`] is a cheap, shareable handle for readers (WAL_READ, watchers, recovery
-//!   replay). It never returns a record above the published sequence number and never returns a
-//!   record whose CRC does not match.
+//!   replay). It never returns a record above the published sequence number — except
+//!   [`WalReader::read_unpublished`] and [`WalReader::term_of`], for the raft log — and never
+//!   returns a record whose CRC does not match.
 //! - [`repair`] is the offline tool behind `rstmdb repair`: it cuts the log at its first invalid
 //!   record after saving the damaged data aside.
 //!

@@ -134,6 +134,32 @@ impl ActiveSegment {
     }
 }
 
+/// A record to append: its term (0: a version 1 record) and payload.
+trait NewRecord {
+    fn term(&self) -> u64;
+    fn payload(&self) -> &[u8];
+}
+
+impl NewRecord for &[u8] {
+    fn term(&self) -> u64 {
+        0
+    }
+
+    fn payload(&self) -> &[u8] {
+        self
+    }
+}
+
+impl NewRecord for (u64, &[u8]) {
+    fn term(&self) -> u64 {
+        self.0
+    }
+
+    fn payload(&self) -> &[u8] {
+        self.1
+    }
+}
+
 /// Where the active segment stood before an append.
 #[derive(Debug, Clone, Copy)]
 struct Mark {
@@ -258,8 +284,9 @@ impl Wal {
         Ok(())
     }
 
-    /// Appends one record per payload with consecutive seqs from `next_seq`; returns the
-    /// first seq (`next_seq` unchanged for an empty slice).
+    /// Appends one record per payload with consecutive seqs from `next_seq`, all with term 0
+    /// (written as version 1 records); returns the first seq (`next_seq` unchanged for an
+    /// empty slice).
     ///
     /// A new segment is started before a record that would push the current one past
     /// `segment_size_bytes` (the current one is synced first). Each segment touched gets one
@@ -268,16 +295,45 @@ impl Wal {
     /// except that a failed fsync during rotation also drops the records written since the last
     /// successful sync, as [`Wal::sync`] does. If the rollback itself fails the log is poisoned.
     pub fn append(&mut self, payloads: &[&[u8]]) -> Result<u64, WalError> {
+        self.append_records(payloads)
+    }
+
+    /// [`Wal::append`] for the raft log: each record is `(term, payload)`, and `first_seq` must
+    /// be [`Wal::next_seq`] (otherwise [`WalError::InvalidArgument`] and nothing is written).
+    /// A record with term 0 is written as version 1, any other as version 2. Once this returns
+    /// the records are readable through [`WalReader::read_unpublished`] from any thread; they
+    /// are durable after [`Wal::sync`].
+    pub fn append_with_terms(
+        &mut self,
+        first_seq: u64,
+        records: &[(u64, &[u8])],
+    ) -> Result<u64, WalError> {
+        self.check_writable()?;
+        let next = self.active.next_seq;
+        if first_seq != next {
+            return Err(WalError::InvalidArgument {
+                reason: format!(
+                    "append_with_terms at seq {first_seq}, but the next sequence number is {next}"
+                ),
+            });
+        }
+        self.append_records(records)
+    }
+
+    fn append_records<R: NewRecord>(&mut self, records: &[R]) -> Result<u64, WalError> {
         self.check_writable()?;
         let max = self.opts.max_record_bytes;
-        if let Some(p) = payloads.iter().find(|p| p.len() > max as usize) {
-            return Err(WalError::RecordTooLarge { len: p.len(), max });
+        if let Some(r) = records.iter().find(|r| r.payload().len() > max as usize) {
+            return Err(WalError::RecordTooLarge {
+                len: r.payload().len(),
+                max,
+            });
         }
         let first = self.active.next_seq;
-        if payloads.is_empty() {
+        if records.is_empty() {
             return Ok(first);
         }
-        if first.checked_add(payloads.len() as u64).is_none() {
+        if first.checked_add(records.len() as u64).is_none() {
             return Err(WalError::InvalidArgument {
                 reason: "sequence numbers exhausted".into(),
             });
@@ -287,7 +343,7 @@ impl Wal {
             next_seq: first,
         };
         let mut sealed = Vec::new();
-        match self.write_records(payloads, &mut sealed) {
+        match self.write_records(records, &mut sealed) {
             Ok(()) => {
                 self.commit(&sealed);
                 Ok(first)
@@ -371,16 +427,16 @@ impl Wal {
         WalError::Poisoned { reason }
     }
 
-    fn write_records(
+    fn write_records<R: NewRecord>(
         &mut self,
-        payloads: &[&[u8]],
+        records: &[R],
         sealed: &mut Vec<ActiveSegment>,
     ) -> Result<(), Failure> {
         let limit = self.opts.segment_size_bytes;
         let cipher = self.opts.cipher.clone();
         let overhead = if cipher.is_some() { SEAL_OVERHEAD } else { 0 };
-        let stored = |p: &[u8]| record_len(0, p.len() + overhead);
-        let mut rest = payloads;
+        let stored = |r: &R| record_len(r.term(), r.payload().len() + overhead);
+        let mut rest = records;
         while let Some(next) = rest.first() {
             if self.active.len > 0 && self.active.len + stored(next) > limit {
                 self.rotate(sealed)?;
@@ -400,18 +456,19 @@ impl Wal {
             let mut buf = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
             let mut offset = self.active.len;
             let mut seq = self.active.next_seq;
-            for p in group {
+            for r in group {
+                let (term, p) = (r.term(), r.payload());
                 match &cipher {
-                    Some(c) => encode_sealed_record(&mut buf, seq, 0, c, p).map_err(|e| {
+                    Some(c) => encode_sealed_record(&mut buf, seq, term, c, p).map_err(|e| {
                         Failure::write(WalError::Io {
                             context: format!("encrypting WAL record {seq}"),
                             source: std::io::Error::other(e),
                         })
                     })?,
-                    None => encode_record(&mut buf, seq, 0, 0, p),
+                    None => encode_record(&mut buf, seq, term, 0, p),
                 }
                 self.active.index.note(seq, offset);
-                offset += stored(p);
+                offset += stored(r);
                 seq += 1;
             }
             debug_assert_eq!(buf.len() as u64, bytes);
@@ -600,13 +657,6 @@ impl WalPublisher {
     /// Lets readers see records up to `seq`, clamped to the last record in the log; never moves
     /// backwards.
     pub fn publish(&self, seq: u64) {
-        let last = self
-            .shared
-            .segments()
-            .iter()
-            .rev()
-            .find_map(|m| m.scanned.as_ref().and_then(|s| s.last_seq))
-            .unwrap_or(0);
-        self.shared.raise_published(seq.min(last));
+        self.shared.publish_clamped(seq);
     }
 }
