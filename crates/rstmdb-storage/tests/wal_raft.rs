@@ -1,6 +1,6 @@
-//! The WAL as a raft log: record version 2 (with a term), appending at a given seq, reading
-//! records that are written but not published, and all of that under encryption, repair and
-//! rekey. Every test works in its own temporary directory.
+//! The WAL as a raft log: record version 2 (with a term), appending at a given seq, cutting
+//! the unpublished suffix, reading records that are written but not published, and all of that
+//! under faults, encryption, repair and rekey. Every test works in its own temporary directory.
 
 // Helpers outside `#[test]` fns unwrap too: in a test, a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rstmdb_storage::wal::{
-    RECORD_HEADER_BYTES, RECORD_HEADER_V2_BYTES, Wal, WalError, WalOptions, WalRecord, repair,
-    rewrite,
+    FaultPlan, RECORD_HEADER_BYTES, RECORD_HEADER_V2_BYTES, Wal, WalError, WalOptions, WalRecord,
+    repair, rewrite,
 };
 use rstmdb_storage::{Cipher, EncryptionKey};
 
@@ -58,6 +58,13 @@ fn segment_paths(dir: &Path) -> Vec<PathBuf> {
 
 fn name(seq: u64) -> String {
     format!("{seq:020}.wal")
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    segment_paths(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 fn is_invalid_argument(e: &WalError) -> bool {
@@ -212,6 +219,289 @@ fn read_unpublished_sees_unsynced_records_from_another_thread() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[test]
+fn truncate_within_a_segment_then_append_with_a_new_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 1 << 20);
+    append_terms(
+        &mut wal,
+        &[(1, "a"), (1, "b"), (1, "c"), (1, "d"), (1, "e")],
+    );
+    wal.sync().unwrap();
+    wal.publish(2);
+    wal.truncate_from(4).unwrap();
+    assert_eq!(wal.next_seq(), 4);
+    assert_eq!(wal.reader().written_seq(), 3);
+    assert_eq!(wal.reader().term_of(4).unwrap(), None);
+    let len = std::fs::metadata(dir.path().join(name(1))).unwrap().len();
+    assert_eq!(len, 3 * (RECORD_HEADER_V2_BYTES as u64 + 1));
+
+    assert_eq!(append_terms(&mut wal, &[(2, "D2"), (2, "E2")]), 4);
+    let expected = vec![
+        (1, 1, "a".to_string()),
+        (2, 1, "b".to_string()),
+        (3, 1, "c".to_string()),
+        (4, 2, "D2".to_string()),
+        (5, 2, "E2".to_string()),
+    ];
+    assert_eq!(triples(&wal), expected);
+    assert_eq!(wal.reader().term_of(4).unwrap(), Some(2));
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = open(dir.path(), 1 << 20);
+    assert_eq!(triples(&wal), expected);
+}
+
+#[test]
+fn truncate_unsynced_records_then_reopen_without_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 1 << 20);
+    append_terms(&mut wal, &[(1, "a"), (1, "b"), (1, "c")]);
+    wal.truncate_from(2).unwrap();
+    drop(wal);
+    // truncate_from made the cut (and what is below it) durable.
+    let wal = open(dir.path(), 1 << 20);
+    assert_eq!(triples(&wal), vec![(1, 1, "a".to_string())]);
+}
+
+#[test]
+fn truncate_across_segments_removes_later_segments_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 150);
+    let records: Vec<(u64, String)> = (1..=20u64)
+        .map(|i| (i, format!("payload-{i:02}")))
+        .collect();
+    let refs: Vec<(u64, &str)> = records.iter().map(|(t, p)| (*t, p.as_str())).collect();
+    append_terms(&mut wal, &refs);
+    wal.sync().unwrap();
+    wal.publish(3);
+    let before = names(dir.path());
+    assert!(before.len() >= 4, "{before:?}");
+    // A seq in the middle of the second segment.
+    let second_first: u64 = before[1].trim_end_matches(".wal").parse().unwrap();
+    let cut = second_first + 1;
+    wal.truncate_from(cut).unwrap();
+    assert_eq!(wal.next_seq(), cut);
+    assert_eq!(names(dir.path()), before[..2].to_vec());
+    assert_eq!(
+        written(&wal).last().map(|r| r.seq),
+        Some(cut - 1),
+        "nothing above the cut"
+    );
+    append_terms(&mut wal, &[(99, "new")]);
+    assert_eq!(wal.reader().term_of(cut).unwrap(), Some(99));
+    // Appending goes on rotating normally from the cut segment.
+    append_terms(&mut wal, &[(99, "more-1"), (99, "more-2"), (99, "more-3")]);
+    wal.sync().unwrap();
+    let expected = triples(&wal);
+    assert_eq!(expected.len() as u64, cut + 3);
+    drop(wal);
+    let wal = open(dir.path(), 150);
+    assert_eq!(triples(&wal), expected);
+}
+
+#[test]
+fn truncate_at_a_segment_boundary_removes_the_segment_starting_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 150);
+    let records: Vec<(u64, String)> = (1..=12u64)
+        .map(|i| (1, format!("payload-{i:02}")))
+        .collect();
+    let refs: Vec<(u64, &str)> = records.iter().map(|(t, p)| (*t, p.as_str())).collect();
+    append_terms(&mut wal, &refs);
+    let before = names(dir.path());
+    let second_first: u64 = before[1].trim_end_matches(".wal").parse().unwrap();
+    wal.truncate_from(second_first).unwrap();
+    assert_eq!(names(dir.path()), before[..1].to_vec());
+    assert_eq!(wal.next_seq(), second_first);
+    append_terms(&mut wal, &[(2, "x")]);
+    drop(wal);
+    let wal = open(dir.path(), 150);
+    assert_eq!(wal.next_seq(), second_first + 1);
+    assert_eq!(wal.reader().term_of(second_first).unwrap(), Some(2));
+}
+
+#[test]
+fn truncate_below_the_first_record_empties_the_log_and_continues_at_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 150);
+    wal.skip_to(100).unwrap();
+    let records: Vec<(u64, String)> = (0..10u64).map(|i| (4, format!("payload-{i:02}"))).collect();
+    let refs: Vec<(u64, &str)> = records.iter().map(|(t, p)| (*t, p.as_str())).collect();
+    append_terms(&mut wal, &refs);
+    assert!(names(dir.path()).len() > 1);
+    wal.truncate_from(50).unwrap();
+    assert_eq!(wal.next_seq(), 50);
+    assert!(written(&wal).is_empty());
+    assert_eq!(names(dir.path()), vec![name(50)]);
+    assert_eq!(append_terms(&mut wal, &[(5, "fresh")]), 50);
+    drop(wal);
+    let wal = open(dir.path(), 150);
+    assert_eq!(triples(&wal), vec![(50, 5, "fresh".to_string())]);
+}
+
+#[test]
+fn truncate_at_the_first_record_empties_the_segment_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 1 << 20);
+    append_terms(&mut wal, &[(1, "a"), (1, "b")]);
+    wal.truncate_from(1).unwrap();
+    assert_eq!(wal.next_seq(), 1);
+    assert_eq!(names(dir.path()), vec![name(1)]);
+    assert_eq!(
+        std::fs::metadata(dir.path().join(name(1))).unwrap().len(),
+        0
+    );
+    append_terms(&mut wal, &[(2, "A")]);
+    drop(wal);
+    let wal = open(dir.path(), 1 << 20);
+    assert_eq!(triples(&wal), vec![(1, 2, "A".to_string())]);
+}
+
+#[test]
+fn truncate_into_a_skip_gap_keeps_the_next_seq_at_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 1 << 20);
+    append_terms(&mut wal, &[(1, "a"), (1, "b")]);
+    wal.skip_to(10).unwrap();
+    append_terms(&mut wal, &[(2, "j"), (2, "k")]);
+    wal.truncate_from(5).unwrap();
+    assert_eq!(wal.next_seq(), 5);
+    assert_eq!(names(dir.path()), vec![name(1), name(5)]);
+    append_terms(&mut wal, &[(3, "e")]);
+    drop(wal);
+    let wal = open(dir.path(), 1 << 20);
+    assert_eq!(
+        triples(&wal),
+        vec![
+            (1, 1, "a".to_string()),
+            (2, 1, "b".to_string()),
+            (5, 3, "e".to_string())
+        ]
+    );
+}
+
+#[test]
+fn truncate_at_or_below_published_or_past_the_end_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 1 << 20);
+    append_terms(&mut wal, &[(1, "a"), (1, "b"), (1, "c")]);
+    wal.publish(2);
+    for seq in [0, 1, 2, 5] {
+        let err = wal.truncate_from(seq).unwrap_err();
+        assert!(is_invalid_argument(&err), "{seq}: {err}");
+    }
+    wal.truncate_from(4).unwrap();
+    assert_eq!(wal.next_seq(), 4, "truncating at next_seq changes nothing");
+    assert_eq!(written(&wal).len(), 3);
+    assert_eq!(wal.poisoned(), None);
+    // A publisher on another handle cannot publish what is cut.
+    let publisher = wal.publisher();
+    wal.truncate_from(3).unwrap();
+    publisher.publish(10);
+    assert_eq!(wal.reader().published_seq(), 2);
+}
+
+#[test]
+fn a_failing_truncate_of_the_only_segment_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 1 << 20);
+    append_terms(&mut wal, &[(1, "a"), (1, "b"), (1, "c")]);
+    wal.set_fault(FaultPlan {
+        failing_truncates: 1,
+        ..FaultPlan::default()
+    });
+    let err = wal.truncate_from(2).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    assert_eq!(wal.poisoned(), None);
+    assert_eq!(wal.next_seq(), 4);
+    assert_eq!(written(&wal).len(), 3);
+    wal.truncate_from(2).unwrap();
+    append_terms(&mut wal, &[(2, "B")]);
+    assert_eq!(
+        triples(&wal),
+        vec![(1, 1, "a".to_string()), (2, 2, "B".to_string())]
+    );
+}
+
+#[test]
+fn a_failing_sync_during_truncate_poisons_and_reopen_has_nothing_above_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 1 << 20);
+    append_terms(&mut wal, &[(1, "a"), (1, "b"), (1, "c"), (1, "d")]);
+    wal.sync().unwrap();
+    wal.set_fault(FaultPlan {
+        failing_syncs: 1,
+        ..FaultPlan::default()
+    });
+    let err = wal.truncate_from(3).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { .. }), "{err}");
+    assert!(wal.poisoned().is_some());
+    assert!(matches!(
+        wal.append_with_terms(3, &[(2, b"x".as_slice())]),
+        Err(WalError::Poisoned { .. })
+    ));
+    drop(wal);
+    let (mut wal, report) = Wal::open(options(dir.path(), 1 << 20), 1).unwrap();
+    assert_eq!(report.last_seq, 2);
+    wal.lower_published(0);
+    assert_eq!(written(&wal).last().map(|r| r.seq), Some(2));
+    append_terms(&mut wal, &[(2, "C")]);
+    assert_eq!(wal.reader().term_of(3).unwrap(), Some(2));
+}
+
+#[test]
+fn faults_while_removing_segments_leave_a_prefix_that_a_retry_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = open(dir.path(), 150);
+    let records: Vec<(u64, String)> = (1..=20u64)
+        .map(|i| (1, format!("payload-{i:02}")))
+        .collect();
+    let refs: Vec<(u64, &str)> = records.iter().map(|(t, p)| (*t, p.as_str())).collect();
+    append_terms(&mut wal, &refs);
+    wal.sync().unwrap();
+    let before = names(dir.path());
+    assert!(before.len() >= 4);
+    let cut = 2;
+
+    // The first removal fails: nothing has changed, and the writer is still usable.
+    wal.set_fault(FaultPlan {
+        failing_removes: 1,
+        ..FaultPlan::default()
+    });
+    let err = wal.truncate_from(cut).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    assert_eq!(wal.poisoned(), None);
+    assert_eq!(names(dir.path()), before);
+    assert_eq!(written(&wal).len(), 20);
+
+    // The directory fsync after the first removal fails: poisoned, newest segment gone.
+    wal.set_fault(FaultPlan {
+        failing_syncs: 1,
+        ..FaultPlan::default()
+    });
+    let err = wal.truncate_from(cut).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned { .. }), "{err}");
+    drop(wal);
+    let (mut wal, report) = Wal::open(options(dir.path(), 150), 1).unwrap();
+    // Open publishes everything it finds; a raft log lowers that to its commit index.
+    assert_eq!(wal.reader().published_seq(), report.last_seq);
+    assert!(is_invalid_argument(&wal.truncate_from(cut).unwrap_err()));
+    wal.lower_published(cut - 1);
+    let after = names(dir.path());
+    assert_eq!(after, before[..before.len() - 1].to_vec());
+    let seqs: Vec<u64> = written(&wal).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=report.last_seq).collect::<Vec<_>>(), "a prefix");
+    assert!(report.last_seq >= cut - 1);
+
+    wal.truncate_from(cut).unwrap();
+    drop(wal);
+    let (wal, report) = Wal::open(options(dir.path(), 150), 1).unwrap();
+    assert_eq!(report.last_seq, cut - 1);
+    assert_eq!(names(dir.path()), vec![name(1)]);
+    assert_eq!(written(&wal).len() as u64, cut - 1);
 }
 
 fn cipher(b: u8) -> Arc<Cipher> {

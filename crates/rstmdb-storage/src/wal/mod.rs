@@ -7,7 +7,7 @@
 //!   per segment touched), [`Wal::sync`] makes them durable, [`Wal::publish`] lets readers see
 //!   them. Any failure rolls the files back so a later append never lands after half a record.
 //!   For the raft log: [`Wal::append_with_terms`] appends records with their term (record
-//!   version 2) at a given seq.
+//!   version 2) at a given seq, and [`Wal::truncate_from`] cuts the unpublished suffix.
 //! - [`WalReader`] is a cheap, shareable handle for readers (WAL_READ, watchers, recovery
 //!   replay). It never returns a record above the published sequence number — except
 //!   [`WalReader::read_unpublished`] and [`WalReader::term_of`], for the raft log — and never
@@ -18,7 +18,8 @@
 //! Layout of the code: `format` (record header), `index` (sparse seq → offset index),
 //! `segment` (file names, listing, scanning), `shared` (state shared by writer and readers),
 //! `disk` (every mutating file-system call, with fault injection), `writer`, `reader`,
-//! `repair`, `rewrite` (copying the log under another key, for `rstmdb rekey`).
+//! `repair`, `rewrite` (copying the log under another key, for `rstmdb rekey`), `truncate`
+//! (cutting the unpublished suffix, for the raft log).
 
 mod disk;
 mod error;
@@ -31,6 +32,7 @@ mod retention;
 mod rewrite;
 pub(crate) mod segment;
 mod shared;
+mod truncate;
 mod writer;
 
 use std::path::PathBuf;

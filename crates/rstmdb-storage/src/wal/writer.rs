@@ -51,19 +51,19 @@ pub struct WalStats {
 #[derive(Debug)]
 pub(super) struct ActiveSegment {
     /// Opened in append mode: every write lands at the current end of the file.
-    file: File,
+    pub(super) file: File,
     pub(super) path: PathBuf,
     pub(super) first_seq: u64,
     /// Bytes of whole records written.
-    len: u64,
+    pub(super) len: u64,
     /// Seq the next record appended here gets.
     pub(super) next_seq: u64,
     /// Prefix that survived a successful fdatasync *and* whose file name is durable.
-    synced_len: u64,
-    synced_next_seq: u64,
+    pub(super) synced_len: u64,
+    pub(super) synced_next_seq: u64,
     /// False for a file created since the last directory fsync.
-    name_durable: bool,
-    index: SparseIndex,
+    pub(super) name_durable: bool,
+    pub(super) index: SparseIndex,
 }
 
 impl ActiveSegment {
@@ -121,7 +121,7 @@ impl ActiveSegment {
         (self.next_seq > self.first_seq).then(|| self.next_seq - 1)
     }
 
-    fn meta(&self) -> SegmentMeta {
+    pub(super) fn meta(&self) -> SegmentMeta {
         SegmentMeta {
             first_seq: self.first_seq,
             path: self.path.clone(),
@@ -238,29 +238,8 @@ impl Wal {
         if seq == next {
             return Ok(());
         }
-        let path = self.shared.dir.join(segment_file_name(seq));
         if self.active.len == 0 {
-            // An empty active segment is renamed, not left behind: an empty segment followed by
-            // another one reads as lost records at open.
-            fs::rename(&self.active.path, &path)
-                .map_err(|e| WalError::io("renaming WAL segment", &self.active.path, e))?;
-            let old_first = self.active.first_seq;
-            self.active.path = path;
-            self.active.first_seq = seq;
-            self.active.next_seq = seq;
-            self.active.synced_next_seq = seq;
-            self.active.index = SparseIndex::default();
-            {
-                let mut table = self.shared.segments_mut();
-                table.retain(|m| m.first_seq != old_first);
-                table.push(self.active.meta());
-            }
-            if let Err(e) = self.disk.sync_dir() {
-                return Err(self.poison(format!(
-                    "the segment rename for skip_to({seq}) could not be made durable: {e}"
-                )));
-            }
-            self.active.name_durable = true;
+            self.rename_empty_active(seq, "skip_to")?;
         } else {
             if let Err(e) = self.make_durable() {
                 return Err(self.drop_unsynced(e));
@@ -281,6 +260,34 @@ impl Wal {
             to_seq = seq,
             "WAL skipped sequence numbers"
         );
+        Ok(())
+    }
+
+    /// Renames the empty active segment to start at `seq` (durable when this returns). An
+    /// empty active segment is renamed, not left behind: an empty segment followed by another
+    /// one reads as lost records at open.
+    pub(super) fn rename_empty_active(&mut self, seq: u64, why: &str) -> Result<(), WalError> {
+        debug_assert_eq!(self.active.len, 0);
+        let path = self.shared.dir.join(segment_file_name(seq));
+        fs::rename(&self.active.path, &path)
+            .map_err(|e| WalError::io("renaming WAL segment", &self.active.path, e))?;
+        let old_first = self.active.first_seq;
+        self.active.path = path;
+        self.active.first_seq = seq;
+        self.active.next_seq = seq;
+        self.active.synced_next_seq = seq;
+        self.active.index = SparseIndex::default();
+        {
+            let mut table = self.shared.segments_mut();
+            table.retain(|m| m.first_seq != old_first);
+            table.push(self.active.meta());
+        }
+        if let Err(e) = self.disk.sync_dir() {
+            return Err(self.poison(format!(
+                "the segment rename for {why}({seq}) could not be made durable: {e}"
+            )));
+        }
+        self.active.name_durable = true;
         Ok(())
     }
 
@@ -374,6 +381,15 @@ impl Wal {
         self.shared.raise_published(seq.min(self.last_seq()));
     }
 
+    /// Lowers the published seq to `seq` (never raises it). [`Wal::open`] publishes every
+    /// record it finds; a raft log reopened after a restart calls this with its commit index
+    /// before handing out any reader, so that the uncommitted suffix is hidden from
+    /// [`WalReader::read`] again and [`Wal::truncate_from`] may cut it. A reader that already
+    /// read above `seq` is not told.
+    pub fn lower_published(&mut self, seq: u64) {
+        self.shared.lower_published(seq);
+    }
+
     /// A handle that publishes from another thread (the apply stage of a pipelined
     /// committer), with the same clamping as [`Wal::publish`].
     pub fn publisher(&self) -> WalPublisher {
@@ -412,7 +428,7 @@ impl Wal {
         self.disk.set_faults(plan);
     }
 
-    fn check_writable(&self) -> Result<(), WalError> {
+    pub(super) fn check_writable(&self) -> Result<(), WalError> {
         match &self.poisoned {
             Some(reason) => Err(WalError::Poisoned {
                 reason: reason.clone(),
@@ -421,7 +437,7 @@ impl Wal {
         }
     }
 
-    fn poison(&mut self, reason: String) -> WalError {
+    pub(super) fn poison(&mut self, reason: String) -> WalError {
         tracing::error!(reason = %reason, "WAL poisoned: refusing writes until reopened");
         self.poisoned = Some(reason.clone());
         WalError::Poisoned { reason }
