@@ -613,3 +613,20 @@ fn repair_reads_v2_records_and_cuts_at_a_damaged_one() {
         vec![(1, 0, "first".to_string()), (2, 2, "second".to_string())]
     );
 }
+
+#[test]
+fn an_encrypted_log_truncates_and_reseals_the_new_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(sealed_options(dir.path()), 1).unwrap();
+    append_terms(&mut wal, &[(1, "a"), (1, "b"), (1, "c")]);
+    wal.truncate_from(2).unwrap();
+    append_terms(&mut wal, &[(2, "B")]);
+    wal.sync().unwrap();
+    drop(wal);
+    let (wal, _) = Wal::open(sealed_options(dir.path()), 1).unwrap();
+    assert_eq!(
+        triples(&wal),
+        vec![(1, 1, "a".to_string()), (2, 2, "B".to_string())]
+    );
+    assert_eq!(wal.stats().segment_count, 1);
+}

@@ -55,8 +55,8 @@ impl Wal {
     /// record. When `seq` is below the first retained record every segment is emptied and the
     /// log continues at `seq`. The cut is durable when this returns (files fdatasynced,
     /// directory fsynced). On failure the log is unchanged if nothing had been touched yet;
-    /// otherwise it is poisoned, and reopening it finds the old records up to some point at or
-    /// above `seq - 1` (never a hole), so the truncation can simply be repeated.
+    /// otherwise it is poisoned, and reopening it finds a prefix of the old log holding every
+    /// record below `seq` (never a hole), so the truncation can simply be repeated.
     pub fn truncate_from(&mut self, seq: u64) -> Result<(), WalError> {
         self.check_writable()?;
         let next = self.active.next_seq;
