@@ -152,8 +152,12 @@ DEFINITIONS = {
 }
 
 
-def wal_record(seq, payload, flags=0):
-    head = b"RWAL" + bytes([1, flags]) + b"\0\0" + struct.pack("<IQ", len(payload), seq)
+def wal_record(seq, payload, flags=0, term=0):
+    """Version 1 (24-byte header) for term 0, version 2 (32 bytes, with the term) otherwise."""
+    version = 1 if term == 0 else 2
+    head = b"RWAL" + bytes([version, flags]) + b"\0\0" + struct.pack("<IQ", len(payload), seq)
+    if term:
+        head += struct.pack("<Q", term)
     return head + struct.pack("<I", crc32c(payload, crc32c(head))) + payload
 
 
@@ -245,6 +249,11 @@ def main():
     write("wal_record", "torn_tail", b"\0" + whole[:-5])
     write("wal_record", "zero_tail", b"\0" + records[0] + b"\0" * 40)
     write("wal_record", "wrong_seq_fixcrc", b"\1" + records[0] + wal_record(9, js(WAL_ENTRIES[1])))
+    mixed = b"".join(wal_record(i + 1, js(e), term=(i % 2) * (i + 1))
+                     for i, e in enumerate(WAL_ENTRIES))
+    write("wal_record", "mixed_v1_v2", b"\0" + mixed)
+    write("wal_record", "mixed_v1_v2_torn_header", b"\0" + mixed + wal_record(
+        len(WAL_ENTRIES) + 1, b"x", term=7)[:28])
     # Mode byte 4: first seq 3, so this segment starts in the middle of the log.
     write("wal_record", "first_seq_3", b"\4" + b"".join(
         wal_record(3 + i, js(e)) for i, e in enumerate(WAL_ENTRIES[2:4])))

@@ -41,6 +41,7 @@ fn expected_read(
         total += p.len();
         out.push(WalRecord {
             seq: i as u64 + 1,
+            term: 0,
             flags: 0,
             payload: p.clone(),
         });

@@ -1,6 +1,6 @@
 //! Every file-system call of the writer that changes the log goes through [`Disk`], which
 //! counts it and can be told to fail it ([`FaultPlan`]) so tests can exercise the error paths:
-//! a full disk in the middle of a write, a failing fsync, a failing truncate.
+//! a full disk in the middle of a write, a failing fsync, a failing truncate or removal.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -24,6 +24,8 @@ pub struct FaultPlan {
     pub failing_syncs: u32,
     /// The next `n` truncations of a segment file fail.
     pub failing_truncates: u32,
+    /// The next `n` removals of a segment file (by [`super::Wal::truncate_from`]) fail.
+    pub failing_removes: u32,
     /// Every fdatasync of a segment first sleeps this long (a slow disk). Unlike the other
     /// faults it stays in force until the plan is replaced.
     pub sync_delay: Option<std::time::Duration>,
@@ -112,5 +114,16 @@ impl Disk {
             file.set_len(len)
         };
         result.map_err(|e| WalError::io(&format!("truncating to {len} bytes WAL segment"), path, e))
+    }
+
+    /// Removes the segment file `path`.
+    pub fn remove_file(&mut self, path: &Path) -> Result<(), WalError> {
+        let result = if self.faults.failing_removes > 0 {
+            self.faults.failing_removes -= 1;
+            Err(injected("remove"))
+        } else {
+            std::fs::remove_file(path)
+        };
+        result.map_err(|e| WalError::io("removing WAL segment", path, e))
     }
 }

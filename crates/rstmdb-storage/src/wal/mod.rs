@@ -6,16 +6,20 @@
 //! - [`Wal`] is the writer. One thread owns it: [`Wal::append`] writes records (one `write(2)`
 //!   per segment touched), [`Wal::sync`] makes them durable, [`Wal::publish`] lets readers see
 //!   them. Any failure rolls the files back so a later append never lands after half a record.
+//!   For the raft log: [`Wal::append_with_terms`] appends records with their term (record
+//!   version 2) at a given seq, and [`Wal::truncate_from`] cuts the unpublished suffix.
 //! - [`WalReader`] is a cheap, shareable handle for readers (WAL_READ, watchers, recovery
-//!   replay). It never returns a record above the published sequence number and never returns a
-//!   record whose CRC does not match.
+//!   replay). It never returns a record above the published sequence number — except
+//!   [`WalReader::read_unpublished`] and [`WalReader::term_of`], for the raft log — and never
+//!   returns a record whose CRC does not match.
 //! - [`repair`] is the offline tool behind `rstmdb repair`: it cuts the log at its first invalid
 //!   record after saving the damaged data aside.
 //!
 //! Layout of the code: `format` (record header), `index` (sparse seq → offset index),
 //! `segment` (file names, listing, scanning), `shared` (state shared by writer and readers),
 //! `disk` (every mutating file-system call, with fault injection), `writer`, `reader`,
-//! `repair`, `rewrite` (copying the log under another key, for `rstmdb rekey`).
+//! `repair`, `rewrite` (copying the log under another key, for `rstmdb rekey`), `truncate`
+//! (cutting the unpublished suffix, for the raft log).
 
 mod disk;
 mod error;
@@ -28,6 +32,7 @@ mod retention;
 mod rewrite;
 pub(crate) mod segment;
 mod shared;
+mod truncate;
 mod writer;
 
 use std::path::PathBuf;
@@ -38,7 +43,8 @@ use crate::crypto::{Cipher, SEAL_OVERHEAD};
 pub use disk::FaultPlan;
 pub use error::WalError;
 pub use format::{
-    FLAG_ENCRYPTED, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_MAGIC, RECORD_VERSION,
+    FLAG_ENCRYPTED, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_HEADER_V2_BYTES,
+    RECORD_MAGIC, RECORD_VERSION, RECORD_VERSION_V2,
 };
 pub use open::{OpenReport, TornTail};
 pub use reader::{WalIter, WalReader, WalRecord};
@@ -124,18 +130,18 @@ pub struct ImageScan {
 }
 
 /// Validates an in-memory copy of a segment file whose first record should carry `first_seq`,
-/// with the same code recovery runs on the file, and hands every valid record's seq and payload
-/// to `on_record`. Not part of the stable API: it exists so the fuzz targets (`fuzz/`) reach
-/// the record decoder without touching the disk.
+/// with the same code recovery runs on the file, and hands every valid record's seq,
+/// term (0 for a version 1 record) and payload to `on_record`. Not part of the stable API: it
+/// exists so the fuzz targets (`fuzz/`) reach the record decoder without touching the disk.
 #[doc(hidden)]
 pub fn scan_segment_image(
     image: &[u8],
     first_seq: u64,
-    on_record: impl FnMut(u64, &[u8]),
+    on_record: impl FnMut(u64, u64, &[u8]),
 ) -> ImageScan {
     let mut on_record = on_record;
-    scan_image(image, first_seq, &format::Expect::Any, |seq, _, p| {
-        on_record(seq, p)
+    scan_image(image, first_seq, &format::Expect::Any, |seq, h, p| {
+        on_record(seq, h.term, p)
     })
 }
 
@@ -220,7 +226,9 @@ mod tests {
         let image = std::fs::read(&segment.path).unwrap();
 
         let mut seen = Vec::new();
-        let scan = scan_segment_image(&image, 1, |seq, payload| seen.push((seq, payload.to_vec())));
+        let scan = scan_segment_image(&image, 1, |seq, _, payload| {
+            seen.push((seq, payload.to_vec()))
+        });
         assert_eq!(scan.records, 3);
         assert_eq!(scan.valid_len, image.len() as u64);
         assert_eq!(scan.invalid, None);
@@ -234,15 +242,50 @@ mod tests {
         );
 
         let torn = &image[..image.len() - 2];
-        let scan = scan_segment_image(torn, 1, |_, _| {});
+        let scan = scan_segment_image(torn, 1, |_, _, _| {});
         assert_eq!(scan.records, 2);
         assert!(scan.invalid.is_some() && !scan.definite, "{scan:?}");
 
-        let scan = scan_segment_image(&image, 2, |_, _| {});
+        let scan = scan_segment_image(&image, 2, |_, _, _| {});
         assert_eq!(scan.records, 0);
         assert!(
             scan.definite,
             "a valid record with the wrong seq is corruption: {scan:?}"
+        );
+    }
+
+    #[test]
+    fn image_scan_reads_v1_and_v2_records_in_one_segment_and_stops_at_a_torn_v2_header() {
+        let mut image = Vec::new();
+        format::encode_record(&mut image, 1, 0, 0, b"one");
+        format::encode_record(&mut image, 2, 7, 0, b"two");
+        format::encode_record(&mut image, 3, 0, 0, b"three");
+        format::encode_record(&mut image, 4, 8, 0, b"four");
+        let mut seen = Vec::new();
+        let scan = scan_segment_image(&image, 1, |seq, term, p| seen.push((seq, term, p.to_vec())));
+        assert_eq!(scan.records, 4);
+        assert_eq!(scan.valid_len, image.len() as u64);
+        assert_eq!(
+            seen,
+            vec![
+                (1, 0, b"one".to_vec()),
+                (2, 7, b"two".to_vec()),
+                (3, 0, b"three".to_vec()),
+                (4, 8, b"four".to_vec()),
+            ]
+        );
+        // A v2 header cut after its first 24 bytes is a torn tail, not corruption.
+        let whole = image.len();
+        format::encode_record(&mut image, 5, 9, 0, b"five");
+        let torn = &image[..whole + RECORD_HEADER_BYTES];
+        let scan = scan_segment_image(torn, 1, |_, _, _| {});
+        assert_eq!(scan.records, 4);
+        assert!(!scan.definite, "{scan:?}");
+        assert!(
+            scan.invalid
+                .as_deref()
+                .is_some_and(|r| r.contains("partial record header")),
+            "{scan:?}"
         );
     }
 

@@ -1,7 +1,9 @@
 //! Readers: bounded reads for WAL_READ and watchers, and a streaming iterator for replay.
 //!
 //! A reader never returns a record above the published seq (so it never sees a record that is
-//! not yet durable and applied, nor half of one being written) and never returns a record
+//! not yet durable and applied, nor half of one being written) — except through
+//! `read_unpublished` / `term_of`, which go up to the last record written (whole: the writer
+//! records it in the shared table only after its write returned) — and never returns a record
 //! whose CRC does not match. It finds its starting point through the sparse index of the
 //! segment, scanning segments that open did not read the first time one is needed.
 
@@ -11,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::error::WalError;
-use super::format::{Expect, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RecordHeader};
+use super::format::{
+    Expect, MAX_PAYLOAD_BYTES_LIMIT, RECORD_HEADER_BYTES, RECORD_HEADER_V2_BYTES, RecordHeader,
+};
 use super::segment::scan_segment;
 use super::shared::{CountingFile, IoStats, ScannedSegment, Shared};
 
@@ -22,11 +26,14 @@ const MAX_REOPEN_ATTEMPTS: u32 = 64;
 /// Bound on the rounds of locating a seq (each round scans at most one segment).
 const MAX_LOCATE_ROUNDS: u32 = 1024;
 
-/// One record: its seq, its flags as stored, and its payload (decrypted when the record is
-/// encrypted).
+/// One record: its seq, its term, its flags as stored, and its payload (decrypted when the
+/// record is encrypted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalRecord {
     pub seq: u64,
+    /// The raft term it was appended with ([`super::Wal::append_with_terms`]); 0 for a record
+    /// written by [`super::Wal::append`] (stored as a version 1 record).
+    pub term: u64,
     pub flags: u8,
     pub payload: Vec<u8>,
 }
@@ -81,6 +88,59 @@ impl WalReader {
             walk: Walk::new(Arc::clone(&self.shared), from, self.published_seq()),
             done: false,
         })
+    }
+
+    /// Records with seq in `from..=until_inclusive`, ascending, at most `max_records`,
+    /// including records above the published seq: everything [`super::Wal::append`] /
+    /// [`super::Wal::append_with_terms`] has returned for, synced or not (for the raft log,
+    /// which reads entries before they are committed). Bounded by the last written record. A
+    /// `from` below the earliest retained record starts at the earliest; seqs skipped by
+    /// `skip_to` are simply absent.
+    ///
+    /// An unpublished record may be cut by [`super::Wal::truncate_from`] or a failed sync while
+    /// it is being read: the read then stops before it rather than failing.
+    pub fn read_unpublished(
+        &self,
+        from: u64,
+        until_inclusive: u64,
+        max_records: usize,
+    ) -> Result<Vec<WalRecord>, WalError> {
+        let mut out = Vec::new();
+        if max_records == 0 {
+            return Ok(out);
+        }
+        let upper = until_inclusive.min(self.shared.written_seq());
+        let mut walk = Walk::new(Arc::clone(&self.shared), from, upper);
+        while out.len() < max_records {
+            if walk.peek()?.is_none() {
+                break;
+            }
+            let Some(record) = walk.take()? else {
+                break;
+            };
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// The term of record `seq` (0 for a version 1 record), read from its header alone;
+    /// `None` when no record `seq` is in the log (beyond its end, below its earliest retained
+    /// record, or skipped). Sees unpublished records like [`WalReader::read_unpublished`].
+    /// The header's CRC is not checked here (that needs the payload): every segment a reader
+    /// reaches was verified at open or when first scanned, and records since were written by
+    /// this process.
+    pub fn term_of(&self, seq: u64) -> Result<Option<u64>, WalError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let upper = seq.min(self.shared.written_seq());
+        let mut walk = Walk::new(Arc::clone(&self.shared), seq, upper);
+        Ok(walk.peek()?.filter(|h| h.seq == seq).map(|h| h.term))
+    }
+
+    /// Seq of the last record written, published or not (0 when the log holds none).
+    pub fn written_seq(&self) -> u64 {
+        self.shared.written_seq()
     }
 
     /// Seq of the earliest retained record, `None` when the log holds no record.
@@ -404,14 +464,29 @@ impl Cursor {
                 "partial record header: {filled} of {RECORD_HEADER_BYTES} bytes"
             )));
         }
-        let header = RecordHeader::decode(&raw);
+        let extra = RecordHeader::extra_len(&raw);
+        let mut full = [0u8; RECORD_HEADER_V2_BYTES];
+        full[..RECORD_HEADER_BYTES].copy_from_slice(&raw);
+        let more = read_full(
+            &mut self.reader,
+            &mut full[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + extra],
+        )
+        .map_err(|e| self.io_err(e))?;
+        if more < extra {
+            return Err(self.corrupt(format!(
+                "partial record header: {} of {} bytes",
+                RECORD_HEADER_BYTES + more,
+                RECORD_HEADER_BYTES + extra
+            )));
+        }
+        let header = RecordHeader::decode(&full[..RECORD_HEADER_BYTES + extra]);
         let end = self.offset.saturating_add(header.record_len());
         if end > self.file_len {
             self.file_len = self.reader.get_ref().len().map_err(|e| self.io_err(e))?;
         }
         let available = self
             .file_len
-            .saturating_sub(self.offset + RECORD_HEADER_BYTES as u64);
+            .saturating_sub(self.offset + header.header_len as u64);
         if let Some(problem) =
             header.shape_problem(available.min(u64::from(MAX_PAYLOAD_BYTES_LIMIT)))
         {
@@ -463,6 +538,7 @@ impl Cursor {
         self.advance(header);
         Ok(WalRecord {
             seq: header.seq,
+            term: header.term,
             flags: header.flags,
             payload,
         })

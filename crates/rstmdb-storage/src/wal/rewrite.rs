@@ -1,6 +1,6 @@
 //! Copying a log into another directory under another key: the WAL half of `rstmdb rekey`.
 //!
-//! Every segment keeps its name and every record its seq; only the payload envelope changes
+//! Every segment keeps its name and every record its seq and term (so its version); only the payload envelope changes
 //! (decrypted with the old key or read as plaintext, sealed with the new key or written as
 //! plaintext). The source is only read, under its directory lock; the copy is fsynced, file by
 //! file, then its directory.
@@ -80,7 +80,9 @@ pub fn rewrite(
                 buf.clear();
                 match &to {
                     Some(c) => {
-                        if let Err(e) = encode_sealed_record(&mut buf, header.seq, c, &plain) {
+                        if let Err(e) =
+                            encode_sealed_record(&mut buf, header.seq, header.term, c, &plain)
+                        {
                             failure = Some(WalError::Io {
                                 context: format!("encrypting WAL record {}", header.seq),
                                 source: std::io::Error::other(e),
@@ -88,7 +90,7 @@ pub fn rewrite(
                             return;
                         }
                     }
-                    None => encode_record(&mut buf, header.seq, 0, &plain),
+                    None => encode_record(&mut buf, header.seq, header.term, 0, &plain),
                 }
                 if let Err(e) = out.write_all(&buf) {
                     failure = Some(WalError::io("writing WAL segment", &out_path, e));

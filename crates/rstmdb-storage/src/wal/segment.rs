@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::WalError;
-use super::format::{Expect, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordHeader};
+use super::format::{
+    Expect, RECORD_HEADER_BYTES, RECORD_HEADER_V2_BYTES, RECORD_MAGIC, RecordHeader,
+};
 use super::index::SparseIndex;
 use super::shared::{CountingFile, IoStats};
 
@@ -235,8 +237,19 @@ pub(crate) fn scan_records(
             break;
         }
         reader.read_exact(&mut raw)?;
-        let header = RecordHeader::decode(&raw);
-        if let Some(reason) = header.shape_problem(remaining - RECORD_HEADER_BYTES as u64) {
+        let extra = RecordHeader::extra_len(&raw);
+        let mut full = [0u8; RECORD_HEADER_V2_BYTES];
+        full[..RECORD_HEADER_BYTES].copy_from_slice(&raw);
+        let header_len = RECORD_HEADER_BYTES + extra;
+        if remaining < header_len as u64 {
+            scan.invalid = Some(torn(format!(
+                "partial record header: {remaining} of {header_len} bytes"
+            )));
+            break;
+        }
+        reader.read_exact(&mut full[RECORD_HEADER_BYTES..header_len])?;
+        let header = RecordHeader::decode(&full[..header_len]);
+        if let Some(reason) = header.shape_problem(remaining - header_len as u64) {
             scan.invalid = Some(torn(reason));
             break;
         }
@@ -326,10 +339,17 @@ fn valid_record_at(
     else {
         return Ok(None);
     };
-    let mut raw = [0u8; RECORD_HEADER_BYTES];
+    let mut raw = [0u8; RECORD_HEADER_V2_BYTES];
     file.seek(SeekFrom::Start(at))?;
-    file.read_exact(&mut raw)?;
-    let header = RecordHeader::decode(&raw);
+    file.read_exact(&mut raw[..RECORD_HEADER_BYTES])?;
+    let mut first = [0u8; RECORD_HEADER_BYTES];
+    first.copy_from_slice(&raw[..RECORD_HEADER_BYTES]);
+    let extra = RecordHeader::extra_len(&first);
+    let Some(available) = available.checked_sub(extra as u64) else {
+        return Ok(None);
+    };
+    file.read_exact(&mut raw[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + extra])?;
+    let header = RecordHeader::decode(&raw[..RECORD_HEADER_BYTES + extra]);
     if header.shape_problem(available).is_some() {
         return Ok(None);
     }

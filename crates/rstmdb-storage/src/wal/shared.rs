@@ -147,6 +147,20 @@ impl Shared {
         self.published.fetch_min(seq, Ordering::AcqRel);
     }
 
+    /// Seq of the last record written (published or not), 0 when the log holds none. The
+    /// writer updates the table once an append's `write(2)`s have returned, so every record up
+    /// to this seq is whole in the files (in the page cache if not yet synced).
+    pub fn written_seq(&self) -> u64 {
+        written_seq_in(&self.segments())
+    }
+
+    /// Raises the published seq to `seq` clamped to the last written record, atomically with
+    /// respect to table changes (a truncation cannot slip between the clamp and the raise).
+    pub fn publish_clamped(&self, seq: u64) {
+        let table = self.segments();
+        self.raise_published(seq.min(written_seq_in(&table)));
+    }
+
     /// Seq of the earliest retained record, `None` when no segment holds a record.
     pub fn earliest_seq(&self) -> Option<u64> {
         let table = self.segments();
@@ -169,4 +183,13 @@ impl Shared {
             .map(|m| m.first_seq)
             .find(|&f| f > first_seq)
     }
+}
+
+/// Seq of the last record in `table`, 0 when it holds none.
+pub(crate) fn written_seq_in(table: &[SegmentMeta]) -> u64 {
+    table
+        .iter()
+        .rev()
+        .find_map(|m| m.scanned.as_ref().and_then(|s| s.last_seq))
+        .unwrap_or(0)
 }

@@ -51,19 +51,19 @@ pub struct WalStats {
 #[derive(Debug)]
 pub(super) struct ActiveSegment {
     /// Opened in append mode: every write lands at the current end of the file.
-    file: File,
+    pub(super) file: File,
     pub(super) path: PathBuf,
     pub(super) first_seq: u64,
     /// Bytes of whole records written.
-    len: u64,
+    pub(super) len: u64,
     /// Seq the next record appended here gets.
     pub(super) next_seq: u64,
     /// Prefix that survived a successful fdatasync *and* whose file name is durable.
-    synced_len: u64,
-    synced_next_seq: u64,
+    pub(super) synced_len: u64,
+    pub(super) synced_next_seq: u64,
     /// False for a file created since the last directory fsync.
-    name_durable: bool,
-    index: SparseIndex,
+    pub(super) name_durable: bool,
+    pub(super) index: SparseIndex,
 }
 
 impl ActiveSegment {
@@ -121,7 +121,7 @@ impl ActiveSegment {
         (self.next_seq > self.first_seq).then(|| self.next_seq - 1)
     }
 
-    fn meta(&self) -> SegmentMeta {
+    pub(super) fn meta(&self) -> SegmentMeta {
         SegmentMeta {
             first_seq: self.first_seq,
             path: self.path.clone(),
@@ -131,6 +131,32 @@ impl ActiveSegment {
                 index: self.index.clone(),
             }),
         }
+    }
+}
+
+/// A record to append: its term (0: a version 1 record) and payload.
+trait NewRecord {
+    fn term(&self) -> u64;
+    fn payload(&self) -> &[u8];
+}
+
+impl NewRecord for &[u8] {
+    fn term(&self) -> u64 {
+        0
+    }
+
+    fn payload(&self) -> &[u8] {
+        self
+    }
+}
+
+impl NewRecord for (u64, &[u8]) {
+    fn term(&self) -> u64 {
+        self.0
+    }
+
+    fn payload(&self) -> &[u8] {
+        self.1
     }
 }
 
@@ -212,29 +238,8 @@ impl Wal {
         if seq == next {
             return Ok(());
         }
-        let path = self.shared.dir.join(segment_file_name(seq));
         if self.active.len == 0 {
-            // An empty active segment is renamed, not left behind: an empty segment followed by
-            // another one reads as lost records at open.
-            fs::rename(&self.active.path, &path)
-                .map_err(|e| WalError::io("renaming WAL segment", &self.active.path, e))?;
-            let old_first = self.active.first_seq;
-            self.active.path = path;
-            self.active.first_seq = seq;
-            self.active.next_seq = seq;
-            self.active.synced_next_seq = seq;
-            self.active.index = SparseIndex::default();
-            {
-                let mut table = self.shared.segments_mut();
-                table.retain(|m| m.first_seq != old_first);
-                table.push(self.active.meta());
-            }
-            if let Err(e) = self.disk.sync_dir() {
-                return Err(self.poison(format!(
-                    "the segment rename for skip_to({seq}) could not be made durable: {e}"
-                )));
-            }
-            self.active.name_durable = true;
+            self.rename_empty_active(seq, "skip_to")?;
         } else {
             if let Err(e) = self.make_durable() {
                 return Err(self.drop_unsynced(e));
@@ -258,8 +263,37 @@ impl Wal {
         Ok(())
     }
 
-    /// Appends one record per payload with consecutive seqs from `next_seq`; returns the
-    /// first seq (`next_seq` unchanged for an empty slice).
+    /// Renames the empty active segment to start at `seq` (durable when this returns). An
+    /// empty active segment is renamed, not left behind: an empty segment followed by another
+    /// one reads as lost records at open.
+    pub(super) fn rename_empty_active(&mut self, seq: u64, why: &str) -> Result<(), WalError> {
+        debug_assert_eq!(self.active.len, 0);
+        let path = self.shared.dir.join(segment_file_name(seq));
+        fs::rename(&self.active.path, &path)
+            .map_err(|e| WalError::io("renaming WAL segment", &self.active.path, e))?;
+        let old_first = self.active.first_seq;
+        self.active.path = path;
+        self.active.first_seq = seq;
+        self.active.next_seq = seq;
+        self.active.synced_next_seq = seq;
+        self.active.index = SparseIndex::default();
+        {
+            let mut table = self.shared.segments_mut();
+            table.retain(|m| m.first_seq != old_first);
+            table.push(self.active.meta());
+        }
+        if let Err(e) = self.disk.sync_dir() {
+            return Err(self.poison(format!(
+                "the segment rename for {why}({seq}) could not be made durable: {e}"
+            )));
+        }
+        self.active.name_durable = true;
+        Ok(())
+    }
+
+    /// Appends one record per payload with consecutive seqs from `next_seq`, all with term 0
+    /// (written as version 1 records); returns the first seq (`next_seq` unchanged for an
+    /// empty slice).
     ///
     /// A new segment is started before a record that would push the current one past
     /// `segment_size_bytes` (the current one is synced first). Each segment touched gets one
@@ -268,16 +302,45 @@ impl Wal {
     /// except that a failed fsync during rotation also drops the records written since the last
     /// successful sync, as [`Wal::sync`] does. If the rollback itself fails the log is poisoned.
     pub fn append(&mut self, payloads: &[&[u8]]) -> Result<u64, WalError> {
+        self.append_records(payloads)
+    }
+
+    /// [`Wal::append`] for the raft log: each record is `(term, payload)`, and `first_seq` must
+    /// be [`Wal::next_seq`] (otherwise [`WalError::InvalidArgument`] and nothing is written).
+    /// A record with term 0 is written as version 1, any other as version 2. Once this returns
+    /// the records are readable through [`WalReader::read_unpublished`] from any thread; they
+    /// are durable after [`Wal::sync`].
+    pub fn append_with_terms(
+        &mut self,
+        first_seq: u64,
+        records: &[(u64, &[u8])],
+    ) -> Result<u64, WalError> {
+        self.check_writable()?;
+        let next = self.active.next_seq;
+        if first_seq != next {
+            return Err(WalError::InvalidArgument {
+                reason: format!(
+                    "append_with_terms at seq {first_seq}, but the next sequence number is {next}"
+                ),
+            });
+        }
+        self.append_records(records)
+    }
+
+    fn append_records<R: NewRecord>(&mut self, records: &[R]) -> Result<u64, WalError> {
         self.check_writable()?;
         let max = self.opts.max_record_bytes;
-        if let Some(p) = payloads.iter().find(|p| p.len() > max as usize) {
-            return Err(WalError::RecordTooLarge { len: p.len(), max });
+        if let Some(r) = records.iter().find(|r| r.payload().len() > max as usize) {
+            return Err(WalError::RecordTooLarge {
+                len: r.payload().len(),
+                max,
+            });
         }
         let first = self.active.next_seq;
-        if payloads.is_empty() {
+        if records.is_empty() {
             return Ok(first);
         }
-        if first.checked_add(payloads.len() as u64).is_none() {
+        if first.checked_add(records.len() as u64).is_none() {
             return Err(WalError::InvalidArgument {
                 reason: "sequence numbers exhausted".into(),
             });
@@ -287,7 +350,7 @@ impl Wal {
             next_seq: first,
         };
         let mut sealed = Vec::new();
-        match self.write_records(payloads, &mut sealed) {
+        match self.write_records(records, &mut sealed) {
             Ok(()) => {
                 self.commit(&sealed);
                 Ok(first)
@@ -316,6 +379,15 @@ impl Wal {
     /// Call it once the records are durable under the fsync policy and applied.
     pub fn publish(&self, seq: u64) {
         self.shared.raise_published(seq.min(self.last_seq()));
+    }
+
+    /// Lowers the published seq to `seq` (never raises it). [`Wal::open`] publishes every
+    /// record it finds; a raft log reopened after a restart calls this with its commit index
+    /// before handing out any reader, so that the uncommitted suffix is hidden from
+    /// [`WalReader::read`] again and [`Wal::truncate_from`] may cut it. A reader that already
+    /// read above `seq` is not told.
+    pub fn lower_published(&mut self, seq: u64) {
+        self.shared.lower_published(seq);
     }
 
     /// A handle that publishes from another thread (the apply stage of a pipelined
@@ -356,7 +428,7 @@ impl Wal {
         self.disk.set_faults(plan);
     }
 
-    fn check_writable(&self) -> Result<(), WalError> {
+    pub(super) fn check_writable(&self) -> Result<(), WalError> {
         match &self.poisoned {
             Some(reason) => Err(WalError::Poisoned {
                 reason: reason.clone(),
@@ -365,22 +437,22 @@ impl Wal {
         }
     }
 
-    fn poison(&mut self, reason: String) -> WalError {
+    pub(super) fn poison(&mut self, reason: String) -> WalError {
         tracing::error!(reason = %reason, "WAL poisoned: refusing writes until reopened");
         self.poisoned = Some(reason.clone());
         WalError::Poisoned { reason }
     }
 
-    fn write_records(
+    fn write_records<R: NewRecord>(
         &mut self,
-        payloads: &[&[u8]],
+        records: &[R],
         sealed: &mut Vec<ActiveSegment>,
     ) -> Result<(), Failure> {
         let limit = self.opts.segment_size_bytes;
         let cipher = self.opts.cipher.clone();
         let overhead = if cipher.is_some() { SEAL_OVERHEAD } else { 0 };
-        let stored = |p: &[u8]| record_len(p.len() + overhead);
-        let mut rest = payloads;
+        let stored = |r: &R| record_len(r.term(), r.payload().len() + overhead);
+        let mut rest = records;
         while let Some(next) = rest.first() {
             if self.active.len > 0 && self.active.len + stored(next) > limit {
                 self.rotate(sealed)?;
@@ -400,18 +472,19 @@ impl Wal {
             let mut buf = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
             let mut offset = self.active.len;
             let mut seq = self.active.next_seq;
-            for p in group {
+            for r in group {
+                let (term, p) = (r.term(), r.payload());
                 match &cipher {
-                    Some(c) => encode_sealed_record(&mut buf, seq, c, p).map_err(|e| {
+                    Some(c) => encode_sealed_record(&mut buf, seq, term, c, p).map_err(|e| {
                         Failure::write(WalError::Io {
                             context: format!("encrypting WAL record {seq}"),
                             source: std::io::Error::other(e),
                         })
                     })?,
-                    None => encode_record(&mut buf, seq, 0, p),
+                    None => encode_record(&mut buf, seq, term, 0, p),
                 }
                 self.active.index.note(seq, offset);
-                offset += stored(p);
+                offset += stored(r);
                 seq += 1;
             }
             debug_assert_eq!(buf.len() as u64, bytes);
@@ -600,13 +673,6 @@ impl WalPublisher {
     /// Lets readers see records up to `seq`, clamped to the last record in the log; never moves
     /// backwards.
     pub fn publish(&self, seq: u64) {
-        let last = self
-            .shared
-            .segments()
-            .iter()
-            .rev()
-            .find_map(|m| m.scanned.as_ref().and_then(|s| s.last_seq))
-            .unwrap_or(0);
-        self.shared.raise_published(seq.min(last));
+        self.shared.publish_clamped(seq);
     }
 }
