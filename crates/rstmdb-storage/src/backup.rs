@@ -28,6 +28,7 @@ use crate::datadir::open_state;
 use crate::db::Database;
 use crate::entry::WalEntry;
 use crate::state::{self, IdemRecord, StoredMachine, keys};
+use crate::state_import::{StateKind, state_writes};
 use crate::wal::{Wal, WalOptions};
 use rstmdb_backup::{Counts, Record};
 use rstmdb_core::{Error, Instance, Result};
@@ -89,45 +90,7 @@ impl Database {
         let out = |r: &Record, sink: &mut dyn FnMut(&Record) -> std::result::Result<(), String>| {
             sink(r).map_err(|e| internal(format!("writing the backup: {e}")))
         };
-        let db = self.state_db();
-        let sled_err = |e: crate::store::StoreError| internal(format!("state store: {e}"));
-
-        for item in db.scan_prefix(keys::MACHINE) {
-            let (_, v) = item.map_err(sled_err)?;
-            let m: StoredMachine = serde_json::from_slice(&v)
-                .map_err(|e| internal(format!("corrupt machine record: {e}")))?;
-            out(
-                &Record::Machine {
-                    machine: m.machine,
-                    version: m.version,
-                    checksum: m.checksum,
-                    definition: m.definition,
-                    wal_offset: m.wal_offset,
-                },
-                sink,
-            )?;
-            counts.machines += 1;
-        }
-        for item in db.scan_prefix(keys::INSTANCE) {
-            let (_, v) = item.map_err(sled_err)?;
-            let inst = state::decode_instance(&v).map_err(internal)?;
-            let instance = serde_json::to_value(&inst)
-                .map_err(|e| internal(format!("encoding instance: {e}")))?;
-            out(&Record::Instance { instance }, sink)?;
-            counts.instances += 1;
-        }
-        for item in db.scan_prefix(keys::IDEM) {
-            let (k, v) = item.map_err(sled_err)?;
-            let scope = std::str::from_utf8(&k[keys::IDEM.len()..])
-                .map_err(|_| internal("idempotency scope is not UTF-8"))?
-                .to_owned();
-            let rec: IdemRecord = serde_json::from_slice(&v)
-                .map_err(|e| internal(format!("corrupt idempotency record: {e}")))?;
-            let record = serde_json::to_value(&rec)
-                .map_err(|e| internal(format!("encoding idempotency record: {e}")))?;
-            out(&Record::Idempotency { scope, record }, sink)?;
-            counts.idempotency_records += 1;
-        }
+        self.export_state(sink, &mut counts)?;
 
         let iter = self
             .wal_reader()
@@ -168,6 +131,59 @@ impl Database {
             wal_end: end,
             counts,
         })
+    }
+
+    /// Exports machines, instances (tombstones included) and idempotency records from the
+    /// state store as it is now, in body order.
+    pub(crate) fn export_state(
+        &self,
+        sink: &mut dyn FnMut(&Record) -> std::result::Result<(), String>,
+        counts: &mut Counts,
+    ) -> Result<()> {
+        let out = |r: &Record, sink: &mut dyn FnMut(&Record) -> std::result::Result<(), String>| {
+            sink(r).map_err(|e| internal(format!("writing the backup: {e}")))
+        };
+        let db = self.state_db();
+        let sled_err = |e: crate::store::StoreError| internal(format!("state store: {e}"));
+
+        for item in db.scan_prefix(keys::MACHINE) {
+            let (_, v) = item.map_err(sled_err)?;
+            let m: StoredMachine = serde_json::from_slice(&v)
+                .map_err(|e| internal(format!("corrupt machine record: {e}")))?;
+            out(
+                &Record::Machine {
+                    machine: m.machine,
+                    version: m.version,
+                    checksum: m.checksum,
+                    definition: m.definition,
+                    wal_offset: m.wal_offset,
+                },
+                sink,
+            )?;
+            counts.machines += 1;
+        }
+        for item in db.scan_prefix(keys::INSTANCE) {
+            let (_, v) = item.map_err(sled_err)?;
+            let inst = state::decode_instance(&v).map_err(internal)?;
+            let instance = serde_json::to_value(&inst)
+                .map_err(|e| internal(format!("encoding instance: {e}")))?;
+            out(&Record::Instance { instance }, sink)?;
+            counts.instances += 1;
+        }
+        for item in db.scan_prefix(keys::IDEM) {
+            let (k, v) = item.map_err(sled_err)?;
+            let scope = std::str::from_utf8(&k[keys::IDEM.len()..])
+                .map_err(|_| internal("idempotency scope is not UTF-8"))?
+                .to_owned();
+            let rec: IdemRecord = serde_json::from_slice(&v)
+                .map_err(|e| internal(format!("corrupt idempotency record: {e}")))?;
+            let record = serde_json::to_value(&rec)
+                .map_err(|e| internal(format!("encoding idempotency record: {e}")))?;
+            out(&Record::Idempotency { scope, record }, sink)?;
+            counts.idempotency_records += 1;
+        }
+
+        Ok(())
     }
 }
 
@@ -268,6 +284,7 @@ impl Database {
                 ),
             ));
         }
+        self.write_gate()?;
         let guards = self.lock_instances(&[target.as_str()]).await;
         let existing = self.load_instance(&target)?;
         let replaced = existing.as_ref().is_some_and(|e| !e.deleted);
@@ -402,61 +419,15 @@ impl Restorer {
     }
 
     fn state(&mut self, r: Record) -> std::result::Result<(), String> {
-        match r {
-            Record::Machine {
-                machine,
-                version,
-                checksum,
-                definition,
-                wal_offset,
-            } => {
-                let stored = StoredMachine {
-                    machine,
-                    version,
-                    definition,
-                    checksum,
-                    wal_offset,
-                };
-                let v = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
-                self.put(keys::machine(&stored.machine, stored.version), v)?;
-                self.report.machines += 1;
-            }
-            Record::Instance { instance } => {
-                let inst: Instance = serde_json::from_value(instance)
-                    .map_err(|e| format!("instance record: {e}"))?;
-                rstmdb_core::names::validate_instance_id(&inst.id)
-                    .map_err(|e| format!("instance record: {e}"))?;
-                if inst.deleted {
-                    self.put(
-                        keys::tombstone(&inst.id),
-                        state::encode_u64(inst.last_wal_offset),
-                    )?;
-                } else {
-                    self.put(
-                        keys::by_state(&inst.machine, &inst.state, &inst.id),
-                        Vec::new(),
-                    )?;
-                    *self
-                        .counts
-                        .entry(keys::count(&inst.machine, &inst.state))
-                        .or_insert(0) += 1;
-                }
-                let v = serde_json::to_vec(&inst).map_err(|e| e.to_string())?;
-                self.put(keys::instance(&inst.id), v)?;
-                self.report.instances += 1;
-            }
-            Record::Idempotency { scope, record } => {
-                let rec: IdemRecord = serde_json::from_value(record)
-                    .map_err(|e| format!("idempotency record: {e}"))?;
-                if scope.is_empty() || scope.len() > 1024 {
-                    return Err("idempotency record with a bad scope".into());
-                }
-                self.put(keys::idem_expiry(rec.expires_at, &scope), Vec::new())?;
-                let v = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
-                self.put(keys::idem(&scope), v)?;
-                self.report.idempotency_records += 1;
-            }
-            Record::Wal { .. } => return Err("unexpected WAL record".into()),
+        let mut writes = Vec::new();
+        let kind = state_writes(r, &mut writes, &mut self.counts)?;
+        for (k, v) in writes {
+            self.put(k, v)?;
+        }
+        match kind {
+            StateKind::Machine => self.report.machines += 1,
+            StateKind::Instance => self.report.instances += 1,
+            StateKind::Idempotency => self.report.idempotency_records += 1,
         }
         Ok(())
     }

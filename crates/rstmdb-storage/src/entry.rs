@@ -80,6 +80,12 @@ pub enum WalEntry {
         /// Unix ms.
         timestamp: i64,
     },
+    /// Cluster only: the blank record a new raft leader writes in its term. Changes no state;
+    /// WAL_READ leaves it out unless asked and watches never see it.
+    Noop,
+    /// Cluster only: a raft membership change. `membership` is the cluster crate's encoding
+    /// (with the record's own log id), opaque to storage, which keeps the latest one applied.
+    Membership { membership: Value },
 }
 
 impl WalEntry {
@@ -89,6 +95,12 @@ impl WalEntry {
 
     pub fn from_bytes(bytes: &[u8]) -> serde_json::Result<WalEntry> {
         serde_json::from_slice(bytes)
+    }
+
+    /// Raft's own records (`Noop`, `Membership`): in the log, but not a change of the
+    /// database a client made.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, WalEntry::Noop | WalEntry::Membership { .. })
     }
 }
 
@@ -123,5 +135,23 @@ mod tests {
             ],
         };
         assert_eq!(WalEntry::from_bytes(&e.to_bytes().unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn raft_records_are_tagged_and_internal() {
+        assert_eq!(
+            serde_json::to_value(WalEntry::Noop).unwrap(),
+            json!({"type": "noop"})
+        );
+        let m = WalEntry::Membership {
+            membership: json!({"voters": [1, 2, 3]}),
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"type": "membership", "membership": {"voters": [1, 2, 3]}})
+        );
+        assert!(m.is_internal() && WalEntry::Noop.is_internal());
+        assert!(!WalEntry::FlushAll { timestamp: 1 }.is_internal());
+        assert_eq!(WalEntry::from_bytes(&m.to_bytes().unwrap()).unwrap(), m);
     }
 }

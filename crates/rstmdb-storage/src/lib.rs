@@ -56,8 +56,10 @@ mod db;
 mod entry;
 mod error;
 mod locks;
+mod proposal;
 mod rekey;
 mod state;
+mod state_import;
 pub mod stats;
 mod store;
 pub mod wal;
@@ -78,3 +80,29 @@ pub use entry::WalEntry;
 pub use error::OpenError;
 pub use rekey::{RekeyError, RekeyReport, rekey};
 pub use state::{ChangeEvent, FlushCounts};
+
+pub mod replicated {
+    //! Hooks for running the database as one replica of a raft cluster (`rstmdb-cluster`), with
+    //! no raft code here: the log is still our WAL, the state machine is still the apply stage.
+    //!
+    //! [`Database::open_replicated`](crate::Database::open_replicated) opens a data directory
+    //! without the local commit pipeline and returns two handles besides the database:
+    //!
+    //! - [`RaftLog`]: the WAL's writer, for the raft log store: append records at given offsets
+    //!   with their terms (each call durable when it returns), cut an uncommitted suffix, read
+    //!   records that are written but not yet applied;
+    //! - [`RaftApply`]: the apply stage, for the raft state machine: apply committed records,
+    //!   which publishes them to WAL_READ, watches and reads exactly as a local group commit does.
+    //!
+    //! A write made on the database (`apply_event`, …) is validated as on a single node and
+    //! then handed, encoded, to the [`Proposer`] the cluster installs: the cluster replicates it,
+    //! and once raft has applied it the proposer finishes the [`Proposal`] with the [`Applied`]
+    //! the state machine returned. The instance locks travel with the proposal, so they are held
+    //! until the change is applied or has failed for good.
+
+    pub use crate::db::{RaftApply, RaftLog, ReplicatedOpen, SnapshotExport};
+    pub use crate::proposal::{
+        Applied, ApplyRecord, HeldLocks, Proposal, Proposer, RecordKind, encode_membership,
+        encode_noop, record_kind,
+    };
+}

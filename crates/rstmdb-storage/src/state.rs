@@ -44,6 +44,10 @@ pub(crate) mod keys {
     pub const IDEM_EXPIRY: &[u8] = b"x\0";
     pub const CHECKPOINT: &[u8] = b"meta\0checkpoint";
     pub const HIGH_WATER: &[u8] = b"meta\0high_water";
+    /// Cluster only: the raft term of the record at `HIGH_WATER`, written with it.
+    pub const APPLIED_TERM: &[u8] = b"meta\0applied_term";
+    /// Cluster only: the latest membership record applied (the cluster crate's encoding).
+    pub const RAFT_MEMBERSHIP: &[u8] = b"meta\0membership";
     /// `none` or `aes-256-gcm:<key id>`: how this store's values are encrypted.
     pub const ENCRYPTION: &[u8] = b"meta\0encryption";
 
@@ -258,7 +262,7 @@ impl ChangeEvent {
 }
 
 /// Counts removed by a FLUSH_ALL.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlushCounts {
     pub instances_removed: u64,
     pub machines_removed: u64,
@@ -638,6 +642,11 @@ impl Planner<'_> {
                 }
             }
             WalEntry::FlushAll { .. } => self.plan.flush = true,
+            WalEntry::Noop => {}
+            WalEntry::Membership { membership } => {
+                let v = json(membership)?;
+                self.put(keys::RAFT_MEMBERSHIP.to_vec(), v);
+            }
         }
         Ok(())
     }

@@ -25,6 +25,10 @@ pub(crate) struct ApplyStage {
     pub(super) poison: Arc<Poison>,
     /// Highest sequence applied to sled (persisted with each batch).
     pub high_water: u64,
+    /// Cluster only: the raft term of the records being applied (0 on a single node, where
+    /// nothing extra is written). Persisted with `high_water`, so the pair is the applied
+    /// log id.
+    pub applied_term: u64,
     counts: HashMap<Vec<u8>, u64>,
     /// Groups written but not yet durable, planned ahead, oldest first.
     waiting: std::collections::VecDeque<Planned>,
@@ -80,6 +84,7 @@ impl ApplyStage {
             publisher,
             poison: Arc::new(Poison::default()),
             high_water,
+            applied_term: 0,
             counts: HashMap::new(),
             waiting: std::collections::VecDeque::new(),
             cache,
@@ -156,6 +161,30 @@ impl ApplyStage {
             Err(e) => Err(e),
         };
         self.complete(p.first_seq, p.group, result);
+    }
+
+    /// After a raft snapshot replaced the store's contents: continue from `seq`.
+    pub(crate) fn reset_to(&mut self, seq: u64, term: u64) {
+        self.high_water = seq;
+        self.applied_term = term;
+        self.counts.clear();
+        self.waiting.clear();
+    }
+
+    /// Refuses every later write (a committed record could not be applied).
+    pub(crate) fn poison_with(&self, reason: String) {
+        self.poison.set(reason);
+    }
+
+    /// Cluster only: applies records that raft committed (already durable in the local log),
+    /// all of one term, then publishes and acknowledges them like a local group.
+    pub(crate) fn apply_committed(&mut self, first_seq: u64, term: u64, group: Vec<CommitRequest>) {
+        if let Some(reason) = self.poison.get() {
+            return fail_all(group, CommitError::Apply(reason));
+        }
+        self.applied_term = term;
+        let r = self.apply_group(&group, first_seq);
+        self.complete(first_seq, group, r);
     }
 
     /// Publishes, notifies and acknowledges an applied group, or fails it and poisons.
@@ -356,6 +385,9 @@ impl ApplyStage {
             keys::HIGH_WATER,
             state::encode_u64(high_water.max(self.high_water)),
         );
+        if self.applied_term > 0 {
+            batch.insert(keys::APPLIED_TERM, state::encode_u64(self.applied_term));
+        }
         self.db
             .apply_batch(batch)
             .map_err(|e| format!("writing state: {e}"))?;
@@ -433,6 +465,9 @@ impl ApplyStage {
             keys::HIGH_WATER,
             state::encode_u64(seq.max(self.high_water)),
         );
+        if self.applied_term > 0 {
+            batch.insert(keys::APPLIED_TERM, state::encode_u64(self.applied_term));
+        }
         self.db.apply_batch(batch).map_err(err)?;
         // Every lock shard is held (live) or nothing else runs (replay): see `cache`.
         self.cache.clear();
@@ -440,7 +475,11 @@ impl ApplyStage {
     }
 
     /// Runs after every record up to `checkpoint_seq` (synced by the log stage) is applied.
-    fn checkpoint(&mut self, checkpoint_seq: u64, now_ms: i64) -> Result<CheckpointMark, String> {
+    pub(crate) fn checkpoint(
+        &mut self,
+        checkpoint_seq: u64,
+        now_ms: i64,
+    ) -> Result<CheckpointMark, String> {
         if let Some(reason) = self.poison.get() {
             return Err(reason);
         }

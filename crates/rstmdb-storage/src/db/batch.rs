@@ -63,6 +63,9 @@ impl Database {
         &self,
         ops: Vec<BatchOp>,
     ) -> std::result::Result<Vec<BatchOutput>, BatchFailure> {
+        if ops.iter().any(|op| !matches!(op, BatchOp::Get { .. })) {
+            self.write_gate().map_err(BatchFailure::whole)?;
+        }
         if ops.iter().any(|op| matches!(op, BatchOp::FlushAll)) {
             // Like FLUSH_ALL on its own, it runs to completion in its own task: the machine
             // cache is cleared after the commit.

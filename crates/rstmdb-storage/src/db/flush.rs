@@ -17,6 +17,7 @@ impl Database {
     /// WAL, so it survives restart). Refused unless `allow_flush_all` is set.
     async fn flush_all_now(&self) -> Result<FlushOutcome> {
         self.flush_allowed()?;
+        self.write_gate()?;
         let _machines = self.inner.machine_lock.lock().await;
         // Every instance lock: no write may be between reading an instance and committing
         // while everything disappears (its hint would resurrect a flushed instance).

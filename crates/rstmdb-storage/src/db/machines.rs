@@ -50,6 +50,7 @@ impl Database {
         version: u32,
         definition: &Value,
     ) -> Result<PutMachineOutcome> {
+        self.write_gate()?;
         let _guard = self.inner.machine_lock.lock().await;
         let existing = self.machine(name, version).ok();
         let limit = self.inner.config.max_machine_versions as usize;

@@ -26,6 +26,8 @@ mod flush;
 mod machines;
 mod open;
 mod read;
+mod replicated;
+mod snapshot;
 mod wal_read;
 mod watch;
 mod write;
@@ -36,6 +38,8 @@ pub use api::{
     FlushOutcome, InstancePage, ListQuery, MAX_LIST_LIMIT, MAX_WAL_READ_BYTES, MAX_WAL_READ_LIMIT,
     MachineInfo, PutMachineOutcome, WalPage, WalReadRecord, WalStatsOutcome,
 };
+pub use replicated::{RaftApply, RaftLog, ReplicatedOpen};
+pub use snapshot::SnapshotExport;
 pub use watch::{ChangeStream, WatchError};
 
 use crate::cache::InstanceCache;
@@ -90,6 +94,8 @@ struct Inner {
     /// every segment holding an offset at or above the lowest pin.
     pub(crate) backup_pins: Mutex<BTreeMap<u64, u64>>,
     pub(crate) next_pin: std::sync::atomic::AtomicU64,
+    /// Set when this database is a cluster replica: writes go to raft, not `commit_tx`.
+    replica: Option<replicated::ReplicaState>,
 }
 
 fn now_ms() -> i64 {
@@ -209,6 +215,22 @@ impl Database {
             ));
         }
         let (reply, rx) = oneshot::channel();
+        if let Some(replica) = &self.inner.replica {
+            self.propose(
+                replica,
+                crate::proposal::Proposal {
+                    payload: bytes,
+                    guards,
+                    reply,
+                },
+            );
+            return rx
+                .await
+                .map_err(|_| Error::WalIo {
+                    detail: "the cluster stopped before the write was replicated".into(),
+                })?
+                .map_err(commit_err);
+        }
         self.inner
             .commit_tx
             .send(Command::Commit(CommitRequest {

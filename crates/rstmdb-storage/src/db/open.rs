@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 /// The state store as `open` finds it, before the log is opened.
-struct FoundState {
-    db: sled::Db,
+pub(super) struct FoundState {
+    pub(super) db: sled::Db,
     /// The store has no encryption marker yet: it is new (see `datadir`).
-    marker_missing: bool,
+    pub(super) marker_missing: bool,
     /// The offset of the last checkpoint: the log is replayed from the record after it.
-    checkpoint: u64,
+    pub(super) checkpoint: u64,
     /// The highest offset the store has applied (it may be ahead of a log that lost its tail).
-    high_water: u64,
+    pub(super) high_water: u64,
 }
 
 impl Database {
@@ -106,6 +106,7 @@ impl Database {
             checkpoint_tx: Mutex::new(Some(checkpoint_tx)),
             backup_pins: Mutex::new(BTreeMap::new()),
             next_pin: std::sync::atomic::AtomicU64::new(0),
+            replica: None,
         });
         let database = Database { inner };
         database.load_machines()?;
@@ -150,7 +151,7 @@ impl Database {
     }
 
     /// Records how long the open took and how much it replayed, and says so in the log.
-    fn record_recovery(&self, started: Instant, checkpoint: u64, replayed: u64) {
+    pub(super) fn record_recovery(&self, started: Instant, checkpoint: u64, replayed: u64) {
         let open_micros = started.elapsed().as_micros() as u64;
         self.inner
             .stats
@@ -171,7 +172,7 @@ impl Database {
 }
 
 /// Creates the data directory if needed and refuses one an interrupted rekey left behind.
-fn prepare_data_dir(config: &StorageConfig) -> std::result::Result<(), OpenError> {
+pub(super) fn prepare_data_dir(config: &StorageConfig) -> std::result::Result<(), OpenError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source,
@@ -181,7 +182,7 @@ fn prepare_data_dir(config: &StorageConfig) -> std::result::Result<(), OpenError
 
 /// Opens the state store, checks its encryption marker against the configured key and reads
 /// the offsets it recorded.
-fn find_state(
+pub(super) fn find_state(
     config: &StorageConfig,
     cipher: Option<&Cipher>,
 ) -> std::result::Result<FoundState, OpenError> {
@@ -210,7 +211,7 @@ fn find_state(
 }
 
 /// Opens the WAL (cutting a torn tail), verifying it from the record after the checkpoint.
-fn open_log(
+pub(super) fn open_log(
     config: &StorageConfig,
     cipher: Option<Arc<Cipher>>,
     checkpoint: u64,

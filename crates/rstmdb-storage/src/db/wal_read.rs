@@ -32,23 +32,29 @@ impl Database {
                 detail: e.to_string(),
             })?;
         let mut records = Vec::with_capacity(recs.len());
+        // Past every record read, shown or not: a page of raft's own records only (which
+        // are left out) still moves the reader on.
+        let next_offset = recs.last().map(|r| r.seq + 1);
         for r in recs {
             let entry: Value = serde_json::from_slice(&r.payload).map_err(|e| Error::WalIo {
                 detail: format!("record {} is not valid JSON: {e}", r.seq),
             })?;
+            if is_raft_record(&entry) {
+                continue;
+            }
             records.push(WalReadRecord {
                 offset: r.seq,
                 entry,
             });
         }
-        let next_offset = records.last().map(|r| r.offset + 1);
         Ok(WalPage {
             records,
             next_offset,
         })
     }
 
-    /// The offset of the last committed record (0 when empty).
+    /// The offset of the last committed record (0 when empty). In a cluster it may be one
+    /// of raft's own records, which WAL_READ leaves out.
     pub fn last_offset(&self) -> u64 {
         self.inner.reader.published_seq()
     }
@@ -81,4 +87,12 @@ impl Database {
             archive_failures: s.archive_failures,
         })
     }
+}
+
+/// A cluster's blank and membership records (`WalEntry::is_internal`), told by their tag.
+fn is_raft_record(entry: &Value) -> bool {
+    matches!(
+        entry.get("type").and_then(Value::as_str),
+        Some("noop" | "membership")
+    )
 }

@@ -333,6 +333,7 @@ impl Database {
         let idem_lock = req.idempotency_key.as_ref().map(|k| format!("idem\0{k}"));
         let mut lock_keys = vec![id.as_str()];
         lock_keys.extend(idem_lock.as_deref());
+        self.write_gate()?;
         let guards = self.inner.locks.lock_all(&lock_keys).await;
         let prepared = self.prepare_create(&req, &id, &self.staged(), now_ms())?;
         match self.finish(prepared, guards).await? {
@@ -343,6 +344,7 @@ impl Database {
 
     /// APPLY_EVENT.
     pub async fn apply_event(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
+        self.write_gate()?;
         let guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
         let prepared = self.prepare_apply(&req, &self.staged(), now_ms())?;
         match self.finish(prepared, guards).await? {
@@ -353,6 +355,7 @@ impl Database {
 
     /// DELETE_INSTANCE (soft delete; deleting again returns the original offset).
     pub async fn delete_instance(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
+        self.write_gate()?;
         let guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
         let prepared = self.prepare_delete(&req, &self.staged(), now_ms())?;
         match self.finish(prepared, guards).await? {
