@@ -366,19 +366,28 @@ fn every_example_config_file_loads() {
             root.insert("metrics".into(), metrics.into());
         }
         let is_cluster = root.contains_key("cluster");
-        let yaml = serde_yaml::to_string(&doc).unwrap();
         if is_cluster {
-            // Until the cluster runtime exists, a valid cluster example must be refused as
-            // such (an invalid one would name its key instead).
-            let f = match Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]) {
-                Ok(s) => panic!("{name} started without a cluster runtime\n{}", s.all_logs()),
-                Err(f) => f,
-            };
-            assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{name}: {f:?}");
-            assert!(f.stderr.contains(CLUSTER_UNAVAILABLE), "{name}: {f:?}");
-            eprintln!("{name}: valid, refused until cluster mode exists");
-            continue;
+            // A cluster example runs as one member waiting for its peers: on free ports, its
+            // own entry in `initial_members` moved with them.
+            let (client, raft) = (free_local_addr(), free_local_addr());
+            let mut network = section(root, "network");
+            network.insert("bind_addr".into(), client.clone().into());
+            root.insert("network".into(), network.into());
+            let mut cluster = section(root, "cluster");
+            let node_id = cluster["node_id"].as_u64().unwrap();
+            cluster.insert("raft_listen".into(), raft.clone().into());
+            cluster.insert("advertise_client".into(), client.clone().into());
+            cluster.insert("advertise_raft".into(), raft.clone().into());
+            if let Some(serde_yaml::Value::Mapping(m)) = cluster.get_mut("initial_members") {
+                m.insert(
+                    serde_yaml::Value::Number(node_id.into()),
+                    serde_yaml::to_value(serde_json::json!({"client": client, "raft": raft}))
+                        .unwrap(),
+                );
+            }
+            root.insert("cluster".into(), cluster.into());
         }
+        let yaml = serde_yaml::to_string(&doc).unwrap();
         let mut s = Server::try_start_in(dir, &yaml, ConfigVia::Flag, &[]).unwrap_or_else(|f| {
             panic!(
                 "{name} does not start: {:?}\n--- effective file\n{yaml}\n--- stdout\n{}\n--- stderr\n{}",
@@ -404,8 +413,17 @@ fn every_example_config_file_loads() {
         }
         let info = c.ok("INFO", json!({}));
         assert_eq!(info["server_name"], "rstmdb", "{name}");
-        put_counter(&mut c, "ctr");
-        create(&mut c, "ctr", "x", json!({}));
+        if is_cluster {
+            // Alone, a member of a three-node set has no quorum: a write is not written.
+            let r = c.request(
+                "PUT_MACHINE",
+                json!({"machine": "ctr", "version": 1, "definition": counter_definition()}),
+            );
+            assert_eq!(r["error"]["code"], "WAL_IO_ERROR", "{name}: {r}");
+        } else {
+            put_counter(&mut c, "ctr");
+            create(&mut c, "ctr", "x", json!({}));
+        }
         drop(c);
         let st = s.terminate();
         assert!(
@@ -587,8 +605,14 @@ fn worker_threads_sets_the_connection_threads() {
     assert_refused(&with("5000"), "network.worker_threads");
 }
 
-/// What a server with a valid `cluster:` section says until the cluster runtime exists.
-const CLUSTER_UNAVAILABLE: &str = "cluster mode is configured";
+/// What a server with a `cluster:` section and TLS on says until the peer link has TLS.
+const PEER_TLS_UNAVAILABLE: &str = "needs TLS on the peer link, which this build does not have yet";
+
+/// A loopback address on a port that was free a moment ago.
+fn free_local_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
 
 /// A valid cluster section for a server on `127.0.0.1:0` (hence an explicit
 /// `advertise_client`), TLS off.
@@ -601,31 +625,46 @@ const CLUSTER_SECTION: &str = "cluster:
 ";
 
 #[test]
-fn a_valid_cluster_section_is_refused_until_cluster_mode_exists() {
-    // Nothing may be started or written: not the data directory, not a listener.
-    let data = tempdir();
-    let data_dir = data.path().join("data");
+fn a_one_member_cluster_elects_itself_and_takes_writes() {
+    let (client, raft) = (free_local_addr(), free_local_addr());
     let yaml = format!(
-        "network:\n  bind_addr: \"127.0.0.1:0\"\nstorage:\n  data_dir: \"{}\"\n{CLUSTER_SECTION}",
-        data_dir.display()
+        "network:\n  bind_addr: \"{client}\"\nstorage:\n  data_dir: \"{{tmp}}/data\"\n\
+         cluster:\n  cluster_id: \"trial-1\"\n  node_id: 1\n  raft_listen: \"{raft}\"\n\
+         \x20 initial_members:\n    1: {{client: \"{client}\", raft: \"{raft}\"}}\n\
+         \x20 insecure_plaintext: true\n"
     );
-    match Server::try_start_yaml(&yaml) {
-        Ok(s) => panic!(
-            "started in cluster mode without a runtime\n{}",
-            s.all_logs()
-        ),
-        Err(f) => {
-            assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}");
-            assert!(
-                f.stderr
-                    .contains("but this build does not run it yet; remove the cluster: section"),
-                "{f:?}"
-            );
-            assert!(f.stderr.contains("\"trial-1\""), "names the cluster: {f:?}");
-            assert!(!f.stdout.contains("listening"), "{f:?}");
+    let s = Server::try_start_yaml(&yaml).unwrap_or_else(|f| panic!("did not start: {f:?}"));
+    assert!(
+        s.stdout().contains("starting as a cluster node"),
+        "{}",
+        s.all_logs()
+    );
+    let mut c = s.connect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c.request(
+            "PUT_MACHINE",
+            json!({"machine": "m", "version": 1, "definition": counter_definition()}),
+        );
+        if r["status"] == "ok" {
+            break;
         }
+        assert_eq!(r["error"]["code"], "WAL_IO_ERROR", "{r}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never became leader: {r}\n{}",
+            s.all_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!data_dir.exists(), "the data directory must not be created");
+    let r = c.ok(
+        "CREATE_INSTANCE",
+        json!({"instance_id": "a", "machine": "m", "version": 1}),
+    );
+    assert!(
+        r["wal_offset"].as_u64().unwrap() > 1,
+        "after raft's own records: {r}"
+    );
 }
 
 #[test]
@@ -645,8 +684,8 @@ fn an_invalid_cluster_section_is_refused_naming_the_key() {
 
 #[test]
 fn cluster_environment_variables_create_or_refuse_a_section() {
-    // All three of id, node and listener make a section (then refused as unavailable); one
-    // alone is an error naming it.
+    // All three of id, node and listener make a section (then refused: TLS is on and the
+    // peer link has none yet); one alone is an error naming it.
     let f = Server::try_start_in(
         tempdir(),
         &minimal(""),
@@ -662,7 +701,7 @@ fn cluster_environment_variables_create_or_refuse_a_section() {
     .map(|s| s.all_logs())
     .expect_err("started in cluster mode");
     assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}");
-    assert!(f.stderr.contains(CLUSTER_UNAVAILABLE), "{f:?}");
+    assert!(f.stderr.contains(PEER_TLS_UNAVAILABLE), "{f:?}");
     assert!(f.stderr.contains("\"env-1\""), "{f:?}");
     let f = Server::try_start_in(
         tempdir(),

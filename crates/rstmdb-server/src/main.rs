@@ -11,6 +11,7 @@
 //! ```
 
 use clap::{Parser, Subcommand};
+use rstmdb_cluster::{ClusterNode, ClusterOptions, Member};
 use rstmdb_server::audit::AuditLog;
 use rstmdb_server::auth::Auth;
 use rstmdb_server::config::{ClusterConfig, Config, LogFormat};
@@ -229,15 +230,63 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// A valid `cluster:` section, in a build without the cluster runtime: refuse to start
-/// rather than run as a single node the operator did not ask for. Replaced by starting the
-/// cluster once the runtime exists.
-fn cluster_mode_unavailable(cluster: &ClusterConfig) -> ExitCode {
-    fail(format!(
-        "cluster mode is configured (cluster.cluster_id {:?}, cluster.node_id {}) but this build \
-         does not run it yet; remove the cluster: section to run a single node",
-        cluster.cluster_id, cluster.node_id
-    ))
+/// A cluster with TLS on would need TLS on the peer link, which is not built yet: refuse to
+/// start (before touching the data directory) rather than run plaintext peers the operator
+/// did not ask for.
+fn peer_tls_unavailable(config: &Config) -> Option<String> {
+    let cluster = config.cluster.as_ref()?;
+    config.tls.enabled.then(|| {
+        format!(
+            "cluster mode (cluster.cluster_id {:?}) with tls.enabled: true needs TLS on the peer \
+             link, which this build does not have yet; for a trial on a private network run \
+             with TLS off and cluster.insecure_plaintext: true",
+            cluster.cluster_id
+        )
+    })
+}
+
+/// The cluster node's options from the `cluster:` section (already validated by
+/// `Config::load`).
+fn cluster_options(
+    config: &Config,
+    cluster: &ClusterConfig,
+    client_bind: std::net::SocketAddr,
+) -> Result<ClusterOptions, String> {
+    if let Some(refusal) = peer_tls_unavailable(config) {
+        return Err(refusal);
+    }
+    let members = cluster
+        .initial_members
+        .iter()
+        .flatten()
+        .map(|(id, m)| {
+            (
+                *id,
+                Member {
+                    client: m.client.clone(),
+                    raft: m.raft.clone(),
+                },
+            )
+        })
+        .collect();
+    Ok(ClusterOptions {
+        cluster_id: cluster.cluster_id.clone(),
+        node_id: cluster.node_id,
+        raft_listen: cluster.raft_listen.clone(),
+        advertise: Member {
+            client: cluster
+                .advertised_client(client_bind)
+                .map_err(|e| e.to_string())?,
+            raft: cluster.advertised_raft().map_err(|e| e.to_string())?,
+        },
+        initial_members: members,
+        election_timeout_ms: (
+            cluster.election_timeout_ms[0],
+            cluster.election_timeout_ms[1],
+        ),
+        heartbeat_ms: cluster.heartbeat_ms,
+        write_timeout_ms: cluster.write_timeout_ms,
+    })
 }
 
 fn init_logging(cfg: &Config) {
@@ -328,8 +377,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if let Some(cluster) = &config.cluster {
-        return cluster_mode_unavailable(cluster);
+    if let Some(refusal) = peer_tls_unavailable(&config) {
+        return fail(refusal);
     }
     init_logging(&config);
     for step in &hardening_failed {
@@ -408,9 +457,28 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let db = match Database::open(storage) {
-        Ok(db) => db,
-        Err(e) => return fail(format!("opening the database: {e}")),
+    // Without a `cluster:` section no raft code runs (replication.md decision 10).
+    let (db, node) = match &config.cluster {
+        None => match Database::open(storage) {
+            Ok(db) => (db, None),
+            Err(e) => return fail(format!("opening the database: {e}")),
+        },
+        Some(cluster) => {
+            let opts = match cluster_options(&config, cluster, addr) {
+                Ok(o) => o,
+                Err(e) => return fail(e),
+            };
+            tracing::info!(
+                cluster_id = %opts.cluster_id,
+                node_id = opts.node_id,
+                raft_listen = %opts.raft_listen,
+                "starting as a cluster node"
+            );
+            match ClusterNode::start(storage, opts).await {
+                Ok(node) => (node.database().clone(), Some(node)),
+                Err(e) => return fail(format!("starting the cluster node: {e}")),
+            }
+        }
     };
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -453,7 +521,14 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     if let Some(a) = &shared.audit {
         a.sync();
     }
-    match db.close().await {
+    let closed = match node {
+        Some(node) => {
+            drop(db);
+            node.shutdown().await.map_err(|e| e.to_string())
+        }
+        None => db.close().await.map_err(|e| e.to_string()),
+    };
+    match closed {
         Ok(()) => {
             tracing::info!("server stopped");
             ExitCode::SUCCESS

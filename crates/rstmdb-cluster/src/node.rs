@@ -1,0 +1,274 @@
+//! One cluster node: the replicated database, openraft on top of it, the peer listener, and
+//! the [`Proposer`] that turns a validated write into a raft proposal.
+
+use crate::hardstate::{CommittedFile, HardStateError, HardStateFile};
+use crate::log_store::LogStore;
+use crate::net::{PeerIdentity, PeerNetwork};
+use crate::state_machine::StateMachine;
+use crate::types::{Member, NodeId, Request, TypeConfig};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, Raft, SnapshotPolicy};
+use rstmdb_storage::replicated::{Proposal, Proposer, ReplicatedOpen};
+use rstmdb_storage::{Database, OpenError, StorageConfig};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a node needs to know to run (the server maps its `cluster:` config onto this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterOptions {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    /// The peer listener's address.
+    pub raft_listen: String,
+    /// This node's addresses as others should use them.
+    pub advertise: Member,
+    /// Read only by a node whose raft state is empty: the first membership.
+    pub initial_members: BTreeMap<NodeId, Member>,
+    pub election_timeout_ms: (u64, u64),
+    pub heartbeat_ms: u64,
+    pub write_timeout_ms: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    HardState(#[from] HardStateError),
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("binding the peer listener on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running node. Dropping it does not stop raft: call [`ClusterNode::shutdown`].
+pub struct ClusterNode {
+    db: Database,
+    raft: Raft<TypeConfig>,
+    opts: ClusterOptions,
+    peer_task: tokio::task::JoinHandle<()>,
+    /// The database holds it weakly (see `Database::set_proposer`).
+    _proposer: Arc<dyn Proposer>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("cluster_id", &self.opts.cluster_id)
+            .field("node_id", &self.opts.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterNode {
+    /// Opens the data directory as a replica, starts raft and the peer listener, and, on a
+    /// node with no raft state yet that is one of `initial_members`, proposes that membership
+    /// (every initial member does the same with the same list; raft lets one of them win).
+    pub async fn start(
+        storage: StorageConfig,
+        opts: ClusterOptions,
+    ) -> Result<ClusterNode, ClusterError> {
+        let data_dir = storage.data_dir.clone();
+        let committed = CommittedFile::open(&crate::raft_dir(&data_dir))?;
+        let replay_to = committed.load().map_or(0, |(index, _)| index);
+        let (db, log, apply) = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || {
+                Database::open_replicated(
+                    storage,
+                    ReplicatedOpen {
+                        committed: replay_to,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| ClusterError::Raft(format!("open task: {e}")))??
+        };
+        let hard = HardStateFile::open(&crate::raft_dir(&data_dir))?;
+        let log_store = LogStore::new(log.clone(), hard, committed);
+        let sm = StateMachine::new(apply, log);
+        let (min, max) = opts.election_timeout_ms;
+        let config = Config {
+            cluster_name: opts.cluster_id.clone(),
+            election_timeout_min: min,
+            election_timeout_max: max,
+            heartbeat_interval: opts.heartbeat_ms,
+            // Our snapshots are built on demand for now (snapshot_log_mb comes with the
+            // checkpointer's trigger); a node that fell behind a purge installs one.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_payload_entries: 256,
+            install_snapshot_timeout: 30_000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(&opts.raft_listen)
+            .await
+            .map_err(|source| ClusterError::Listen {
+                addr: opts.raft_listen.clone(),
+                source,
+            })?;
+        let me = PeerIdentity {
+            cluster_id: opts.cluster_id.clone(),
+            node_id: opts.node_id,
+        };
+        let raft = Raft::new(
+            opts.node_id,
+            Arc::new(config),
+            PeerNetwork { me: me.clone() },
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let peer_task = tokio::spawn(crate::net::serve(listener, raft.clone(), me));
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if !initialized && opts.initial_members.contains_key(&opts.node_id) {
+            match raft.initialize(opts.initial_members.clone()).await {
+                Ok(()) => {
+                    tracing::info!(members = ?opts.initial_members.keys().collect::<Vec<_>>(), "proposed the initial cluster membership")
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(reason = %e, "initial membership already set");
+                }
+                Err(e) => return Err(ClusterError::Raft(format!("initializing the cluster: {e}"))),
+            }
+        }
+        let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer {
+            raft: raft.clone(),
+            metrics: raft.metrics(),
+            write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
+        });
+        db.set_proposer(&proposer);
+        Ok(ClusterNode {
+            db,
+            raft,
+            opts,
+            peer_task,
+            _proposer: proposer,
+        })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// The current leader and its addresses, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, Option<Member>)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned();
+        Some((id, node))
+    }
+
+    /// Stops raft and the peer listener, then closes the database.
+    pub async fn shutdown(self) -> Result<(), ClusterError> {
+        self.peer_task.abort();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.db
+            .close()
+            .await
+            .map_err(|e| ClusterError::Raft(format!("closing the database: {e}")))
+    }
+}
+
+/// Proposes validated writes through raft and finishes them with what the state machine
+/// answered.
+struct RaftProposer {
+    raft: Raft<TypeConfig>,
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    write_timeout: Duration,
+}
+
+/// "(leader: <client address>)" for a refusal, from what this node knows.
+fn leader_hint(m: &openraft::RaftMetrics<NodeId, Member>) -> String {
+    m.current_leader
+        .and_then(|id| m.membership_config.membership().get_node(&id))
+        .map(|n| n.client.clone())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Proposer for RaftProposer {
+    fn write_gate(&self) -> Result<(), String> {
+        let m = self.metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return Err(format!(
+                "this node is not the leader (leader: {}); nothing was written",
+                leader_hint(&m)
+            ));
+        }
+        // Records apply in order: once one of this term is applied, so is everything
+        // committed before the term began.
+        match m.last_applied {
+            Some(id) if id.leader_id.term == m.current_term => Ok(()),
+            _ => Err(
+                "this node has just become the leader and is still applying earlier \
+                      records; nothing was written, retry shortly"
+                    .into(),
+            ),
+        }
+    }
+
+    fn propose(&self, mut proposal: Proposal) {
+        let raft = self.raft.clone();
+        let timeout = self.write_timeout;
+        tokio::spawn(async move {
+            let Ok(json) = String::from_utf8(proposal.payload().to_vec()) else {
+                proposal.fail_not_written("the WAL entry is not UTF-8 JSON");
+                return;
+            };
+            let locks = proposal.take_locks();
+            let write = raft.client_write(Request(json));
+            tokio::pin!(write);
+            let result = match tokio::time::timeout(timeout, &mut write).await {
+                Ok(r) => r,
+                Err(_) => {
+                    proposal.fail_outcome_unknown(format!(
+                        "not committed within write_timeout_ms ({} ms); retry with the same idempotency key",
+                        timeout.as_millis()
+                    ));
+                    // The entry may still commit: hold its instances until its fate is known.
+                    let _ = write.await;
+                    drop(locks);
+                    return;
+                }
+            };
+            match result {
+                Ok(resp) => proposal.complete(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let leader = f
+                        .leader_node
+                        .map(|n| n.client)
+                        .unwrap_or_else(|| "unknown".into());
+                    proposal.fail_not_written(format!(
+                        "this node is not the leader (leader: {leader}); nothing was written"
+                    ));
+                }
+                Err(e) => proposal.fail_outcome_unknown(format!(
+                    "the write's outcome is unknown ({e}); retry with the same idempotency key"
+                )),
+            }
+            drop(locks);
+        });
+    }
+}
