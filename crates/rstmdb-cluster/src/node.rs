@@ -179,13 +179,25 @@ impl ClusterNode {
         Some((id, node))
     }
 
-    /// Stops raft and the peer listener, then closes the database.
-    pub async fn shutdown(self) -> Result<(), ClusterError> {
+    /// The latest raft metrics (role, term, indexes, membership, replication progress).
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether this node is the leader now (as far as it knows).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Stops raft and the peer listener, then closes the database (checkpoint, WAL sync).
+    /// Call it once; the node serves nothing afterwards.
+    pub async fn shutdown(&self) -> Result<(), ClusterError> {
         self.peer_task.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
         self.db
+            .clone()
             .close()
             .await
             .map_err(|e| ClusterError::Raft(format!("closing the database: {e}")))

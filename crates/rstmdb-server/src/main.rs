@@ -475,7 +475,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
                 "starting as a cluster node"
             );
             match ClusterNode::start(storage, opts).await {
-                Ok(node) => (node.database().clone(), Some(node)),
+                Ok(node) => (node.database().clone(), Some(Arc::new(node))),
                 Err(e) => return fail(format!("starting the cluster node: {e}")),
             }
         }
@@ -498,7 +498,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         None
     };
     let mode = if acceptor.is_some() { "TLS" } else { "plain" };
-    let shared = Arc::new(Shared::new(db.clone(), config, auth, acceptor, audit));
+    let mut shared = Shared::new(db.clone(), config, auth, acceptor, audit);
+    if let Some(node) = &node {
+        shared = shared.with_cluster(node.clone());
+    }
+    let shared = Arc::new(shared);
     if let Some(l) = metrics_listener {
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("Metrics server listening on http://{at}/metrics");

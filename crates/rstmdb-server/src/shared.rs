@@ -39,6 +39,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Spooled online backups (BACKUP_BEGIN … BACKUP_END).
     pub backups: Backups,
+    /// The raft node when this server is a cluster member (`cluster:` configured); `db` is
+    /// then its replicated database.
+    pub cluster: Option<Arc<rstmdb_cluster::ClusterNode>>,
 }
 
 impl Shared {
@@ -69,7 +72,14 @@ impl Shared {
             audit,
             metrics: Arc::new(metrics),
             backups: Backups::new(&db_dir),
+            cluster: None,
         }
+    }
+
+    /// This server is the cluster member `node` (whose database is `db`).
+    pub fn with_cluster(mut self, node: Arc<rstmdb_cluster::ClusterNode>) -> Shared {
+        self.cluster = Some(node);
+        self
     }
 
     pub fn tls(&self) -> Option<TlsAcceptor> {
