@@ -3,8 +3,9 @@
 //!
 //! - formation and replication: a write acknowledged by the leader is readable on every node
 //!   and every node's WAL_READ returns the same records at the same offsets;
-//! - a write sent to a follower is refused as not written (`WAL_IO_ERROR`, retryable; write
-//!   forwarding comes later);
+//! - with `forward_writes: false` a write sent to a follower is refused as not written
+//!   (`WAL_IO_ERROR`, retryable, naming the leader); with `true` (the default) it is
+//!   forwarded to the leader and answered as if the follower had run it;
 //! - failover: SIGKILL of the leader under a stream of acknowledged writes, repeatedly; the
 //!   others elect a new leader, every acknowledged write survives, none is applied twice, and
 //!   the killed node rejoins and catches up.
@@ -33,7 +34,12 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Followers refuse writes (the probe in `wait_leader` relies on it).
     fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    fn start_with(forward_writes: bool) -> Cluster {
         let ports: BTreeMap<u64, (u16, u16)> = (1..=NODES)
             .map(|id| (id, (free_port(), free_port())))
             .collect();
@@ -64,7 +70,8 @@ impl Cluster {
                             "insecure_plaintext": true,
                             "election_timeout_ms": [300, 600],
                             "heartbeat_ms": 50,
-                            "write_timeout_ms": 5000
+                            "write_timeout_ms": 5000,
+                            "forward_writes": forward_writes
                         }
                     }),
                 );
@@ -136,6 +143,19 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The node with the longest log: after writes through every node have been
+    /// acknowledged, the leader (whose log every other converges to).
+    fn wait_leader_by_log(&self) -> u64 {
+        let mut best = (0, 0);
+        for id in self.nodes.keys() {
+            let n = self.wal(*id).last().map_or(0, |(o, _)| *o);
+            if n >= best.1 {
+                best = (*id, n);
+            }
+        }
+        best.0
     }
 
     /// Every record of node `id`'s log (offset, entry), read with WAL_READ.
@@ -325,4 +345,64 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     eprintln!(
         "time from SIGKILL of the leader to the next acknowledged write, ms: {failover_ms:?}"
     );
+}
+
+#[test]
+fn with_forwarding_every_node_takes_writes() {
+    let mut cluster = Cluster::start_with(true);
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    // Any node answers a write once there is a leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = cluster.nodes[&ids[0]].connect();
+        let r = c.request(
+            "PUT_MACHINE",
+            json!({"machine": "counter", "version": 1, "definition": counter_definition()}),
+        );
+        if r["status"] == "ok" {
+            break;
+        }
+        assert!(
+            ["REPLICATION_TIMEOUT", "WAL_IO_ERROR"]
+                .contains(&r["error"]["code"].as_str().unwrap_or_default()),
+            "{r}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no leader: {r}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut offsets = Vec::new();
+    for id in &ids {
+        let mut c = cluster.nodes[id].connect();
+        let name = format!("via-{id}");
+        let r = c.ok(
+            "CREATE_INSTANCE",
+            json!({"instance_id": name, "machine": "counter", "version": 1, "idempotency_key": format!("k-{name}")}),
+        );
+        let off = r["wal_offset"].as_u64().unwrap();
+        // The same key again through another node: the original answer, not a second write.
+        let other = ids[(ids.iter().position(|x| x == id).unwrap() + 1) % ids.len()];
+        let mut c2 = cluster.nodes[&other].connect();
+        let again = c2.ok(
+            "CREATE_INSTANCE",
+            json!({"instance_id": name, "machine": "counter", "version": 1, "idempotency_key": format!("k-{name}")}),
+        );
+        assert_eq!(again["wal_offset"].as_u64(), Some(off), "{again}");
+        let applied = c.ok("APPLY_EVENT", json!({"instance_id": name, "event": "inc"}));
+        offsets.push(applied["wal_offset"].as_u64().unwrap());
+    }
+    let leader = cluster.wait_leader_by_log();
+    let log = cluster.wait_converged(leader, Duration::from_secs(20));
+    for off in offsets {
+        assert!(log.iter().any(|(o, _)| *o == off), "{off} not in the log");
+    }
+    for (id, server) in &cluster.nodes {
+        for name in ["via-1", "via-2", "via-3"] {
+            let r = instance(server, name);
+            assert_eq!(r["status"], "ok", "node {id}: {name}: {r}");
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`state_machine`]: openraft's state machine over the apply stage (`RaftApply`), with
 //!   snapshots in the backup format;
 //! - [`net`]: the peer link (raft RPCs over TCP, cluster id and target checked);
+//! - [`forward`]: requests a follower forwards to the leader;
 //! - [`node`]: one running node, and the proposer that turns a validated write into a raft
 //!   proposal.
 
@@ -18,6 +19,7 @@
 // build one for them return the same type rather than boxing it only to unbox it again.
 #![allow(clippy::result_large_err)]
 
+pub mod forward;
 pub mod hardstate;
 pub mod log_store;
 pub mod net;

@@ -7,6 +7,7 @@
 //! itself). Frames are bounded ([`MAX_FRAME_BYTES`]); an append that would not fit is split
 //! by openraft ([`PayloadTooLarge`]).
 
+use crate::forward::{ForwardError, ForwardHandler, ForwardReply};
 use crate::types::{Member, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -19,6 +20,7 @@ use openraft::raft::{
 };
 use openraft::{AnyError, Raft};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,6 +45,11 @@ enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client request a follower forwards to the leader (`crate::forward`).
+    Forward {
+        principal: String,
+        request: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +58,7 @@ enum Reply {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Forward(ForwardReply),
     /// The request was not for this node or cluster.
     Refused(String),
 }
@@ -125,6 +133,52 @@ enum CallError {
 }
 
 impl PeerClient {
+    /// A link to `target` at `node` (connected on first use).
+    pub fn new(me: PeerIdentity, target: NodeId, node: Member) -> PeerClient {
+        PeerClient {
+            me,
+            target,
+            target_node: node,
+            conn: None,
+        }
+    }
+
+    /// Sends a client request (RCP request JSON) to this peer, the leader, and returns its
+    /// answer. `ttl` bounds the whole exchange.
+    pub async fn forward(
+        &mut self,
+        principal: String,
+        request: String,
+        ttl: Duration,
+    ) -> Result<ForwardReply, ForwardError> {
+        let leader = self.target_node.client.clone();
+        match self.call(Rpc::Forward { principal, request }, ttl).await {
+            Ok(Reply::Forward(r)) => Ok(r),
+            Ok(_) => Err(ForwardError::NoAnswer {
+                leader,
+                detail: "the peer answered another RPC".into(),
+            }),
+            Err(CallError::Unreachable(e)) => Err(ForwardError::Unreachable {
+                leader,
+                detail: e.to_string(),
+            }),
+            Err(CallError::Refused(why)) => Err(ForwardError::Unreachable {
+                leader,
+                detail: why,
+            }),
+            Err(CallError::TooLarge) => Err(ForwardError::Unreachable {
+                leader,
+                detail: format!(
+                    "the request is over the peer frame limit of {MAX_FRAME_BYTES} bytes"
+                ),
+            }),
+            Err(CallError::Network(e)) => Err(ForwardError::NoAnswer {
+                leader,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     async fn call(&mut self, rpc: Rpc, ttl: Duration) -> Result<Reply, CallError> {
         let req = PeerRequest {
             cluster_id: self.me.cluster_id.clone(),
@@ -257,7 +311,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 // ---- server side ---------------------------------------------------------------------------
 
 /// Accepts peer connections until the listener fails or the task is aborted.
-pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, me: PeerIdentity) {
+/// Where the leader finds the handler for forwarded requests (installed after start).
+pub type ForwardSlot = Arc<OnceLock<Arc<dyn ForwardHandler>>>;
+
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    me: PeerIdentity,
+    forward: ForwardSlot,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -268,9 +330,9 @@ pub async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, me: PeerIdenti
             }
         };
         let _ = stream.set_nodelay(true);
-        let (raft, me) = (raft.clone(), me.clone());
+        let (raft, me, forward) = (raft.clone(), me.clone(), forward.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, &me).await {
+            if let Err(e) = serve_connection(stream, raft, &me, &forward).await {
                 tracing::debug!(%peer, error = %e, "peer connection ended");
             }
         });
@@ -281,6 +343,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     raft: Raft<TypeConfig>,
     me: &PeerIdentity,
+    forward: &ForwardSlot,
 ) -> std::io::Result<()> {
     loop {
         let frame = match tokio::time::timeout(READ_IDLE, read_frame(&mut stream)).await {
@@ -320,6 +383,18 @@ async fn serve_connection(
             Rpc::Append(r) => Reply::Append(raft.append_entries(r).await),
             Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
             Rpc::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
+            Rpc::Forward { principal, request } => Reply::Forward(match forward.get() {
+                Some(h) => h.handle(principal, request.into_bytes()).await,
+                None => ForwardReply {
+                    result: None,
+                    error: Some(serde_json::json!({
+                        "code": "WAL_IO_ERROR",
+                        "message": "the leader is still starting; nothing was written",
+                        "retryable": true
+                    })),
+                    wal_offset: None,
+                },
+            }),
         };
         let body = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
         write_frame(&mut stream, &body).await?;

@@ -1,9 +1,10 @@
 //! One cluster node: the replicated database, openraft on top of it, the peer listener, and
 //! the [`Proposer`] that turns a validated write into a raft proposal.
 
+use crate::forward::{ForwardError, ForwardHandler, ForwardReply};
 use crate::hardstate::{CommittedFile, HardStateError, HardStateFile};
 use crate::log_store::LogStore;
-use crate::net::{PeerIdentity, PeerNetwork};
+use crate::net::{ForwardSlot, PeerClient, PeerIdentity, PeerNetwork};
 use crate::state_machine::StateMachine;
 use crate::types::{Member, NodeId, Request, TypeConfig};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -13,6 +14,9 @@ use rstmdb_storage::{Database, OpenError, StorageConfig};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Idle forwarding links kept per node (each carries one request at a time).
+const MAX_IDLE_FORWARD_LINKS: usize = 16;
 
 /// What a node needs to know to run (the server maps its `cluster:` config onto this).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,11 @@ pub struct ClusterNode {
     peer_task: tokio::task::JoinHandle<()>,
     /// The database holds it weakly (see `Database::set_proposer`).
     _proposer: Arc<dyn Proposer>,
+    me: PeerIdentity,
+    /// What this node runs for requests forwarded to it (installed by the server).
+    forward: ForwardSlot,
+    /// Idle links to the leader for forwarding, reused (one request at a time each).
+    forward_links: std::sync::Mutex<Vec<(NodeId, PeerClient)>>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -128,7 +137,13 @@ impl ClusterNode {
         )
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let peer_task = tokio::spawn(crate::net::serve(listener, raft.clone(), me));
+        let forward: ForwardSlot = Arc::default();
+        let peer_task = tokio::spawn(crate::net::serve(
+            listener,
+            raft.clone(),
+            me.clone(),
+            forward.clone(),
+        ));
         let initialized = raft
             .is_initialized()
             .await
@@ -156,6 +171,9 @@ impl ClusterNode {
             opts,
             peer_task,
             _proposer: proposer,
+            me,
+            forward,
+            forward_links: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -182,6 +200,48 @@ impl ClusterNode {
     /// The latest raft metrics (role, term, indexes, membership, replication progress).
     pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, Member> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// Installs what this node runs when a follower forwards it a request (once).
+    pub fn set_forward_handler(&self, handler: Arc<dyn ForwardHandler>) -> bool {
+        self.forward.set(handler).is_ok()
+    }
+
+    /// Sends a client request to the leader and returns its answer (see `crate::forward`).
+    /// `ttl` bounds the exchange.
+    pub async fn forward(
+        &self,
+        principal: String,
+        request: String,
+        ttl: Duration,
+    ) -> Result<ForwardReply, ForwardError> {
+        let (leader, node) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let Some(id) = m.current_leader else {
+                return Err(ForwardError::NoLeader);
+            };
+            if id == self.opts.node_id {
+                return Err(ForwardError::IsLeader);
+            }
+            match m.membership_config.membership().get_node(&id) {
+                Some(n) => (id, n.clone()),
+                None => return Err(ForwardError::NoLeader),
+            }
+        };
+        let link = self.forward_links.lock().ok().and_then(|mut links| {
+            let at = links.iter().position(|(id, _)| *id == leader)?;
+            Some(links.swap_remove(at).1)
+        });
+        let mut link = link.unwrap_or_else(|| PeerClient::new(self.me.clone(), leader, node));
+        let r = link.forward(principal, request, ttl).await;
+        if r.is_ok()
+            && let Ok(mut links) = self.forward_links.lock()
+            && links.len() < MAX_IDLE_FORWARD_LINKS
+        {
+            links.push((leader, link));
+        }
+        r
     }
 
     /// Whether this node is the leader now (as far as it knows).

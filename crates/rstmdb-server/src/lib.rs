@@ -26,6 +26,7 @@ pub mod authz;
 pub mod backup;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod handlers;
 pub mod harden;
 pub mod metrics;

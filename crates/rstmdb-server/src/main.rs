@@ -503,6 +503,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
         shared = shared.with_cluster(node.clone());
     }
     let shared = Arc::new(shared);
+    if let Some(node) = &node {
+        node.set_forward_handler(Arc::new(rstmdb_server::forward::LeaderExecutor {
+            shared: Arc::downgrade(&shared),
+        }));
+    }
     if let Some(l) = metrics_listener {
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("Metrics server listening on http://{at}/metrics");

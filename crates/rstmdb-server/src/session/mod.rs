@@ -26,7 +26,7 @@ pub use ops::FEATURES;
 use crate::auth::{CertMatch, PreAuthCount, PreAuthSlot, Principal};
 use crate::authz;
 use crate::error::bad_request;
-use crate::handlers::{self, Payload};
+use crate::handlers::Payload;
 use crate::ordering::{Ordering, Scope, scope_of};
 use crate::registry::{Registration, Registry};
 use crate::shared::Shared;
@@ -65,15 +65,6 @@ struct Outgoing {
 type Pending = Pin<Box<dyn Future<Output = Outgoing> + Send>>;
 
 /// What data ops run against, borrowed from the shared state.
-fn data_ctx(shared: &Shared, backup_owner: u64) -> handlers::Ctx<'_> {
-    handlers::Ctx {
-        db: &shared.db,
-        backups: &shared.backups,
-        backup_owner,
-        flush_epoch: &shared.flush_epoch,
-    }
-}
-
 fn meta(wal_offset: Option<u64>) -> Meta {
     Meta {
         server_time: Some(rfc3339_now()),
@@ -666,7 +657,7 @@ impl Session {
                     w.wait().await;
                 }
                 let result = match authz::check_instances(&shared.db, &principal, &req.command) {
-                    Ok(()) => handlers::execute(data_ctx(&shared, owner), req.command)
+                    Ok(()) => crate::forward::execute(&shared, &principal.name, req.command, owner)
                         .await
                         .map(|(mut p, off)| {
                             if let Payload::Value(v) = &mut p {
