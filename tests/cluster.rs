@@ -6,6 +6,8 @@
 //! - with `forward_writes: false` a write sent to a follower is refused as not written
 //!   (`WAL_IO_ERROR`, retryable, naming the leader); with `true` (the default) it is
 //!   forwarded to the leader and answered as if the follower had run it;
+//! - reads are linearizable by default: any node asked right after a write was
+//!   acknowledged (by any node) shows it;
 //! - failover: SIGKILL of the leader under a stream of acknowledged writes, repeatedly; the
 //!   others elect a new leader, every acknowledged write survives, none is applied twice, and
 //!   the killed node rejoins and catches up.
@@ -392,7 +394,18 @@ fn with_forwarding_every_node_takes_writes() {
         );
         assert_eq!(again["wal_offset"].as_u64(), Some(off), "{again}");
         let applied = c.ok("APPLY_EVENT", json!({"instance_id": name, "event": "inc"}));
-        offsets.push(applied["wal_offset"].as_u64().unwrap());
+        let off = applied["wal_offset"].as_u64().unwrap();
+        offsets.push(off);
+        // Linearizable reads (the default): every node, asked right after the
+        // acknowledgement, already shows the write.
+        for (rid, server) in &cluster.nodes {
+            let r = instance(server, &name);
+            assert_eq!(
+                r["result"]["last_wal_offset"].as_u64(),
+                Some(off),
+                "node {rid} read {name} right after the write at {off}: {r}"
+            );
+        }
     }
     let leader = cluster.wait_leader_by_log();
     let log = cluster.wait_converged(leader, Duration::from_secs(20));

@@ -28,7 +28,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
-pub use node::{ClusterError, ClusterNode, ClusterOptions};
+pub use node::{ClusterError, ClusterNode, ClusterOptions, ReadConsistency};
 pub use state_machine::StateMachine;
 pub use types::{Member, NodeId, Request, TypeConfig};
 

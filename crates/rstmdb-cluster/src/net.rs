@@ -50,6 +50,8 @@ enum Rpc {
         principal: String,
         request: String,
     },
+    /// A follower's linearizable read asks the leader for its read index.
+    ReadIndex,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +61,8 @@ enum Reply {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Forward(ForwardReply),
+    /// The leader's read index (its commit index once it confirmed its leadership), or why not.
+    ReadIndex(Result<u64, String>),
     /// The request was not for this node or cluster.
     Refused(String),
 }
@@ -175,6 +179,32 @@ impl PeerClient {
             Err(CallError::Network(e)) => Err(ForwardError::NoAnswer {
                 leader,
                 detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Asks this peer, the leader, for its read index.
+    pub async fn read_index(&mut self, ttl: Duration) -> Result<u64, ForwardError> {
+        let leader = self.target_node.client.clone();
+        match self.call(Rpc::ReadIndex, ttl).await {
+            Ok(Reply::ReadIndex(Ok(i))) => Ok(i),
+            Ok(Reply::ReadIndex(Err(detail))) => Err(ForwardError::Unreachable { leader, detail }),
+            Ok(_) => Err(ForwardError::NoAnswer {
+                leader,
+                detail: "the peer answered another RPC".into(),
+            }),
+            Err(CallError::Network(e)) => Err(ForwardError::NoAnswer {
+                leader,
+                detail: e.to_string(),
+            }),
+            Err(CallError::Unreachable(e)) => Err(ForwardError::Unreachable {
+                leader,
+                detail: e.to_string(),
+            }),
+            Err(CallError::Refused(detail)) => Err(ForwardError::Unreachable { leader, detail }),
+            Err(CallError::TooLarge) => Err(ForwardError::Unreachable {
+                leader,
+                detail: "over the frame limit".into(),
             }),
         }
     }
@@ -383,6 +413,10 @@ async fn serve_connection(
             Rpc::Append(r) => Reply::Append(raft.append_entries(r).await),
             Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
             Rpc::Snapshot(r) => Reply::Snapshot(raft.install_snapshot(r).await),
+            Rpc::ReadIndex => Reply::ReadIndex(match raft.get_read_log_id().await {
+                Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                Err(e) => Err(e.to_string()),
+            }),
             Rpc::Forward { principal, request } => Reply::Forward(match forward.get() {
                 Some(h) => h.handle(principal, request.into_bytes()).await,
                 None => ForwardReply {

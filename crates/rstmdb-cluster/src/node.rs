@@ -15,6 +15,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How reads on a cluster member see writes (`cluster.read_consistency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadConsistency {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
 /// Idle forwarding links kept per node (each carries one request at a time).
 const MAX_IDLE_FORWARD_LINKS: usize = 16;
 
@@ -215,33 +223,98 @@ impl ClusterNode {
         request: String,
         ttl: Duration,
     ) -> Result<ForwardReply, ForwardError> {
-        let (leader, node) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            let Some(id) = m.current_leader else {
-                return Err(ForwardError::NoLeader);
-            };
-            if id == self.opts.node_id {
-                return Err(ForwardError::IsLeader);
+        let (leader, node) = self.leader_link()?;
+        let mut link = self.take_link(leader, node);
+        let r = link.forward(principal, request, ttl).await;
+        self.return_link(leader, link, r.is_ok());
+        r
+    }
+
+    /// Waits until a read on this node reflects every write acknowledged before the call
+    /// (`Linearizable`: the leader's read index — its commit index once a quorum confirmed it
+    /// still leads — applied here), or, for `Lease`, returns at once on a leader whose quorum
+    /// answered within the shortest election timeout (no other leader can exist yet, given
+    /// bounded clock drift) and otherwise does the same as `Linearizable`. `Stale` returns
+    /// at once. `timeout` bounds the wait.
+    pub async fn read_barrier(
+        &self,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> Result<(), ForwardError> {
+        match consistency {
+            ReadConsistency::Stale => return Ok(()),
+            ReadConsistency::Lease => {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                if m.state == openraft::ServerState::Leader
+                    && m.millis_since_quorum_ack
+                        .is_some_and(|ms| ms < self.opts.election_timeout_ms.0)
+                {
+                    return Ok(());
+                }
             }
-            match m.membership_config.membership().get_node(&id) {
-                Some(n) => (id, n.clone()),
-                None => return Err(ForwardError::NoLeader),
+            ReadConsistency::Linearizable => {}
+        }
+        let index = match self.raft.get_read_log_id().await {
+            Ok((read, _)) => read.map_or(0, |l| l.index),
+            // Not the leader: ask it.
+            Err(_) => {
+                let (leader, node) = self.leader_link()?;
+                let link = self.take_link(leader, node);
+                let mut link = link;
+                let r = link.read_index(timeout).await;
+                self.return_link(leader, link, r.is_ok());
+                r?
             }
         };
-        let link = self.forward_links.lock().ok().and_then(|mut links| {
-            let at = links.iter().position(|(id, _)| *id == leader)?;
-            Some(links.swap_remove(at).1)
-        });
-        let mut link = link.unwrap_or_else(|| PeerClient::new(self.me.clone(), leader, node));
-        let r = link.forward(principal, request, ttl).await;
-        if r.is_ok()
+        let waited = self
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await;
+        match waited {
+            Ok(_) => Ok(()),
+            Err(e) => Err(ForwardError::NoAnswer {
+                leader: "this node".into(),
+                detail: format!("did not apply up to the read index {index} in time: {e}"),
+            }),
+        }
+    }
+
+    /// The leader (not this node) and its addresses.
+    fn leader_link(&self) -> Result<(NodeId, Member), ForwardError> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let Some(id) = m.current_leader else {
+            return Err(ForwardError::NoLeader);
+        };
+        if id == self.opts.node_id {
+            return Err(ForwardError::IsLeader);
+        }
+        match m.membership_config.membership().get_node(&id) {
+            Some(n) => Ok((id, n.clone())),
+            None => Err(ForwardError::NoLeader),
+        }
+    }
+
+    fn take_link(&self, leader: NodeId, node: Member) -> PeerClient {
+        self.forward_links
+            .lock()
+            .ok()
+            .and_then(|mut links| {
+                let at = links.iter().position(|(id, _)| *id == leader)?;
+                Some(links.swap_remove(at).1)
+            })
+            .unwrap_or_else(|| PeerClient::new(self.me.clone(), leader, node))
+    }
+
+    fn return_link(&self, leader: NodeId, link: PeerClient, healthy: bool) {
+        if healthy
             && let Ok(mut links) = self.forward_links.lock()
             && links.len() < MAX_IDLE_FORWARD_LINKS
         {
             links.push((leader, link));
         }
-        r
     }
 
     /// Whether this node is the leader now (as far as it knows).

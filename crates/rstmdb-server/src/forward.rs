@@ -5,6 +5,7 @@
 //! authorizes the caller first (every node has the same `auth` configuration); the leader
 //! logs the caller's name with the request.
 
+use crate::config::ReadConsistency;
 use crate::handlers::{self, Answer, Payload};
 use crate::shared::Shared;
 use rstmdb_cluster::forward::{ForwardError, ForwardFuture, ForwardHandler, ForwardReply};
@@ -35,13 +36,61 @@ fn ctx(shared: &Shared, backup_owner: u64) -> handlers::Ctx<'_> {
     }
 }
 
-/// Runs a data op here, or, for a write on a follower that forwards, on the leader.
+/// Whether `command` reads the database (and so waits for `cluster.read_consistency`).
+pub fn is_read(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::GetMachine(_)
+            | Command::ListMachines
+            | Command::GetInstance(_)
+            | Command::ListInstances(_)
+            | Command::SnapshotInstance(_)
+            | Command::WalRead(_)
+    )
+}
+
+/// Before a read on a cluster member: wait as `cluster.read_consistency` says.
+async fn read_barrier(
+    shared: &Shared,
+    node: &rstmdb_cluster::ClusterNode,
+) -> Result<(), ErrorObject> {
+    let Some(cluster) = shared.config.cluster.as_ref() else {
+        return Ok(());
+    };
+    let consistency = match cluster.read_consistency {
+        ReadConsistency::Linearizable => rstmdb_cluster::ReadConsistency::Linearizable,
+        ReadConsistency::Lease => rstmdb_cluster::ReadConsistency::Lease,
+        ReadConsistency::Stale => return Ok(()),
+    };
+    node.read_barrier(consistency, cluster.write_timeout())
+        .await
+        .map_err(|e| {
+            let reason = match e {
+                ForwardError::NoLeader | ForwardError::Unreachable { .. } => "no_leader",
+                _ => "read_timeout",
+            };
+            ErrorObject::new(
+                ErrorCode::ReplicationTimeout,
+                format!("a linearizable read could not be served: {e}; retry"),
+            )
+            .with_detail("reason", reason)
+        })
+}
+
+/// Runs a data op here, or, for a write on a follower that forwards, on the leader. On a
+/// cluster member a read first waits for `cluster.read_consistency`.
 pub async fn execute(
     shared: &Arc<Shared>,
     principal: &str,
     command: Command,
     owner: u64,
 ) -> Answer {
+    if let Some(node) = shared.cluster.as_ref()
+        && is_read(&command)
+    {
+        read_barrier(shared, node).await?;
+        return handlers::execute(ctx(shared, owner), command).await;
+    }
     let forwarding = shared
         .config
         .cluster
