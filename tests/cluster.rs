@@ -8,6 +8,9 @@
 //!   forwarded to the leader and answered as if the follower had run it;
 //! - reads are linearizable by default: any node asked right after a write was
 //!   acknowledged (by any node) shows it;
+//! - a write on a leader that lost its quorum times out as `REPLICATION_TIMEOUT`
+//!   (`commit_timeout`, committed "unknown"); retried with its idempotency key once the
+//!   quorum is back, it is applied exactly once;
 //! - failover: SIGKILL of the leader under a stream of acknowledged writes, repeatedly; the
 //!   others elect a new leader, every acknowledged write survives, none is applied twice, and
 //!   the killed node rejoins and catches up.
@@ -42,6 +45,10 @@ impl Cluster {
     }
 
     fn start_with(forward_writes: bool) -> Cluster {
+        Cluster::start_opts(forward_writes, 5000)
+    }
+
+    fn start_opts(forward_writes: bool, write_timeout_ms: u64) -> Cluster {
         let ports: BTreeMap<u64, (u16, u16)> = (1..=NODES)
             .map(|id| (id, (free_port(), free_port())))
             .collect();
@@ -72,7 +79,7 @@ impl Cluster {
                             "insecure_plaintext": true,
                             "election_timeout_ms": [300, 600],
                             "heartbeat_ms": 50,
-                            "write_timeout_ms": 5000,
+                            "write_timeout_ms": write_timeout_ms,
                             "forward_writes": forward_writes
                         }
                     }),
@@ -418,4 +425,60 @@ fn with_forwarding_every_node_takes_writes() {
             assert_eq!(r["status"], "ok", "node {id}: {name}: {r}");
         }
     }
+}
+
+#[test]
+fn a_write_without_quorum_times_out_in_doubt_and_a_retry_resolves_it() {
+    let mut cluster = Cluster::start_opts(false, 1500);
+    let mut probe = 0;
+    let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    let mut c = cluster.nodes[&leader].connect();
+    put_counter(&mut c, "counter");
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    for id in &followers {
+        cluster.nodes.get_mut(id).unwrap().kill_9();
+    }
+    let params = json!({"instance_id": "doubt", "machine": "counter", "version": 1, "idempotency_key": "k-doubt"});
+    let r = c.request("CREATE_INSTANCE", params.clone());
+    assert_eq!(r["error"]["code"], "REPLICATION_TIMEOUT", "{r}");
+    assert_eq!(r["error"]["retryable"], true, "{r}");
+    assert_eq!(r["error"]["details"]["reason"], "commit_timeout", "{r}");
+    assert_eq!(r["error"]["details"]["committed"], "unknown", "{r}");
+    for id in &followers {
+        cluster.nodes.get_mut(id).unwrap().restart();
+    }
+    // The retry with the same key resolves the doubt: one application, whatever happened.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+        let mut c = cluster.nodes[&leader].connect();
+        let r = c.request("CREATE_INSTANCE", params.clone());
+        if r["status"] == "ok" {
+            break r["result"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retry never succeeded: {r}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    let mut c = cluster.nodes[&leader].connect();
+    let again = c.ok("CREATE_INSTANCE", params);
+    assert_eq!(
+        again["wal_offset"], first["wal_offset"],
+        "{again} vs {first}"
+    );
+    let log = cluster.wait_converged(leader, Duration::from_secs(20));
+    let creates = log
+        .iter()
+        .filter(|(_, e)| e["type"] == "create_instance" && e["instance_id"] == "doubt")
+        .count();
+    assert_eq!(creates, 1, "applied exactly once: {log:?}");
 }

@@ -388,8 +388,8 @@ impl Proposer for RaftProposer {
             let result = match tokio::time::timeout(timeout, &mut write).await {
                 Ok(r) => r,
                 Err(_) => {
-                    proposal.fail_outcome_unknown(format!(
-                        "not committed within write_timeout_ms ({} ms); retry with the same idempotency key",
+                    proposal.fail_commit_timeout(format!(
+                        "not committed within cluster.write_timeout_ms ({} ms); it may still be: retry with the same idempotency key",
                         timeout.as_millis()
                     ));
                     // The entry may still commit: hold its instances until its fate is known.
@@ -401,13 +401,15 @@ impl Proposer for RaftProposer {
             match result {
                 Ok(resp) => proposal.complete(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    let leader = f
-                        .leader_node
-                        .map(|n| n.client)
-                        .unwrap_or_else(|| "unknown".into());
-                    proposal.fail_not_written(format!(
-                        "this node is not the leader (leader: {leader}); nothing was written"
-                    ));
+                    match f.leader_node {
+                        Some(n) => proposal.fail_not_written(format!(
+                            "this node is not the leader (leader: {}); nothing was written",
+                            n.client
+                        )),
+                        None => proposal.fail_no_leader(
+                            "the cluster has no leader at the moment; nothing was written, retry",
+                        ),
+                    }
                 }
                 Err(e) => proposal.fail_outcome_unknown(format!(
                     "the write's outcome is unknown ({e}); retry with the same idempotency key"

@@ -98,6 +98,18 @@ pub enum Error {
 
     #[error("{message}")]
     RateLimited { message: String },
+
+    /// A cluster could not commit a write in time (no leader, or no quorum within the
+    /// write timeout). Only a cluster member sends it.
+    #[error("{detail}")]
+    ReplicationTimeout {
+        /// `no_leader` or `commit_timeout`.
+        reason: String,
+        /// Whether the write is in the log: `Some(false)` never, `None` unknown (retry with
+        /// the same idempotency key).
+        committed: Option<bool>,
+        detail: String,
+    },
 }
 
 fn conflict_message(kind: &ConflictKind) -> String {
@@ -151,6 +163,7 @@ impl Error {
             Error::WalIo { .. } => ErrorCode::WalIoError,
             Error::Internal { .. } => ErrorCode::InternalError,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::ReplicationTimeout { .. } => ErrorCode::ReplicationTimeout,
         }
     }
 
@@ -218,6 +231,15 @@ impl Error {
                     d.insert("idempotency_key".into(), Value::from(key.as_str()));
                 }
             },
+            Error::ReplicationTimeout {
+                reason, committed, ..
+            } => {
+                d.insert("reason".into(), Value::from(reason.as_str()));
+                d.insert(
+                    "committed".into(),
+                    committed.map_or(Value::from("unknown"), Value::from),
+                );
+            }
             Error::UnsupportedProtocol { requested } => {
                 d.insert("requested".into(), Value::from(*requested));
                 d.insert("supported".into(), Value::from(vec![1u64]));
@@ -318,6 +340,26 @@ mod tests {
         for code in ErrorCode::STANDALONE {
             assert!(all.iter().any(|e| e.code() == *code), "{code}");
         }
+    }
+
+    #[test]
+    fn a_replication_timeout_is_replication_only_and_says_whether_it_committed() {
+        let e = Error::ReplicationTimeout {
+            reason: "commit_timeout".into(),
+            committed: None,
+            detail: "not committed within 5000 ms".into(),
+        };
+        assert_eq!(e.code(), ErrorCode::ReplicationTimeout);
+        assert!(e.code().is_replication_only() && e.retryable());
+        let d = e.details();
+        assert_eq!(d["reason"], "commit_timeout");
+        assert_eq!(d["committed"], "unknown");
+        let e = Error::ReplicationTimeout {
+            reason: "no_leader".into(),
+            committed: Some(false),
+            detail: "no leader".into(),
+        };
+        assert_eq!(e.details()["committed"], false);
     }
 
     #[test]

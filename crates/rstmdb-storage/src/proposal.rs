@@ -70,6 +70,27 @@ impl Proposal {
         let _ = self.reply.send(Err(CommitError::Wal(detail.into())));
     }
 
+    /// No leader could take the write: it is certainly not in the log; the client may retry
+    /// (`REPLICATION_TIMEOUT`, `reason: no_leader`, `committed: false`).
+    pub fn fail_no_leader(self, detail: impl Into<String>) {
+        let _ = self.reply.send(Err(CommitError::Replication {
+            reason: "no_leader",
+            committed: Some(false),
+            detail: detail.into(),
+        }));
+    }
+
+    /// Not committed within the write timeout; it may still commit (`REPLICATION_TIMEOUT`,
+    /// `reason: commit_timeout`, `committed: "unknown"`): the client retries with its
+    /// idempotency key.
+    pub fn fail_commit_timeout(self, detail: impl Into<String>) {
+        let _ = self.reply.send(Err(CommitError::Replication {
+            reason: "commit_timeout",
+            committed: None,
+            detail: detail.into(),
+        }));
+    }
+
     /// Whether the record will be committed is unknown (leadership lost after it was
     /// appended, commit not reached in time): the caller must retry with its idempotency key.
     pub fn fail_outcome_unknown(self, detail: impl Into<String>) {

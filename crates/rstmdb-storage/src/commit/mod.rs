@@ -83,6 +83,13 @@ pub(crate) enum CommitError {
     /// The record is durable but could not be applied; the store refuses writes until a
     /// restart replays it.
     Apply(String),
+    /// Cluster only: the write could not be committed in time (`reason` `no_leader` or
+    /// `commit_timeout`; `committed` `None` = unknown).
+    Replication {
+        reason: &'static str,
+        committed: Option<bool>,
+        detail: String,
+    },
 }
 
 pub(crate) struct CheckpointMark {

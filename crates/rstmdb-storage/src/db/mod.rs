@@ -119,6 +119,15 @@ fn commit_err(e: CommitError) -> Error {
     match e {
         CommitError::Wal(detail) => Error::WalIo { detail },
         CommitError::Apply(detail) => internal(detail),
+        CommitError::Replication {
+            reason,
+            committed,
+            detail,
+        } => Error::ReplicationTimeout {
+            reason: reason.into(),
+            committed,
+            detail,
+        },
     }
 }
 

@@ -295,7 +295,8 @@ impl RaftApply {
                     flushed: None,
                     error: Some(match e {
                         crate::commit::CommitError::Wal(d)
-                        | crate::commit::CommitError::Apply(d) => d,
+                        | crate::commit::CommitError::Apply(d)
+                        | crate::commit::CommitError::Replication { detail: d, .. } => d,
                     }),
                 },
                 Err(_) => Applied {
