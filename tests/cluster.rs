@@ -11,6 +11,8 @@
 //! - a write on a leader that lost its quorum times out as `REPLICATION_TIMEOUT`
 //!   (`commit_timeout`, committed "unknown"); retried with its idempotency key once the
 //!   quorum is back, it is applied exactly once;
+//! - a node down while the leader snapshots, purges its log and deletes the segments catches
+//!   up by installing the snapshot;
 //! - failover: SIGKILL of the leader under a stream of acknowledged writes, repeatedly; the
 //!   others elect a new leader, every acknowledged write survives, none is applied twice, and
 //!   the killed node rejoins and catches up.
@@ -49,6 +51,14 @@ impl Cluster {
     }
 
     fn start_opts(forward_writes: bool, write_timeout_ms: u64) -> Cluster {
+        Cluster::start_full(json!({"cluster": {
+            "forward_writes": forward_writes,
+            "write_timeout_ms": write_timeout_ms
+        }}))
+    }
+
+    /// Three nodes with `overrides` deep-merged into each node's config.
+    fn start_full(overrides: Value) -> Cluster {
         let ports: BTreeMap<u64, (u16, u16)> = (1..=NODES)
             .map(|id| (id, (free_port(), free_port())))
             .collect();
@@ -79,11 +89,12 @@ impl Cluster {
                             "insecure_plaintext": true,
                             "election_timeout_ms": [300, 600],
                             "heartbeat_ms": 50,
-                            "write_timeout_ms": write_timeout_ms,
-                            "forward_writes": forward_writes
+                            "write_timeout_ms": 5000,
+                            "forward_writes": false
                         }
                     }),
                 );
+                merge(&mut cfg, &overrides);
                 // Member ids are YAML integers, as an operator writes them.
                 let mut yaml = to_yaml(&cfg);
                 for id in 1..=NODES {
@@ -481,4 +492,73 @@ fn a_write_without_quorum_times_out_in_doubt_and_a_retry_resolves_it() {
         .filter(|(_, e)| e["type"] == "create_instance" && e["instance_id"] == "doubt")
         .count();
     assert_eq!(creates, 1, "applied exactly once: {log:?}");
+}
+
+#[test]
+fn a_node_down_through_a_snapshot_and_purge_catches_up_by_installing_it() {
+    // Small segments and snapshots, frequent checkpoints: the leader's log before the
+    // snapshot is purged and its segments deleted while node `down` is stopped.
+    let mut cluster = Cluster::start_full(json!({
+        "storage": {"wal_segment_size_mb": 1, "wal_retention_mb": 0},
+        "compaction": {"events_threshold": 300, "min_interval_secs": 0},
+        "cluster": {"snapshot_log_mb": 1}
+    }));
+    let mut probe = 0;
+    let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    let mut c = cluster.nodes[&leader].connect();
+    put_counter(&mut c, "counter");
+    create(&mut c, "counter", "before", json!({}));
+    let down = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.nodes.get_mut(&down).unwrap().kill_9();
+    // Well past what openraft keeps after a snapshot (1,000 entries), about 7 MB of records: a
+    // snapshot every ~250 records (1 MB), the same per 1 MB segment.
+    let pad = "x".repeat(4000);
+    let mut last = 0;
+    for i in 0..1800 {
+        let r = c.ok(
+            "CREATE_INSTANCE",
+            json!({"instance_id": format!("while-down-{i}"), "machine": "counter", "version": 1,
+                   "initial_ctx": {"pad": pad}}),
+        );
+        last = r["wal_offset"].as_u64().unwrap();
+    }
+    // The leader snapshots (checked each second) and purges; checkpoints delete segments.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let earliest = cluster.wal(leader).first().map_or(0, |(o, _)| *o);
+        if earliest > 10 {
+            break;
+        }
+        let mut c = cluster.nodes[&leader].connect();
+        c.ok("COMPACT", json!({}));
+        assert!(
+            Instant::now() < deadline,
+            "the leader never dropped its early log (earliest {earliest})\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.nodes.get_mut(&down).unwrap().restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = instance(&cluster.nodes[&down], "while-down-1799");
+        if r["status"] == "ok" {
+            assert_eq!(r["result"]["last_wal_offset"].as_u64(), Some(last), "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {down} never caught up: {r}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(instance(&cluster.nodes[&down], "before")["status"], "ok");
+    assert!(
+        cluster.nodes[&down]
+            .stdout()
+            .contains("installed a raft snapshot"),
+        "node {down} caught up without a snapshot?\n{}",
+        cluster.nodes[&down].stdout()
+    );
 }

@@ -77,6 +77,9 @@ fn write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
 
 impl LogStore {
     pub fn new(log: RaftLog, hard: HardStateFile, committed: CommittedFile) -> LogStore {
+        if let Some(p) = hard.state().purged {
+            log.set_purged(p.index);
+        }
         LogStore {
             log,
             hard: Arc::new(Mutex::new(hard)),
@@ -303,6 +306,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             h.entry0 = None;
         })
         .await?;
+        self.log.set_purged(log_id.index);
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || log.skip_to(log_id.index.saturating_add(1)))
             .await

@@ -40,6 +40,9 @@ pub struct ClusterOptions {
     pub election_timeout_ms: (u64, u64),
     pub heartbeat_ms: u64,
     pub write_timeout_ms: u64,
+    /// A snapshot is built once this many bytes of records were applied since the last one
+    /// (then raft may purge the log before it); 0 = never.
+    pub snapshot_log_bytes: u64,
 }
 
 /// Why a node could not start.
@@ -68,6 +71,7 @@ pub struct ClusterNode {
     peer_task: tokio::task::JoinHandle<()>,
     /// The database holds it weakly (see `Database::set_proposer`).
     _proposer: Arc<dyn Proposer>,
+    snapshot_task: tokio::task::JoinHandle<()>,
     me: PeerIdentity,
     /// What this node runs for requests forwarded to it (installed by the server).
     forward: ForwardSlot,
@@ -111,6 +115,7 @@ impl ClusterNode {
         let hard = HardStateFile::open(&crate::raft_dir(&data_dir))?;
         let log_store = LogStore::new(log.clone(), hard, committed);
         let sm = StateMachine::new(apply, log);
+        let applied_bytes = sm.bytes_since_snapshot();
         let (min, max) = opts.election_timeout_ms;
         let config = Config {
             cluster_name: opts.cluster_id.clone(),
@@ -167,6 +172,11 @@ impl ClusterNode {
                 Err(e) => return Err(ClusterError::Raft(format!("initializing the cluster: {e}"))),
             }
         }
+        let snapshot_task = tokio::spawn(snapshot_trigger(
+            raft.clone(),
+            applied_bytes,
+            opts.snapshot_log_bytes,
+        ));
         let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer {
             raft: raft.clone(),
             metrics: raft.metrics(),
@@ -179,6 +189,7 @@ impl ClusterNode {
             opts,
             peer_task,
             _proposer: proposer,
+            snapshot_task,
             me,
             forward,
             forward_links: std::sync::Mutex::new(Vec::new()),
@@ -326,6 +337,7 @@ impl ClusterNode {
     /// Call it once; the node serves nothing afterwards.
     pub async fn shutdown(&self) -> Result<(), ClusterError> {
         self.peer_task.abort();
+        self.snapshot_task.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -334,6 +346,30 @@ impl ClusterNode {
             .close()
             .await
             .map_err(|e| ClusterError::Raft(format!("closing the database: {e}")))
+    }
+}
+
+/// Asks raft for a snapshot whenever `threshold` bytes were applied since the last one
+/// began (checked once a second).
+async fn snapshot_trigger(
+    raft: Raft<TypeConfig>,
+    applied: Arc<std::sync::atomic::AtomicU64>,
+    threshold: u64,
+) {
+    if threshold == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if applied.load(std::sync::atomic::Ordering::Relaxed) >= threshold {
+            // Reset here too: a build that fails must not be asked for every second.
+            applied.store(0, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "could not start a raft snapshot");
+                return;
+            }
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct StateMachine {
     last_applied: Arc<Mutex<Option<LogId<NodeId>>>>,
     current: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshots_built: Arc<std::sync::atomic::AtomicU64>,
+    /// Payload bytes applied since the last snapshot began (the node's snapshot trigger).
+    bytes_since_snapshot: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -63,7 +65,13 @@ impl StateMachine {
             last_applied: Arc::new(Mutex::new(last)),
             current: Arc::new(Mutex::new(None)),
             snapshots_built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            bytes_since_snapshot: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
+    }
+
+    /// Payload bytes applied since the last snapshot began.
+    pub fn bytes_since_snapshot(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.bytes_since_snapshot.clone()
     }
 
     fn membership(&self) -> Result<StoredMembership<NodeId, Member>, StorageError<NodeId>> {
@@ -96,8 +104,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut records = Vec::new();
         let mut last = None;
+        let mut bytes = 0u64;
         for e in entries {
             let payload = encode_entry(&e).map_err(|err| sm_err(ErrorVerb::Write, err))?;
+            bytes += payload.len() as u64;
             last = Some(e.log_id);
             records.push(ApplyRecord {
                 seq: e.log_id.index,
@@ -134,6 +144,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         }
         *self.last_applied.lock().map_err(|_| lock_err())? = Some(last);
+        self.bytes_since_snapshot
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(answers)
     }
 
@@ -208,6 +220,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        self.bytes_since_snapshot
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         let apply = self.apply.clone();
         let (body, export) = tokio::task::spawn_blocking(move || {
             let mut body = Vec::new();

@@ -286,6 +286,7 @@ fn cluster_options(
         ),
         heartbeat_ms: cluster.heartbeat_ms,
         write_timeout_ms: cluster.write_timeout_ms,
+        snapshot_log_bytes: cluster.snapshot_log_bytes(),
     })
 }
 

@@ -142,32 +142,7 @@ impl LogStage {
     }
 
     fn trim(&mut self, checkpoint_seq: u64, retention_bytes: u64) -> Result<TrimOutcome, String> {
-        let segments = self.wal.segments();
-        // Newest first: keep whole segments below the checkpoint until the retention is used.
-        let mut kept = 0u64;
-        let mut below = 0u64;
-        for seg in segments.iter().rev() {
-            if seg.last_seq > checkpoint_seq || seg.last_seq == 0 {
-                continue;
-            }
-            kept += seg.size_bytes;
-            if kept > retention_bytes {
-                below = seg.last_seq + 1;
-                break;
-            }
-        }
-        let (segments_deleted, bytes_deleted) = if below > 0 {
-            self.wal
-                .remove_segments_below(below)
-                .map_err(|e| e.to_string())?
-        } else {
-            (0, 0)
-        };
-        Ok(TrimOutcome {
-            segments_deleted,
-            bytes_deleted,
-            segments_left: self.wal.stats().segment_count,
-        })
+        trim_wal(&mut self.wal, checkpoint_seq, retention_bytes)
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
@@ -289,4 +264,38 @@ impl LogStage {
             (self.checkpoint_due)();
         }
     }
+}
+
+/// Deletes WAL segments wholly at or below `checkpoint_seq`, keeping the newest
+/// `retention_bytes` of them (for WAL_READ and watch resume).
+pub(crate) fn trim_wal(
+    wal: &mut Wal,
+    checkpoint_seq: u64,
+    retention_bytes: u64,
+) -> Result<TrimOutcome, String> {
+    let segments = wal.segments();
+    // Newest first: keep whole segments below the checkpoint until the retention is used.
+    let mut kept = 0u64;
+    let mut below = 0u64;
+    for seg in segments.iter().rev() {
+        if seg.last_seq > checkpoint_seq || seg.last_seq == 0 {
+            continue;
+        }
+        kept += seg.size_bytes;
+        if kept > retention_bytes {
+            below = seg.last_seq + 1;
+            break;
+        }
+    }
+    let (segments_deleted, bytes_deleted) = if below > 0 {
+        wal.remove_segments_below(below)
+            .map_err(|e| e.to_string())?
+    } else {
+        (0, 0)
+    };
+    Ok(TrimOutcome {
+        segments_deleted,
+        bytes_deleted,
+        segments_left: wal.stats().segment_count,
+    })
 }

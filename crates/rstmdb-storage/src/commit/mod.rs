@@ -39,7 +39,7 @@ mod tests;
 
 pub(crate) use apply::ApplyStage;
 pub(crate) use handoff::ApplyThread;
-pub(crate) use log::{CheckpointTrigger, LogStage};
+pub(crate) use log::{CheckpointTrigger, LogStage, trim_wal};
 
 use crate::config::FsyncPolicy;
 use crate::entry::WalEntry;

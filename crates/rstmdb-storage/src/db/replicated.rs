@@ -13,12 +13,13 @@
 //! - there is no log stage: writes go to the installed [`Proposer`], and a small control
 //!   thread answers the engine's checkpoint and statistics requests;
 //! - checkpoints purge nothing (expiry by each node's own clock would make replicas differ)
-//!   and delete no WAL segment (a lagging replica may still need them; raft's purge will).
+//!   and delete only segments raft has purged too (a lagging replica may still need the
+//!   rest; [`RaftLog::set_purged`]).
 
 use super::open::{find_state, open_log, prepare_data_dir};
 use super::{Database, Inner, spawn_named};
 use crate::cache::InstanceCache;
-use crate::commit::{ApplyStage, Command, CommitStats, TrimOutcome};
+use crate::commit::{ApplyStage, Command, CommitStats, trim_wal};
 use crate::config::StorageConfig;
 use crate::crypto::Cipher;
 use crate::datadir;
@@ -31,7 +32,7 @@ use crate::store::Store;
 use crate::wal::{Wal, WalError, WalReader, WalRecord};
 use rstmdb_core::InstanceLimits;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
@@ -67,6 +68,8 @@ impl ReplicaState {
 pub struct RaftLog {
     wal: Arc<Mutex<Wal>>,
     reader: WalReader,
+    /// Raft's purge point: checkpoints delete segments only at or below it.
+    purged: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RaftLog {
@@ -141,6 +144,13 @@ impl RaftLog {
     /// The term of the record at `seq`, `None` when the log does not hold it.
     pub fn term_of(&self, seq: u64) -> Result<Option<u64>, WalError> {
         self.reader.term_of(seq)
+    }
+
+    /// Raft no longer needs records at or below `seq` (a snapshot covers them): checkpoints
+    /// may delete the segments that hold only such records (never above the checkpoint, and
+    /// keeping `wal_retention_mb` for WAL_READ and watches).
+    pub fn set_purged(&self, seq: u64) {
+        self.purged.fetch_max(seq, Ordering::AcqRel);
     }
 
     /// The earliest record the log still holds.
@@ -506,10 +516,12 @@ impl Database {
         });
         let database = Database { inner };
         database.load_machines()?;
+        let purged = Arc::new(AtomicU64::new(0));
         let control = {
             let (wal, stage, stats) = (wal.clone(), stage.clone(), database.inner.stats.clone());
+            let purged = purged.clone();
             spawn_named("rstmdb-replica-control", move || {
-                control_loop(commit_rx, &wal, &stage, &stats)
+                control_loop(commit_rx, &wal, &stage, &stats, &purged)
             })?
         };
         let checkpointer = database.spawn_checkpointer(checkpoint_rx)?;
@@ -518,7 +530,11 @@ impl Database {
             t.push(checkpointer);
         }
         database.record_recovery(started, found.checkpoint, replayed);
-        let log = RaftLog { wal, reader };
+        let log = RaftLog {
+            wal,
+            reader,
+            purged,
+        };
         let sm = RaftApply {
             db: database.clone(),
             stage,
@@ -609,6 +625,7 @@ fn control_loop(
     wal: &Mutex<Wal>,
     stage: &Mutex<ApplyStage>,
     stats: &CommitStats,
+    purged: &AtomicU64,
 ) {
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
@@ -631,13 +648,18 @@ fn control_loop(
                 };
                 let _ = reply.send(r);
             }
-            Command::TrimWal { reply, .. } => {
-                let segments_left = wal.lock().map(|w| w.stats().segment_count).unwrap_or(0);
-                let _ = reply.send(Ok(TrimOutcome {
-                    segments_deleted: 0,
-                    bytes_deleted: 0,
-                    segments_left,
-                }));
+            Command::TrimWal {
+                checkpoint_seq,
+                retention_bytes,
+                reply,
+            } => {
+                // Only what raft has purged too: a lagging replica may still need the rest.
+                let floor = checkpoint_seq.min(purged.load(Ordering::Acquire));
+                let r = match wal.lock() {
+                    Ok(mut w) => trim_wal(&mut w, floor, retention_bytes),
+                    Err(_) => Err("the WAL writer's lock was poisoned".into()),
+                };
+                let _ = reply.send(r);
             }
             Command::Stats { reply } => {
                 if let Ok(w) = wal.lock() {
