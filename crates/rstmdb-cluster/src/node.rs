@@ -4,6 +4,7 @@
 use crate::hardstate::{CommittedFile, HardStateError, HardStateFile};
 use crate::log_store::LogStore;
 use crate::net::{PeerIdentity, PeerNetwork};
+use crate::peer_tls::{NotTls, PeerSecurity, PeerTls};
 use crate::state_machine::StateMachine;
 use crate::types::{Member, NodeId, Request, TypeConfig};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -53,6 +54,7 @@ pub struct ClusterNode {
     db: Database,
     raft: Raft<TypeConfig>,
     opts: ClusterOptions,
+    security: PeerSecurity,
     peer_task: tokio::task::JoinHandle<()>,
     /// The database holds it weakly (see `Database::set_proposer`).
     _proposer: Arc<dyn Proposer>,
@@ -71,9 +73,12 @@ impl ClusterNode {
     /// Opens the data directory as a replica, starts raft and the peer listener, and, on a
     /// node with no raft state yet that is one of `initial_members`, proposes that membership
     /// (every initial member does the same with the same list; raft lets one of them win).
+    /// `security` is how the peer link is secured: TLS with mutual authentication, or
+    /// plaintext (tests only).
     pub async fn start(
         storage: StorageConfig,
         opts: ClusterOptions,
+        security: PeerSecurity,
     ) -> Result<ClusterNode, ClusterError> {
         let data_dir = storage.data_dir.clone();
         let committed = CommittedFile::open(&crate::raft_dir(&data_dir))?;
@@ -122,13 +127,21 @@ impl ClusterNode {
         let raft = Raft::new(
             opts.node_id,
             Arc::new(config),
-            PeerNetwork { me: me.clone() },
+            PeerNetwork {
+                me: me.clone(),
+                security: security.clone(),
+            },
             log_store,
             sm,
         )
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let peer_task = tokio::spawn(crate::net::serve(listener, raft.clone(), me));
+        let peer_task = tokio::spawn(crate::net::serve(
+            listener,
+            raft.clone(),
+            me,
+            security.clone(),
+        ));
         let initialized = raft
             .is_initialized()
             .await
@@ -154,6 +167,7 @@ impl ClusterNode {
             db,
             raft,
             opts,
+            security,
             peer_task,
             _proposer: proposer,
         })
@@ -169,6 +183,17 @@ impl ClusterNode {
 
     pub fn options(&self) -> &ClusterOptions {
         &self.opts
+    }
+
+    /// Swaps the peer link's TLS material (SIGHUP): connections made from now on, in and
+    /// out, use it; open ones keep their session. Refused on a plaintext peer link.
+    pub fn set_peer_tls(&self, tls: PeerTls) -> Result<(), NotTls> {
+        self.security.replace(tls)
+    }
+
+    /// Whether the peer link runs TLS.
+    pub fn peer_tls(&self) -> bool {
+        self.security.is_tls()
     }
 
     /// The current leader and its addresses, if one is known.

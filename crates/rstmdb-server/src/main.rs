@@ -11,7 +11,7 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use rstmdb_cluster::{ClusterNode, ClusterOptions, Member};
+use rstmdb_cluster::{ClusterNode, ClusterOptions, Member, PeerSecurity};
 use rstmdb_server::audit::AuditLog;
 use rstmdb_server::auth::Auth;
 use rstmdb_server::config::{ClusterConfig, Config, LogFormat};
@@ -474,7 +474,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
                 raft_listen = %opts.raft_listen,
                 "starting as a cluster node"
             );
-            match ClusterNode::start(storage, opts).await {
+            match ClusterNode::start(storage, opts, PeerSecurity::plaintext()).await {
                 Ok(node) => (node.database().clone(), Some(Arc::new(node))),
                 Err(e) => return fail(format!("starting the cluster node: {e}")),
             }
