@@ -416,6 +416,12 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     } else {
         None
     };
+    // Before the data directory is touched, as the client listener's material.
+    let security = match config.cluster.is_some().then(|| peer_security(&config)) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return fail(e),
+    };
     let audit = if config.audit.is_enabled() {
         match AuditLog::start(config.audit.path.clone(), config.audit.queue_depth) {
             Ok(a) => Some(a),
@@ -454,12 +460,11 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
             Err(e) => return fail(format!("opening the database: {e}")),
         },
         Some(cluster) => {
-            let (opts, security) = match cluster_options(cluster, addr)
-                .and_then(|o| Ok((o, peer_security(&config)?)))
-            {
-                Ok(x) => x,
+            let opts = match cluster_options(cluster, addr) {
+                Ok(o) => o,
                 Err(e) => return fail(e),
             };
+            let security = security.unwrap_or_default();
             tracing::info!(
                 cluster_id = %opts.cluster_id,
                 node_id = opts.node_id,
