@@ -111,7 +111,11 @@ impl Cluster {
                         &t.pki.ca
                     };
                     let section = node_tls(dir.path(), ca, &t.pki.path("ca.pem"), *id);
-                    merge(&mut cfg, &json!({"tls": section}));
+                    merge(
+                        &mut cfg,
+                        &json!({"tls": section,
+                                "metrics": {"enabled": true, "bind_addr": "127.0.0.1:0"}}),
+                    );
                 }
                 merge(
                     &mut cfg,
@@ -496,6 +500,11 @@ fn a_node_with_a_certificate_of_another_ca_cannot_join_until_sighup_gives_it_one
                 && l.contains("UnknownIssuer")),
         "{leader_logs}"
     );
+    for id in [leader, OUTSIDER] {
+        let (_, _, body) = scrape::get(scrape::metrics_addr(&cluster.nodes[&id]), "/metrics");
+        let failures = scrape::sample(&body, "rstmdb_peer_tls_handshake_failures_total");
+        assert!(failures >= 1.0, "node {id} counted {failures} failures");
+    }
 
     // SIGHUP swaps in a certificate of the cluster CA: new peer connections use it.
     let dir = cluster.nodes[&OUTSIDER].dir().to_path_buf();

@@ -191,6 +191,11 @@ impl ClusterNode {
         self.security.replace(tls)
     }
 
+    /// Peer TLS handshakes that failed, in and out (a live counter, for metrics).
+    pub fn peer_handshake_failures(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.security.handshake_failures()
+    }
+
     /// Whether the peer link runs TLS.
     pub fn peer_tls(&self) -> bool {
         self.security.is_tls()

@@ -8,8 +8,10 @@
 //!
 //! [`PeerSecurity`] is the one handle the listener and every dialer share: [`PeerSecurity::
 //! replace`] (SIGHUP) swaps the configurations, so new connections use the new material and
-//! connections already established keep their session.
+//! connections already established keep their session. It also counts the handshakes that
+//! failed ([`PeerSecurity::handshake_failures`], for the server's metrics).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,9 +32,13 @@ pub struct PeerTls {
     pub client: Arc<ClientConfig>,
 }
 
-/// Plaintext, or TLS with swappable material; cheap to clone (the clones share the material).
+/// Plaintext, or TLS with swappable material; cheap to clone (the clones share the material
+/// and the failure counter).
 #[derive(Debug, Clone, Default)]
-pub struct PeerSecurity(Option<Arc<RwLock<PeerTls>>>);
+pub struct PeerSecurity {
+    tls: Option<Arc<RwLock<PeerTls>>>,
+    handshake_failures: Arc<AtomicU64>,
+}
 
 /// A plaintext peer link cannot be given TLS material at run time.
 #[derive(Debug, thiserror::Error)]
@@ -42,27 +48,40 @@ pub struct NotTls;
 impl PeerSecurity {
     /// Plaintext peers (`cluster.insecure_plaintext`, tests only).
     pub fn plaintext() -> PeerSecurity {
-        PeerSecurity(None)
+        PeerSecurity::default()
     }
 
     pub fn tls(tls: PeerTls) -> PeerSecurity {
-        PeerSecurity(Some(Arc::new(RwLock::new(tls))))
+        PeerSecurity {
+            tls: Some(Arc::new(RwLock::new(tls))),
+            handshake_failures: Arc::default(),
+        }
     }
 
     pub fn is_tls(&self) -> bool {
-        self.0.is_some()
+        self.tls.is_some()
+    }
+
+    /// Peer TLS handshakes that failed or timed out, on the listener and when dialing out
+    /// (shared by every clone).
+    pub fn handshake_failures(&self) -> Arc<AtomicU64> {
+        self.handshake_failures.clone()
+    }
+
+    fn failed_handshake(&self) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Swaps the material: connections made from now on use `tls`; open ones keep theirs.
     pub fn replace(&self, tls: PeerTls) -> Result<(), NotTls> {
-        let lock = self.0.as_ref().ok_or(NotTls)?;
+        let lock = self.tls.as_ref().ok_or(NotTls)?;
         // A poisoned lock still holds a whole value (it is only ever replaced whole).
         *lock.write().unwrap_or_else(|e| e.into_inner()) = tls;
         Ok(())
     }
 
     fn current(&self) -> Option<PeerTls> {
-        self.0
+        self.tls
             .as_ref()
             .map(|l| l.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
@@ -104,6 +123,7 @@ pub(crate) async fn dial(
         match TlsConnector::from(tls.client).connect(name, tcp).await {
             Ok(s) => Ok(Box::new(s) as BoxedStream),
             Err(e) => {
+                security.failed_handshake();
                 tracing::warn!(peer = %raft_addr, error = %e, "peer TLS handshake failed (dialing out)");
                 Err(e)
             }
@@ -129,10 +149,12 @@ pub(crate) async fn accept(
     match tokio::time::timeout(ACCEPT_HANDSHAKE, TlsAcceptor::from(tls.server).accept(tcp)).await {
         Ok(Ok(s)) => Some(Box::new(s)),
         Ok(Err(e)) => {
+            security.failed_handshake();
             tracing::warn!(%peer, error = %e, "peer TLS handshake failed");
             None
         }
         Err(_) => {
+            security.failed_handshake();
             tracing::warn!(%peer, "peer TLS handshake failed: not completed in time");
             None
         }
@@ -239,9 +261,16 @@ mod tests {
         let a = PeerSecurity::tls(peer_tls(&good, &good));
         let b = PeerSecurity::tls(peer_tls(&good, &good));
         assert!(round_trip(a.clone(), b.clone()).await);
+        let failures = a.handshake_failures();
+        assert_eq!(failures.load(Ordering::Relaxed), 0);
         // Its client certificate is from another CA (it trusts ours, so only mTLS stops it).
         let intruder = PeerSecurity::tls(peer_tls(&other, &good));
         assert!(!round_trip(a.clone(), intruder).await);
+        assert_eq!(
+            failures.load(Ordering::Relaxed),
+            1,
+            "the listener counts its refusal"
+        );
         // A plaintext dialer gets no answer from a TLS listener.
         assert!(!round_trip(a.clone(), PeerSecurity::plaintext()).await);
         // Material swapped in: the listener now trusts only the other CA.
