@@ -15,14 +15,21 @@
 //!   up by installing the snapshot;
 //! - failover: SIGKILL of the leader under a stream of acknowledged writes, repeatedly; the
 //!   others elect a new leader, every acknowledged write survives, none is applied twice, and
-//!   the killed node rejoins and catches up.
+//!   the killed node rejoins and catches up;
+//! - TLS (`tls.enabled`): the peer link runs mutual TLS with certificates of one CA; a node
+//!   whose certificate comes from another CA is refused at the handshake and never joins,
+//!   until SIGHUP gives it a certificate of the cluster CA.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/mod.rs"]
 mod support;
 
+use pki::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -38,6 +45,41 @@ fn free_port() -> u16 {
 
 struct Cluster {
     nodes: BTreeMap<u64, Server>,
+    /// With TLS on, how the test's clients connect (trusting the cluster CA).
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The TLS setup of a test cluster: one CA for every node, except `outsider`, whose
+/// certificate comes from another CA (it trusts the cluster CA, so only the others' mTLS
+/// keeps it out).
+struct ClusterPki {
+    pki: Pki,
+    other_ca: Ca,
+    outsider: Option<u64>,
+}
+
+impl ClusterPki {
+    fn new(outsider: Option<u64>) -> ClusterPki {
+        ClusterPki {
+            pki: Pki::new(),
+            other_ca: new_ca("another CA"),
+            outsider,
+        }
+    }
+}
+
+/// Writes node `id`'s certificate and key into `dir`, signed by `ca`; returns the `tls:`
+/// section that uses them, with the cluster CA as client CA.
+fn node_tls(dir: &std::path::Path, ca: &Ca, cluster_ca: &std::path::Path, id: u64) -> Value {
+    let l = node_leaf(ca, &format!("node-{id}"));
+    write_600(&dir.join("node.pem"), &l.cert_pem);
+    write_600(&dir.join("node-key.pem"), &l.key_pem);
+    json!({
+        "enabled": true,
+        "cert_path": dir.join("node.pem"),
+        "key_path": dir.join("node-key.pem"),
+        "client_ca_path": cluster_ca,
+    })
 }
 
 impl Cluster {
@@ -51,14 +93,27 @@ impl Cluster {
     }
 
     fn start_opts(forward_writes: bool, write_timeout_ms: u64) -> Cluster {
-        Cluster::start_full(json!({"cluster": {
-            "forward_writes": forward_writes,
-            "write_timeout_ms": write_timeout_ms
-        }}))
+        Cluster::start_full(
+            json!({"cluster": {
+                "forward_writes": forward_writes,
+                "write_timeout_ms": write_timeout_ms
+            }}),
+            None,
+        )
+    }
+
+    fn start_tls(tls: &ClusterPki) -> Cluster {
+        Cluster::start_full(json!({}), Some(tls))
     }
 
     /// Three nodes with `overrides` deep-merged into each node's config.
-    fn start_full(overrides: Value) -> Cluster {
+    fn start_full(overrides: Value, tls: Option<&ClusterPki>) -> Cluster {
+        // The test's clients trust both CAs: they must reach the outsider's client port too.
+        let client_tls = tls.map(|t| {
+            write_600(&t.pki.path("ca.pem"), &t.pki.ca.cert.pem());
+            let both = format!("{}{}", t.pki.ca.cert.pem(), t.other_ca.cert.pem());
+            client_config(&both, None)
+        });
         let ports: BTreeMap<u64, (u16, u16)> = (1..=NODES)
             .map(|id| (id, (free_port(), free_port())))
             .collect();
@@ -77,6 +132,19 @@ impl Cluster {
             .map(|(id, (c, r))| {
                 let dir = tempdir();
                 let mut cfg = base_config(&dir.path().join("data"));
+                if let Some(t) = tls {
+                    let ca = if t.outsider == Some(*id) {
+                        &t.other_ca
+                    } else {
+                        &t.pki.ca
+                    };
+                    let section = node_tls(dir.path(), ca, &t.pki.path("ca.pem"), *id);
+                    merge(
+                        &mut cfg,
+                        &json!({"tls": section,
+                                "metrics": {"enabled": true, "bind_addr": "127.0.0.1:0"}}),
+                    );
+                }
                 merge(
                     &mut cfg,
                     &json!({
@@ -86,7 +154,7 @@ impl Cluster {
                             "node_id": id,
                             "raft_listen": format!("127.0.0.1:{r}"),
                             "initial_members": members,
-                            "insecure_plaintext": true,
+                            "insecure_plaintext": tls.is_none(),
                             "election_timeout_ms": [300, 600],
                             "heartbeat_ms": 50,
                             "write_timeout_ms": 5000,
@@ -110,7 +178,38 @@ impl Cluster {
                 (*id, server)
             })
             .collect();
-        Cluster { nodes }
+        Cluster { nodes, client_tls }
+    }
+
+    fn connect(&self, id: u64) -> Client {
+        let server = &self.nodes[&id];
+        match &self.client_tls {
+            None => server.connect(),
+            Some(cfg) => Client::try_connect_tls(server.addr(), cfg.clone(), "127.0.0.1")
+                .unwrap_or_else(|e| panic!("TLS connection to node {id}: {e}")),
+        }
+    }
+
+    fn instance(&self, node: u64, id: &str) -> Value {
+        let mut c = self.connect(node);
+        c.request("GET_INSTANCE", json!({"instance_id": id}))
+    }
+
+    /// Waits until node `node` has applied instance `id` with counter `n`.
+    fn wait_instance(&self, node: u64, id: &str, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.instance(node, id);
+            if r["status"] == "ok" && r["result"]["ctx"]["n"] == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} did not apply {id} (n = {n}) within {timeout:?}: {r}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn logs(&self) -> String {
@@ -125,18 +224,19 @@ impl Cluster {
     fn wait_leader(&mut self, timeout: Duration, probe: &mut u64) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
-            for (id, server) in self.nodes.iter_mut() {
-                if !server.is_running() {
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                if !self.nodes.get_mut(&id).unwrap().is_running() {
                     continue;
                 }
                 *probe += 1;
-                let mut c = server.connect();
+                let mut c = self.connect(id);
                 let r = c.request(
                     "CREATE_INSTANCE",
                     json!({"instance_id": format!("probe-{probe}"), "machine": "probe", "version": 1}),
                 );
                 if r["status"] == "ok" {
-                    return *id;
+                    return id;
                 }
                 let mut code = r["error"]["code"].as_str().unwrap_or_default().to_owned();
                 // Before the probe machine exists every node says MACHINE_NOT_FOUND: only
@@ -147,7 +247,7 @@ impl Cluster {
                         json!({"machine": "probe", "version": 1, "definition": counter_definition()}),
                     );
                     if r["status"] == "ok" {
-                        return *id;
+                        return id;
                     }
                     code = r["error"]["code"].as_str().unwrap_or_default().to_owned();
                 }
@@ -180,7 +280,7 @@ impl Cluster {
 
     /// Every record of node `id`'s log (offset, entry), read with WAL_READ.
     fn wal(&self, id: u64) -> Vec<(u64, Value)> {
-        let mut c = self.nodes[&id].connect();
+        let mut c = self.connect(id);
         let mut out = Vec::new();
         let mut from = 0u64;
         loop {
@@ -367,6 +467,99 @@ fn killing_the_leader_loses_no_acknowledged_write() {
     );
 }
 
+/// Whether a line of `logs` contains `what`.
+fn mentions(logs: &str, what: &str) -> bool {
+    logs.lines().any(|l| l.contains(what))
+}
+
+#[test]
+fn a_tls_cluster_replicates_and_fails_over_on_mutual_tls_peers() {
+    let t = ClusterPki::new(None);
+    let mut cluster = Cluster::start_tls(&t);
+    for (id, s) in &cluster.nodes {
+        assert!(
+            mentions(&s.stdout(), "peer_tls=true"),
+            "node {id} should run TLS peers:\n{}",
+            s.all_logs()
+        );
+    }
+    let mut probe = 0;
+    let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    let mut c = cluster.connect(leader);
+    put_counter(&mut c, "counter");
+    create(&mut c, "counter", "a", json!({"n": 0}));
+    apply(&mut c, "a", "inc", json!({"n": 1}));
+    drop(c);
+    for id in 1..=NODES {
+        cluster.wait_instance(id, "a", 1, Duration::from_secs(15));
+    }
+
+    cluster.nodes.get_mut(&leader).unwrap().kill_9();
+    let next = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    assert_ne!(next, leader);
+    let mut c = cluster.connect(next);
+    apply(&mut c, "a", "inc", json!({"n": 2}));
+    drop(c);
+    for id in (1..=NODES).filter(|id| *id != leader) {
+        cluster.wait_instance(id, "a", 2, Duration::from_secs(15));
+    }
+}
+
+#[test]
+fn a_node_with_a_certificate_of_another_ca_cannot_join_until_sighup_gives_it_one() {
+    const OUTSIDER: u64 = 3;
+    let t = ClusterPki::new(Some(OUTSIDER));
+    let mut cluster = Cluster::start_tls(&t);
+    let mut probe = 0;
+    // Two of three are a majority: they elect a leader among themselves.
+    let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    assert_ne!(leader, OUTSIDER);
+    let follower = (1..=NODES)
+        .find(|id| *id != leader && *id != OUTSIDER)
+        .unwrap();
+    let mut c = cluster.connect(leader);
+    put_counter(&mut c, "counter");
+    create(&mut c, "counter", "a", json!({"n": 0}));
+    apply(&mut c, "a", "inc", json!({"n": 1}));
+    drop(c);
+    cluster.wait_instance(follower, "a", 1, Duration::from_secs(15));
+    // Time for a replication round or two more: the outsider still cannot reach a leader,
+    // so it cannot serve a (linearizable, the default) read at all.
+    std::thread::sleep(Duration::from_secs(1));
+    let r = cluster.instance(OUTSIDER, "a");
+    assert_eq!(r["error"]["code"], "REPLICATION_TIMEOUT", "{r}");
+    assert_eq!(r["error"]["details"]["reason"], "no_leader", "{r}");
+
+    // Both sides log the refused handshakes, with the peer's address.
+    let outsider_logs = cluster.nodes[&OUTSIDER].all_logs();
+    assert!(
+        mentions(&outsider_logs, "peer TLS handshake failed"),
+        "{outsider_logs}"
+    );
+    let leader_logs = cluster.nodes[&leader].all_logs();
+    assert!(
+        leader_logs
+            .lines()
+            .any(|l| l.contains("peer TLS handshake failed")
+                && l.contains("peer=127.0.0.1:")
+                && l.contains("UnknownIssuer")),
+        "{leader_logs}"
+    );
+    for id in [leader, OUTSIDER] {
+        let (_, _, body) = scrape::get(scrape::metrics_addr(&cluster.nodes[&id]), "/metrics");
+        let failures = scrape::sample(&body, "rstmdb_peer_tls_handshake_failures_total");
+        assert!(failures >= 1.0, "node {id} counted {failures} failures");
+    }
+
+    // SIGHUP swaps in a certificate of the cluster CA: new peer connections use it.
+    let dir = cluster.nodes[&OUTSIDER].dir().to_path_buf();
+    node_tls(&dir, &t.pki.ca, &t.pki.path("ca.pem"), OUTSIDER);
+    cluster.nodes[&OUTSIDER].signal("HUP");
+    cluster.wait_instance(OUTSIDER, "a", 1, Duration::from_secs(20));
+    let logs = cluster.nodes[&OUTSIDER].stdout();
+    assert!(mentions(&logs, "peer_tls=true reloads_ok=1"), "{logs}");
+}
+
 #[test]
 fn with_forwarding_every_node_takes_writes() {
     let mut cluster = Cluster::start_with(true);
@@ -498,11 +691,14 @@ fn a_write_without_quorum_times_out_in_doubt_and_a_retry_resolves_it() {
 fn a_node_down_through_a_snapshot_and_purge_catches_up_by_installing_it() {
     // Small segments and snapshots, frequent checkpoints: the leader's log before the
     // snapshot is purged and its segments deleted while node `down` is stopped.
-    let mut cluster = Cluster::start_full(json!({
-        "storage": {"wal_segment_size_mb": 1, "wal_retention_mb": 0},
-        "compaction": {"events_threshold": 300, "min_interval_secs": 0},
-        "cluster": {"snapshot_log_mb": 1}
-    }));
+    let mut cluster = Cluster::start_full(
+        json!({
+            "storage": {"wal_segment_size_mb": 1, "wal_retention_mb": 0},
+            "compaction": {"events_threshold": 300, "min_interval_secs": 0},
+            "cluster": {"snapshot_log_mb": 1}
+        }),
+        None,
+    );
     let mut probe = 0;
     let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
     let mut c = cluster.nodes[&leader].connect();

@@ -605,9 +605,6 @@ fn worker_threads_sets_the_connection_threads() {
     assert_refused(&with("5000"), "network.worker_threads");
 }
 
-/// What a server with a `cluster:` section and TLS on says until the peer link has TLS.
-const PEER_TLS_UNAVAILABLE: &str = "needs TLS on the peer link, which this build does not have yet";
-
 /// A loopback address on a port that was free a moment ago.
 fn free_local_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -683,9 +680,34 @@ fn an_invalid_cluster_section_is_refused_naming_the_key() {
 }
 
 #[test]
+fn a_cluster_whose_peer_ca_cannot_be_read_is_refused_before_the_data_directory_is_made() {
+    let pki = pki::Pki::new();
+    let (cert, key, _) = pki.server_files();
+    let missing = pki.path("no-such-ca.pem");
+    // Outside the server's temporary directory, which is gone once the start fails.
+    let data = pki.path("data");
+    let yaml = minimal(&format!(
+        "tls:\n  enabled: true\n  cert_path: \"{}\"\n  key_path: \"{}\"\n  \
+         client_ca_path: \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        missing.display(),
+        CLUSTER_SECTION.replace("  insecure_plaintext: true\n", "")
+    ))
+    .replace("{tmp}/data", &data.to_string_lossy());
+    let f = Server::try_start_yaml(&yaml)
+        .map(|s| s.all_logs())
+        .expect_err("started without a readable peer CA");
+    assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}");
+    assert!(f.stderr.contains("peer link"), "{f:?}");
+    assert!(f.stderr.contains("no-such-ca.pem"), "{f:?}");
+    assert!(!data.exists(), "the data directory was created");
+}
+
+#[test]
 fn cluster_environment_variables_create_or_refuse_a_section() {
-    // All three of id, node and listener make a section (then refused: TLS is on and the
-    // peer link has none yet); one alone is an error naming it.
+    // All three of id, node and listener make a section (then refused: TLS is on, and the
+    // peers' mutual TLS needs a client CA that is not set); one alone is an error naming it.
     let f = Server::try_start_in(
         tempdir(),
         &minimal(""),
@@ -701,8 +723,8 @@ fn cluster_environment_variables_create_or_refuse_a_section() {
     .map(|s| s.all_logs())
     .expect_err("started in cluster mode");
     assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{f:?}");
-    assert!(f.stderr.contains(PEER_TLS_UNAVAILABLE), "{f:?}");
-    assert!(f.stderr.contains("\"env-1\""), "{f:?}");
+    assert!(f.stderr.contains("tls.client_ca_path"), "{f:?}");
+    assert!(f.stderr.contains("peers authenticate each other"), "{f:?}");
     let f = Server::try_start_in(
         tempdir(),
         &minimal(""),

@@ -38,15 +38,27 @@ pub struct Leaf {
 }
 
 pub fn leaf(ca: &Ca, cn: &str, client: bool, expired: bool) -> Leaf {
+    let eku = if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    };
+    leaf_with(ca, cn, vec![eku], expired)
+}
+
+/// A cluster node's certificate: serverAuth (its client and peer listeners) and clientAuth
+/// (it dials its peers with it), SANs localhost and 127.0.0.1.
+pub fn node_leaf(ca: &Ca, cn: &str) -> Leaf {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    leaf_with(ca, cn, vec![ServerAuth, ClientAuth], false)
+}
+
+fn leaf_with(ca: &Ca, cn: &str, ekus: Vec<rcgen::ExtendedKeyUsagePurpose>, expired: bool) -> Leaf {
     let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     p.subject_alt_names
         .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    p.extended_key_usages = vec![if client {
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth
-    }];
+    p.extended_key_usages = ekus;
     if expired {
         p.not_before = rcgen::date_time_ymd(2020, 1, 1);
         p.not_after = rcgen::date_time_ymd(2021, 1, 1);

@@ -12,6 +12,7 @@
 //!   snapshots in the backup format;
 //! - [`net`]: the peer link (raft RPCs over TCP, cluster id and target checked);
 //! - [`forward`]: requests a follower forwards to the leader;
+//! - [`peer_tls`]: TLS with mutual authentication on the peer link, its material swappable;
 //! - [`node`]: one running node, and the proposer that turns a validated write into a raft
 //!   proposal.
 
@@ -24,11 +25,13 @@ pub mod hardstate;
 pub mod log_store;
 pub mod net;
 pub mod node;
+pub mod peer_tls;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
 pub use node::{ClusterError, ClusterNode, ClusterOptions, ReadConsistency};
+pub use peer_tls::{PeerSecurity, PeerTls};
 pub use state_machine::StateMachine;
 pub use types::{Member, NodeId, Request, TypeConfig};
 

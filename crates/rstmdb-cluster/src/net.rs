@@ -1,4 +1,5 @@
-//! The peer link: raft RPCs between nodes over TCP on `cluster.raft_listen`.
+//! The peer link: raft RPCs between nodes over TCP on `cluster.raft_listen`, inside TLS with
+//! mutual authentication when the server runs with TLS ([`crate::peer_tls`]).
 //!
 //! Each RPC is one request frame and one response frame on a connection the caller keeps for
 //! its next RPC: a 4-byte big-endian length, then JSON. Every request names the cluster and
@@ -8,6 +9,7 @@
 //! by openraft ([`PayloadTooLarge`]).
 
 use crate::forward::{ForwardError, ForwardHandler, ForwardReply};
+use crate::peer_tls::{BoxedStream, PeerSecurity};
 use crate::types::{Member, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
@@ -22,8 +24,8 @@ use openraft::{AnyError, Raft};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// Largest frame either side sends or accepts.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -74,15 +76,20 @@ pub struct PeerIdentity {
     pub node_id: NodeId,
 }
 
-async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+async fn write_frame<S: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame over 4 GiB"))?;
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(body);
-    stream.write_all(&buf).await
+    stream.write_all(&buf).await?;
+    // A TLS stream holds written data until flushed.
+    stream.flush().await
 }
 
-async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_frame<S: AsyncRead + Unpin + ?Sized>(stream: &mut S) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -102,6 +109,7 @@ async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     pub me: PeerIdentity,
+    pub security: PeerSecurity,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -112,18 +120,31 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             me: self.me.clone(),
             target,
             target_node: node.clone(),
+            security: self.security.clone(),
             conn: None,
         }
     }
 }
 
 /// The link to one peer: one connection, one RPC at a time, reconnected after any error.
-#[derive(Debug)]
 pub struct PeerClient {
     me: PeerIdentity,
     target: NodeId,
     target_node: Member,
-    conn: Option<TcpStream>,
+    security: PeerSecurity,
+    conn: Option<BoxedStream>,
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClient")
+            .field("me", &self.me)
+            .field("target", &self.target)
+            .field("target_node", &self.target_node)
+            .field("tls", &self.security.is_tls())
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
 }
 
 /// Why an RPC got no answer.
@@ -138,11 +159,17 @@ enum CallError {
 
 impl PeerClient {
     /// A link to `target` at `node` (connected on first use).
-    pub fn new(me: PeerIdentity, target: NodeId, node: Member) -> PeerClient {
+    pub fn new(
+        me: PeerIdentity,
+        security: PeerSecurity,
+        target: NodeId,
+        node: Member,
+    ) -> PeerClient {
         PeerClient {
             me,
             target,
             target_node: node,
+            security,
             conn: None,
         }
     }
@@ -223,17 +250,9 @@ impl PeerClient {
         }
         let mut stream = match self.conn.take() {
             Some(s) => s,
-            None => {
-                let connect = TcpStream::connect(&self.target_node.raft);
-                let s = tokio::time::timeout(ttl, connect)
-                    .await
-                    .map_err(|_| {
-                        CallError::Unreachable(std::io::Error::other("connect timed out"))
-                    })?
-                    .map_err(CallError::Unreachable)?;
-                let _ = s.set_nodelay(true);
-                s
-            }
+            None => crate::peer_tls::dial(&self.security, &self.target_node.raft, ttl)
+                .await
+                .map_err(CallError::Unreachable)?,
         };
         let exchange = async {
             write_frame(&mut stream, &body).await?;
@@ -349,6 +368,7 @@ pub async fn serve(
     raft: Raft<TypeConfig>,
     me: PeerIdentity,
     forward: ForwardSlot,
+    security: PeerSecurity,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -359,9 +379,12 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (raft, me, forward) = (raft.clone(), me.clone(), forward.clone());
+        let (raft, me, security, forward) =
+            (raft.clone(), me.clone(), security.clone(), forward.clone());
         tokio::spawn(async move {
+            let Some(stream) = crate::peer_tls::accept(&security, stream, peer).await else {
+                return;
+            };
             if let Err(e) = serve_connection(stream, raft, &me, &forward).await {
                 tracing::debug!(%peer, error = %e, "peer connection ended");
             }
@@ -370,7 +393,7 @@ pub async fn serve(
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: BoxedStream,
     raft: Raft<TypeConfig>,
     me: &PeerIdentity,
     forward: &ForwardSlot,

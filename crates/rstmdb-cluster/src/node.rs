@@ -5,6 +5,7 @@ use crate::forward::{ForwardError, ForwardHandler, ForwardReply};
 use crate::hardstate::{CommittedFile, HardStateError, HardStateFile};
 use crate::log_store::LogStore;
 use crate::net::{ForwardSlot, PeerClient, PeerIdentity, PeerNetwork};
+use crate::peer_tls::{NotTls, PeerSecurity, PeerTls};
 use crate::state_machine::StateMachine;
 use crate::types::{Member, NodeId, Request, TypeConfig};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -68,6 +69,7 @@ pub struct ClusterNode {
     db: Database,
     raft: Raft<TypeConfig>,
     opts: ClusterOptions,
+    security: PeerSecurity,
     peer_task: tokio::task::JoinHandle<()>,
     /// The database holds it weakly (see `Database::set_proposer`).
     _proposer: Arc<dyn Proposer>,
@@ -92,9 +94,12 @@ impl ClusterNode {
     /// Opens the data directory as a replica, starts raft and the peer listener, and, on a
     /// node with no raft state yet that is one of `initial_members`, proposes that membership
     /// (every initial member does the same with the same list; raft lets one of them win).
+    /// `security` is how the peer link is secured: TLS with mutual authentication, or
+    /// plaintext (tests only).
     pub async fn start(
         storage: StorageConfig,
         opts: ClusterOptions,
+        security: PeerSecurity,
     ) -> Result<ClusterNode, ClusterError> {
         let data_dir = storage.data_dir.clone();
         let committed = CommittedFile::open(&crate::raft_dir(&data_dir))?;
@@ -144,7 +149,10 @@ impl ClusterNode {
         let raft = Raft::new(
             opts.node_id,
             Arc::new(config),
-            PeerNetwork { me: me.clone() },
+            PeerNetwork {
+                me: me.clone(),
+                security: security.clone(),
+            },
             log_store,
             sm,
         )
@@ -156,6 +164,7 @@ impl ClusterNode {
             raft.clone(),
             me.clone(),
             forward.clone(),
+            security.clone(),
         ));
         let initialized = raft
             .is_initialized()
@@ -187,6 +196,7 @@ impl ClusterNode {
             db,
             raft,
             opts,
+            security,
             peer_task,
             _proposer: proposer,
             snapshot_task,
@@ -206,6 +216,22 @@ impl ClusterNode {
 
     pub fn options(&self) -> &ClusterOptions {
         &self.opts
+    }
+
+    /// Swaps the peer link's TLS material (SIGHUP): connections made from now on, in and
+    /// out, use it; open ones keep their session. Refused on a plaintext peer link.
+    pub fn set_peer_tls(&self, tls: PeerTls) -> Result<(), NotTls> {
+        self.security.replace(tls)
+    }
+
+    /// Peer TLS handshakes that failed, in and out (a live counter, for metrics).
+    pub fn peer_handshake_failures(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.security.handshake_failures()
+    }
+
+    /// Whether the peer link runs TLS.
+    pub fn peer_tls(&self) -> bool {
+        self.security.is_tls()
     }
 
     /// The current leader and its addresses, if one is known.
@@ -316,7 +342,9 @@ impl ClusterNode {
                 let at = links.iter().position(|(id, _)| *id == leader)?;
                 Some(links.swap_remove(at).1)
             })
-            .unwrap_or_else(|| PeerClient::new(self.me.clone(), leader, node))
+            .unwrap_or_else(|| {
+                PeerClient::new(self.me.clone(), self.security.clone(), leader, node)
+            })
     }
 
     fn return_link(&self, leader: NodeId, link: PeerClient, healthy: bool) {

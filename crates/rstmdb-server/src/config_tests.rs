@@ -568,8 +568,19 @@ fn cluster_peers_need_tls_or_the_test_only_plaintext_switch() {
         }
         other => panic!("{other:?}"),
     }
+    // TLS on: the peers' mutual TLS needs the client CA.
     let tls = "tls:\n  enabled: true\n  cert_path: c.pem\n  key_path: k.pem\n";
-    Config::from_yaml(&format!("{tls}{plain}"))
+    match Config::from_yaml(&format!("{tls}{plain}"))
+        .unwrap()
+        .validate()
+    {
+        Err(ConfigError::Invalid { key, message }) => {
+            assert_eq!(key, "tls.client_ca_path");
+            assert!(message.contains("mutual TLS"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    Config::from_yaml(&format!("{tls}  client_ca_path: ca.pem\n{plain}"))
         .unwrap()
         .validate()
         .unwrap();
@@ -620,6 +631,7 @@ fn cluster_env_creates_the_section_only_with_id_node_and_listener() {
         ("RSTMDB_RAFT_LISTEN", "127.0.0.1:7411"),
         ("RSTMDB_ADVERTISE_CLIENT", "h1:7401"),
         ("RSTMDB_TLS_ENABLED", "true"),
+        ("RSTMDB_TLS_CLIENT_CA", "ca.pem"),
     ]);
     let c = Config::load(None, &env).unwrap();
     let mut expected = ClusterConfig::new("c1".into(), 1, "127.0.0.1:7411".into());
@@ -681,4 +693,30 @@ fn cluster_env_values_are_checked() {
         Config::load(None, &env),
         Err(ConfigError::Invalid { key, .. }) if key == "cluster.insecure_plaintext"
     ));
+    // With TLS on, peers authenticate each other against the client CA: it must be set.
+    let tls = &[
+        ("RSTMDB_CLUSTER_ID", "c1"),
+        ("RSTMDB_NODE_ID", "1"),
+        ("RSTMDB_RAFT_LISTEN", "127.0.0.1:7411"),
+        ("RSTMDB_TLS_ENABLED", "true"),
+    ];
+    match Config::load(None, &env_of(tls)) {
+        Err(ConfigError::Invalid { key, message }) => {
+            assert_eq!(key, "tls.client_ca_path");
+            assert!(
+                message.contains("peers authenticate each other"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let with_ca = &[
+        ("RSTMDB_CLUSTER_ID", "c1"),
+        ("RSTMDB_NODE_ID", "1"),
+        ("RSTMDB_RAFT_LISTEN", "127.0.0.1:7411"),
+        ("RSTMDB_TLS_ENABLED", "true"),
+        ("RSTMDB_TLS_CLIENT_CA", "/etc/rstmdb/ca.pem"),
+    ];
+    let c = Config::load(None, &env_of(with_ca)).unwrap();
+    assert!(c.cluster.is_some() && c.tls.enabled);
 }

@@ -11,7 +11,7 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use rstmdb_cluster::{ClusterNode, ClusterOptions, Member};
+use rstmdb_cluster::{ClusterNode, ClusterOptions, Member, PeerSecurity};
 use rstmdb_server::audit::AuditLog;
 use rstmdb_server::auth::Auth;
 use rstmdb_server::config::{ClusterConfig, Config, LogFormat};
@@ -230,31 +230,24 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// A cluster with TLS on would need TLS on the peer link, which is not built yet: refuse to
-/// start (before touching the data directory) rather than run plaintext peers the operator
-/// did not ask for.
-fn peer_tls_unavailable(config: &Config) -> Option<String> {
-    let cluster = config.cluster.as_ref()?;
-    config.tls.enabled.then(|| {
-        format!(
-            "cluster mode (cluster.cluster_id {:?}) with tls.enabled: true needs TLS on the peer \
-             link, which this build does not have yet; for a trial on a private network run \
-             with TLS off and cluster.insecure_plaintext: true",
-            cluster.cluster_id
-        )
-    })
+/// How the peer link is secured: with TLS on, mutual TLS from the `tls:` files (the config
+/// check already required `tls.client_ca_path`); with TLS off, plaintext (the config check
+/// already required `cluster.insecure_plaintext`).
+fn peer_security(config: &Config) -> Result<PeerSecurity, String> {
+    if !config.tls.enabled {
+        return Ok(PeerSecurity::plaintext());
+    }
+    tls::load_peer(&config.tls)
+        .map(PeerSecurity::tls)
+        .map_err(|e| format!("TLS configuration of the peer link: {e}"))
 }
 
 /// The cluster node's options from the `cluster:` section (already validated by
 /// `Config::load`).
 fn cluster_options(
-    config: &Config,
     cluster: &ClusterConfig,
     client_bind: std::net::SocketAddr,
 ) -> Result<ClusterOptions, String> {
-    if let Some(refusal) = peer_tls_unavailable(config) {
-        return Err(refusal);
-    }
     let members = cluster
         .initial_members
         .iter()
@@ -378,9 +371,6 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if let Some(refusal) = peer_tls_unavailable(&config) {
-        return fail(refusal);
-    }
     init_logging(&config);
     for step in &hardening_failed {
         tracing::warn!("core dumps may not be disabled: {step}");
@@ -427,6 +417,12 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
     } else {
         None
     };
+    // Before the data directory is touched, as the client listener's material.
+    let security = match config.cluster.is_some().then(|| peer_security(&config)) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return fail(e),
+    };
     let audit = if config.audit.is_enabled() {
         match AuditLog::start(config.audit.path.clone(), config.audit.queue_depth) {
             Ok(a) => Some(a),
@@ -465,17 +461,19 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
             Err(e) => return fail(format!("opening the database: {e}")),
         },
         Some(cluster) => {
-            let opts = match cluster_options(&config, cluster, addr) {
+            let opts = match cluster_options(cluster, addr) {
                 Ok(o) => o,
                 Err(e) => return fail(e),
             };
+            let security = security.unwrap_or_default();
             tracing::info!(
                 cluster_id = %opts.cluster_id,
                 node_id = opts.node_id,
                 raft_listen = %opts.raft_listen,
+                peer_tls = security.is_tls(),
                 "starting as a cluster node"
             );
-            match ClusterNode::start(storage, opts).await {
+            match ClusterNode::start(storage, opts, security).await {
                 Ok(node) => (node.database().clone(), Some(Arc::new(node))),
                 Err(e) => return fail(format!("starting the cluster node: {e}")),
             }
@@ -548,8 +546,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
 }
 
 /// SIGHUP: re-read the config file, the secrets file and (with TLS on) the certificate, key
-/// and client CA; swap them in only if all of it loads. Existing connections keep their
-/// session; the next AUTH and the next handshake use the new material. A reload that fails
+/// and client CA, for the client listener and (in cluster mode) the peer link; swap them in
+/// only if all of it loads. Existing connections keep their session; the next AUTH and the
+/// next handshake, client or peer, use the new material. A reload that fails
 /// keeps the old material and logs why. The audit log file is reopened (log rotation).
 /// Settings other than these take effect at the next restart.
 async fn reload_on_sighup(
@@ -564,6 +563,7 @@ async fn reload_on_sighup(
         }
         let env = |k: &str| std::env::var(k).ok();
         let tls_on = shared.config.tls.enabled;
+        let peer_tls_on = shared.cluster.as_ref().is_some_and(|n| n.peer_tls());
         let reloaded = Config::load(config_path.as_deref(), &env)
             .map_err(|e| e.to_string())
             .and_then(|c| {
@@ -578,20 +578,31 @@ async fn reload_on_sighup(
                 } else {
                     None
                 };
-                Ok((auth, acceptor))
+                let peer = if peer_tls_on {
+                    Some(tls::load_peer(&c.tls).map_err(|e| format!("peer link TLS: {e}"))?)
+                } else {
+                    None
+                };
+                Ok((auth, acceptor, peer))
             });
         match reloaded {
-            Ok((auth, acceptor)) => {
+            Ok((auth, acceptor, peer)) => {
                 let tokens = auth.token_count();
                 shared.set_auth(auth);
                 if let Some(a) = acceptor {
                     shared.set_tls(a);
+                }
+                if let (Some(p), Some(node)) = (peer, &shared.cluster)
+                    && let Err(e) = node.set_peer_tls(p)
+                {
+                    tracing::error!(error = %e, "peer link TLS not swapped");
                 }
                 let n = shared.metrics.reloads_ok.fetch_add(1, Relaxed) + 1;
                 tracing::info!(
                     result = "ok",
                     tokens,
                     tls = tls_on,
+                    peer_tls = peer_tls_on,
                     reloads_ok = n,
                     "reloaded authentication and TLS material on SIGHUP"
                 );

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub(crate) subscription_lag: Histogram,
     pub auth_failures: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// Failed handshakes on the cluster peer link; the cluster node's own counter
+    /// (`ClusterNode::peer_handshake_failures`) in cluster mode.
+    pub peer_tls_handshake_failures: Arc<AtomicU64>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     /// Audit records dropped because the audit writer was `audit.queue_depth` behind; the
@@ -87,6 +90,7 @@ impl Default for Metrics {
             subscription_lag: Histogram::new(LAG_OFFSETS),
             auth_failures: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            peer_tls_handshake_failures: Arc::new(AtomicU64::new(0)),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             audit_dropped: Arc::new(AtomicU64::new(0)),

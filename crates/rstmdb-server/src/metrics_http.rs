@@ -176,6 +176,12 @@ pub async fn render(m: &Metrics, db: &Database) -> String {
         m.tls_handshake_failures.load(Relaxed),
     );
     t.one(
+        "rstmdb_peer_tls_handshake_failures_total",
+        "counter",
+        "Cluster peer link TLS handshakes that failed or timed out, incoming and outgoing",
+        m.peer_tls_handshake_failures.load(Relaxed),
+    );
+    t.one(
         "rstmdb_audit_dropped_total",
         "counter",
         "Audit records dropped because the audit log writer was audit.queue_depth behind",

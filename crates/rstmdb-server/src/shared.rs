@@ -76,8 +76,15 @@ impl Shared {
         }
     }
 
-    /// This server is the cluster member `node` (whose database is `db`).
+    /// This server is the cluster member `node` (whose database is `db`). Call it before the
+    /// metrics are shared: they take over the node's peer handshake counter.
     pub fn with_cluster(mut self, node: Arc<rstmdb_cluster::ClusterNode>) -> Shared {
+        match Arc::get_mut(&mut self.metrics) {
+            Some(m) => m.peer_tls_handshake_failures = node.peer_handshake_failures(),
+            None => tracing::warn!(
+                "metrics already shared: rstmdb_peer_tls_handshake_failures_total stays 0"
+            ),
+        }
         self.cluster = Some(node);
         self
     }

@@ -6,6 +6,11 @@
 //! messages follow operations.md §3.3). The server keeps the result behind a lock so that
 //! SIGHUP can swap it: handshakes already done keep their session, new ones use the new
 //! material.
+//!
+//! [`load_peer`] builds the cluster peer link's pair from the same files: a listener that
+//! requires a client certificate chaining to `client_ca_path` (always, whatever
+//! `require_client_cert` says) and a dialer that presents the node's certificate and trusts
+//! only that CA.
 
 use crate::config::TlsConfig;
 use rustls_pki_types::pem::PemObject;
@@ -22,6 +27,11 @@ pub enum TlsError {
     NoKeyPath,
     #[error("mTLS enabled but client_ca_path not set")]
     NoClientCaPath,
+    #[error(
+        "cluster mode with TLS needs tls.client_ca_path: peers authenticate each other with \
+         certificates signed by that CA"
+    )]
+    NoPeerCaPath,
     #[error("cannot open cert file {path:?}: {source}")]
     OpenCert {
         path: PathBuf,
@@ -101,20 +111,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the server configuration from `cfg` (which must have `enabled: true`).
-pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+type CertKey = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The certificate chain and private key of `cfg`, checked for a usable key file.
+fn cert_and_key(cfg: &TlsConfig) -> Result<CertKey, TlsError> {
     let cert_path = cfg.cert_path.as_deref().ok_or(TlsError::NoCertPath)?;
     let key_path = cfg.key_path.as_deref().ok_or(TlsError::NoKeyPath)?;
-    let ca_path = if cfg.require_client_cert {
-        Some(
-            cfg.client_ca_path
-                .as_deref()
-                .ok_or(TlsError::NoClientCaPath)?,
-        )
-    } else {
-        None
-    };
-
     let cert_bytes = read(cert_path, |source| TlsError::OpenCert {
         path: cert_path.to_path_buf(),
         source,
@@ -135,47 +137,95 @@ pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         path: key_path.to_path_buf(),
         source,
     })?;
-    let key = match PrivateKeyDer::from_pem_slice(&key_bytes) {
-        Ok(k) => k,
+    match PrivateKeyDer::from_pem_slice(&key_bytes) {
+        Ok(k) => Ok((chain, k)),
         Err(rustls_pki_types::pem::Error::NoItemsFound) => {
-            return Err(TlsError::NoKey(key_path.to_path_buf()));
+            Err(TlsError::NoKey(key_path.to_path_buf()))
         }
-        Err(e) => {
-            return Err(TlsError::BadKey {
-                path: key_path.to_path_buf(),
-                message: e.to_string(),
-            });
-        }
-    };
+        Err(e) => Err(TlsError::BadKey {
+            path: key_path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
 
+/// The CA bundle at `ca_path` as trust roots.
+fn roots(ca_path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let ca_bytes = read(ca_path, |source| TlsError::OpenCa {
+        path: ca_path.to_path_buf(),
+        source,
+    })?;
+    let cas = certs(ca_path, &ca_bytes, TlsError::BadCa)?;
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| TlsError::BadCa(e.to_string()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn client_verifier(
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
+/// Builds the server configuration from `cfg` (which must have `enabled: true`).
+pub fn load(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = cert_and_key(cfg)?;
+    let ca_path = if cfg.require_client_cert {
+        Some(
+            cfg.client_ca_path
+                .as_deref()
+                .ok_or(TlsError::NoClientCaPath)?,
+        )
+    } else {
+        None
+    };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::CertKey(e.to_string()))?;
     let builder = match ca_path {
         None => builder.with_no_client_auth(),
-        Some(ca_path) => {
-            let ca_bytes = read(ca_path, |source| TlsError::OpenCa {
-                path: ca_path.to_path_buf(),
-                source,
-            })?;
-            let cas = certs(ca_path, &ca_bytes, TlsError::BadCa)?;
-            let mut roots = RootCertStore::empty();
-            for ca in cas {
-                roots.add(ca).map_err(|e| TlsError::BadCa(e.to_string()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(ca_path) => builder.with_client_cert_verifier(client_verifier(roots(ca_path)?)?),
     };
     let config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::CertKey(e.to_string()))?;
     Ok(Arc::new(config))
+}
+
+/// The cluster peer link's TLS from `cfg` (which must have `enabled: true`): the listener
+/// requires a client certificate chaining to `client_ca_path`; the dialer presents this
+/// node's certificate and verifies the peer's against the same CA (the name it checks is the
+/// host of the peer's `raft` address, see `rstmdb_cluster::peer_tls`). The node certificate
+/// therefore needs both the serverAuth and the clientAuth extended key usage (or none).
+pub fn load_peer(cfg: &TlsConfig) -> Result<rstmdb_cluster::PeerTls, TlsError> {
+    let (chain, key) = cert_and_key(cfg)?;
+    let ca_path = cfg
+        .client_ca_path
+        .as_deref()
+        .ok_or(TlsError::NoPeerCaPath)?;
+    let roots = roots(ca_path)?;
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    let server = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::CertKey(e.to_string()))?
+        .with_client_cert_verifier(client_verifier(roots.clone())?)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| TlsError::CertKey(e.to_string()))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::CertKey(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::CertKey(e.to_string()))?;
+    Ok(rstmdb_cluster::PeerTls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
 }
 
 /// The names a verified client certificate (the leaf) carries: its subject CN and its DNS and
@@ -309,6 +359,27 @@ mod tests {
         assert!(msg.contains("no root trust anchors"), "{msg}");
         m.client_ca_path = Some(cert.clone());
         assert!(load(&m).is_ok());
+    }
+
+    #[test]
+    fn the_peer_link_pair_needs_the_client_ca_and_loads_from_the_same_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = self_signed("node-1");
+        let cert = write(d, "cert.pem", &a.cert);
+        let key = write(d, "key.pem", &a.key);
+        let mut c = cfg(Some(cert.clone()), Some(key));
+        let msg = load_peer(&c).unwrap_err().to_string();
+        assert!(msg.contains("tls.client_ca_path"), "{msg}");
+        assert!(msg.contains("peers authenticate each other"), "{msg}");
+        // mTLS on the peer link whatever require_client_cert says (false here).
+        c.client_ca_path = Some(cert);
+        let peer = load_peer(&c).unwrap();
+        assert!(peer.client.client_auth_cert_resolver.has_certs());
+        let missing = d.join("missing.pem");
+        c.client_ca_path = Some(missing);
+        let msg = load_peer(&c).unwrap_err().to_string();
+        assert!(msg.starts_with("cannot open client CA file"), "{msg}");
     }
 
     #[test]

@@ -372,6 +372,14 @@ impl ClusterConfig {
                  certificates) or, for tests only, cluster.insecure_plaintext: true",
             ));
         }
+        if cfg.tls.enabled && cfg.tls.client_ca_path.is_none() {
+            return Err(invalid(
+                "tls.client_ca_path",
+                "must be set in cluster mode with tls.enabled: cluster peers authenticate each \
+                 other with mutual TLS, presenting tls.cert_path and accepting only \
+                 certificates signed by this CA",
+            ));
+        }
         Ok(())
     }
 }
