@@ -758,3 +758,98 @@ fn a_node_down_through_a_snapshot_and_purge_catches_up_by_installing_it() {
         cluster.nodes[&down].stdout()
     );
 }
+
+#[test]
+fn cluster_init_turns_a_single_node_into_a_one_voter_cluster_keeping_every_offset() {
+    let mut s = Server::start();
+    let mut c = s.connect();
+    put_counter(&mut c, "counter");
+    create(&mut c, "counter", "old", json!({"n": 1}));
+    apply(&mut c, "old", "inc", json!({"n": 2}));
+    drop(c);
+    let mut c = s.connect();
+    let before = c.ok("WAL_READ", json!({"from_offset": 0}))["records"].clone();
+    let last = before.as_array().unwrap().last().unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+    drop(c);
+    assert!(s.terminate().success());
+
+    // The same data directory, now with a cluster: section (node 1, its own addresses).
+    let (client, raft) = (free_port(), free_port());
+    let mut cfg = base_config(&s.data_dir());
+    merge(
+        &mut cfg,
+        &json!({
+            "network": {"bind_addr": format!("127.0.0.1:{client}")},
+            "cluster": {"cluster_id": "converted", "node_id": 1,
+                        "raft_listen": format!("127.0.0.1:{raft}"), "insecure_plaintext": true,
+                        "election_timeout_ms": [300, 600], "heartbeat_ms": 50}
+        }),
+    );
+    std::fs::write(s.config_path(), to_yaml(&cfg)).unwrap();
+    let config = s.config_path().to_string_lossy().to_string();
+    let init = |what: &str| {
+        run_to_exit(
+            &["--config", &config, "cluster", "init"],
+            &[],
+            s.dir(),
+            Duration::from_secs(30),
+        )
+        .tap(what)
+    };
+    let (st, out, err) = init("first");
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "{out}\n{err}");
+    assert!(out.contains(&format!("offsets 1..={last} kept")), "{out}");
+    let (st, _, err) = init("again");
+    assert_eq!(st.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(err.contains("already belongs to a cluster"), "{err}");
+
+    s.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let created = loop {
+        let mut c = s.connect();
+        let r = c.request(
+            "CREATE_INSTANCE",
+            json!({"instance_id": "new", "machine": "counter", "version": 1}),
+        );
+        if r["status"] == "ok" {
+            break r["result"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never elected itself: {r}\n{}",
+            s.all_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        created["wal_offset"].as_u64().unwrap() > last + 1,
+        "continues after the old records and the membership record: {created}"
+    );
+    let mut c = s.connect();
+    let old = c.ok("GET_INSTANCE", json!({"instance_id": "old"}));
+    assert_eq!(old["ctx"]["n"], 2, "{old}");
+    let after = c.ok("WAL_READ", json!({"from_offset": 0}))["records"].clone();
+    let after = after.as_array().unwrap();
+    assert_eq!(
+        &after[..before.as_array().unwrap().len()],
+        before.as_array().unwrap().as_slice(),
+        "every old record at its old offset"
+    );
+}
+
+/// Names a child run in a failure message.
+trait Tap {
+    fn tap(self, what: &str) -> Self;
+}
+
+impl Tap for (Option<std::process::ExitStatus>, String, String) {
+    fn tap(self, what: &str) -> Self {
+        eprintln!(
+            "cluster init ({what}): {:?}\n{}\n{}",
+            self.0, self.1, self.2
+        );
+        self
+    }
+}

@@ -13,6 +13,7 @@
 //! - [`net`]: the peer link (raft RPCs over TCP, cluster id and target checked);
 //! - [`forward`]: requests a follower forwards to the leader;
 //! - [`peer_tls`]: TLS with mutual authentication on the peer link, its material swappable;
+//! - [`init`]: `rstmdb cluster init`, a single node's directory as a one-voter cluster;
 //! - [`node`]: one running node, and the proposer that turns a validated write into a raft
 //!   proposal.
 
@@ -22,6 +23,7 @@
 
 pub mod forward;
 pub mod hardstate;
+pub mod init;
 pub mod log_store;
 pub mod net;
 pub mod node;

@@ -45,6 +45,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Cluster administration run offline (server stopped).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Repair a WAL that refuses to open: the damaged segment is copied to
     /// `<data-dir>/wal/damaged/`, the log is cut at the first bad record, later segments are
     /// moved aside. Run it with the server stopped.
@@ -298,10 +303,79 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Turn a single node's data directory into a one-voter cluster, keeping every offset.
+    /// Needs --config with the `cluster:` section the node will run with (its node_id and
+    /// addresses become the membership). Then start the server with that config; add more
+    /// nodes with `rstmdb-cli cluster add-node`.
+    Init {
+        /// The data directory (default: the config's `storage.data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// `rstmdb cluster init`.
+fn cluster_init(config_path: Option<&std::path::Path>, data_dir: Option<&PathBuf>) -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    let config = match Config::load(config_path, &env) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let Some(cluster) = &config.cluster else {
+        return fail(
+            "rstmdb cluster init needs --config with a cluster: section (this node's node_id \
+             and addresses become the first membership)",
+        );
+    };
+    let mut storage = match config.storage_config_with_key() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if let Some(d) = data_dir {
+        storage.data_dir = d.clone();
+    }
+    let member = match config
+        .bind_addr()
+        .map_err(|e| e.to_string())
+        .and_then(|bind| {
+            Ok(Member {
+                client: cluster.advertised_client(bind).map_err(|e| e.to_string())?,
+                raft: cluster.advertised_raft().map_err(|e| e.to_string())?,
+            })
+        }) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let dir = storage.data_dir.clone();
+    match rstmdb_cluster::init::init_from_single_node(storage, cluster.node_id, member) {
+        Ok(r) => {
+            println!(
+                "{} is now a one-voter cluster (cluster_id {:?}, node {}): offsets 1..={} kept, \
+                 membership recorded at {}; start the server with this config",
+                dir.display(),
+                cluster.cluster_id,
+                cluster.node_id,
+                r.last_offset,
+                r.membership_offset
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cluster init: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     // Before any key, token or data is read (restore and rekey handle keys too).
     let hardening_failed = rstmdb_server::harden::no_core_dumps();
     let cli = Cli::parse();
+    if let Some(Cmd::Cluster {
+        command: ClusterCmd::Init { data_dir },
+    }) = &cli.command
+    {
+        return cluster_init(cli.config.as_deref(), data_dir.as_ref());
+    }
     if let Some(Cmd::Repair { data_dir }) = &cli.command {
         // A mistyped path must not read as "clean, nothing to repair": the operator would
         // believe the log was checked.
