@@ -12,19 +12,25 @@
 //!   snapshots in the backup format;
 //! - [`net`]: the peer link (raft RPCs over TCP, cluster id and target checked);
 //! - [`node`]: one running node, and the proposer that turns a validated write into a raft
-//!   proposal.
+//!   proposal;
+//! - [`admin`]: the operator's view and changes: status, add a node, remove a node, and what
+//!   the metrics watch counts;
+//! - [`observe`]: the metrics watch: leader changes, every member id seen.
 
 // openraft's storage traits return its `StorageError` (208 bytes) by value; the helpers that
 // build one for them return the same type rather than boxing it only to unbox it again.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod hardstate;
 pub mod log_store;
 pub mod net;
 pub mod node;
+pub mod observe;
 pub mod state_machine;
 pub mod types;
 
+pub use admin::{AdminError, MemberStatus, Role, Status};
 pub use log_store::LogStore;
 pub use node::{ClusterError, ClusterNode, ClusterOptions};
 pub use state_machine::StateMachine;
