@@ -10,7 +10,8 @@
 //!   the killed node rejoins and catches up;
 //! - operating it: CLUSTER_STATUS, INFO's `cluster`, the raft metrics, `/leader` and
 //!   `/readyz` on every node; adding a fourth node (started without `initial_members`) as a
-//!   voter that serves earlier data; removing a node, and refusing its id afterwards.
+//!   learner, then a voter that serves earlier data; removing a follower (its id refused
+//!   afterwards), the leader itself, and refusing to remove the last voter.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/mod.rs"]
@@ -524,7 +525,7 @@ fn cluster_ops_on_a_server_without_a_cluster_are_bad_request() {
 }
 
 #[test]
-fn a_fourth_node_is_added_as_a_voter_and_a_removed_id_is_never_reused() {
+fn nodes_are_added_and_removed_and_a_removed_id_is_never_reused() {
     use support::scrape::{get, metrics_addr};
     let mut cluster = Cluster::start();
     let mut probe = 0;
@@ -561,10 +562,35 @@ fn a_fourth_node_is_added_as_a_voter_and_a_removed_id_is_never_reused() {
         "{r}"
     );
 
+    // First as a learner: replicated to, not voting.
+    let mut as_learner = add.clone();
+    as_learner["voter"] = json!(false);
+    let added = c.ok("CLUSTER_ADD_NODE", as_learner);
+    assert_eq!(added["voter"], false, "{added}");
+    let learner_index = added["log_index"].as_u64().unwrap();
+    let s = status(&cluster.nodes[&leader]);
+    let four = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == 4)
+        .cloned();
+    assert_eq!(four.map(|m| m["voter"].clone()), Some(json!(false)), "{s}");
+    let l4 = wait_for(Duration::from_secs(20), || {
+        let s = status(&fourth);
+        (s["leader"]["node_id"] == leader).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("node 4 never learned the leader\n{}", cluster.logs()));
+    assert_eq!(l4["role"], "learner", "{l4}");
+    // The same request with voter (the default) promotes the learner rather than refusing
+    // its id: a timed-out add can be repeated.
     let added = c.ok("CLUSTER_ADD_NODE", add);
     assert_eq!(added["node_id"], 4, "{added}");
     assert_eq!(added["voter"], true, "{added}");
-    assert!(added["log_index"].as_u64().unwrap() > 0, "{added}");
+    assert!(
+        added["log_index"].as_u64().unwrap() > learner_index,
+        "{added}"
+    );
     cluster.nodes.insert(4, fourth);
     let s = status(&cluster.nodes[&leader]);
     let four = s["members"]
@@ -631,5 +657,39 @@ fn a_fourth_node_is_added_as_a_voter_and_a_removed_id_is_never_reused() {
         got.is_some(),
         "node 4 never served after-remove\n{}",
         cluster.logs()
+    );
+    // Removing the leader itself: it commits the change and steps down; the other two elect
+    // a leader whose membership no longer has it.
+    let r = c.ok("CLUSTER_REMOVE_NODE", json!({"node_id": leader}));
+    assert_eq!(r["node_id"], leader, "{r}");
+    drop(c);
+    let mut old = cluster.nodes.remove(&leader).unwrap();
+    old.terminate();
+    let next = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    assert_ne!(next, leader);
+    let s = status(&cluster.nodes[&next]);
+    let ids: Vec<u64> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{s}");
+    assert!(!ids.contains(&leader) && ids.contains(&4), "{s}");
+    // Down to one voter, which cannot be removed.
+    let other = *ids.iter().find(|id| **id != next).unwrap();
+    cluster.nodes[&next]
+        .connect()
+        .ok("CLUSTER_REMOVE_NODE", json!({"node_id": other}));
+    let r = cluster.nodes[&next]
+        .connect()
+        .request("CLUSTER_REMOVE_NODE", json!({"node_id": next}));
+    assert_eq!(r["error"]["code"], "BAD_REQUEST", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("last voter"),
+        "{r}"
     );
 }
