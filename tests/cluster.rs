@@ -617,6 +617,36 @@ fn nodes_are_added_and_removed_and_a_removed_id_is_never_reused() {
     assert_eq!(s4["leader"]["node_id"], leader, "{s4}");
     assert!(get(m4, "/readyz").0.contains("200"));
 
+    // A node nobody can reach is added as a learner but never gets the log: the add times
+    // out saying so, without making it a voter; it can then be removed.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let r = c.request(
+        "CLUSTER_ADD_NODE",
+        json!({"node_id": 5, "client": nowhere, "raft": nowhere, "timeout_ms": 1000}),
+    );
+    assert_eq!(r["error"]["code"], "REPLICATION_TIMEOUT", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has not received the log"),
+        "{r}"
+    );
+    let s = status(&cluster.nodes[&leader]);
+    let five = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == 5)
+        .cloned();
+    assert_eq!(five.map(|m| m["voter"].clone()), Some(json!(false)), "{s}");
+    c.ok("CLUSTER_REMOVE_NODE", json!({"node_id": 5}));
+    let r = c.request(
+        "CLUSTER_ADD_NODE",
+        json!({"node_id": 6, "client": nowhere, "raft": nowhere, "timeout_ms": 0}),
+    );
+    assert_eq!(r["error"]["code"], "BAD_REQUEST", "{r}");
+
     // Remove a follower: no longer listed; its id cannot come back.
     let removed = follower;
     let r = c.ok("CLUSTER_REMOVE_NODE", json!({"node_id": removed}));
@@ -646,6 +676,23 @@ fn nodes_are_added_and_removed_and_a_removed_id_is_never_reused() {
     );
     let r = c.request("CLUSTER_REMOVE_NODE", json!({"node_id": 99}));
     assert_eq!(r["error"]["code"], "NOT_FOUND", "{r}");
+
+    // The ids seen are kept on disk: after every node restarts (none remembers anything in
+    // memory, and the membership no longer has it) the removed id is still refused.
+    drop(c);
+    for server in cluster.nodes.values_mut() {
+        server.terminate();
+    }
+    for server in cluster.nodes.values_mut() {
+        server.restart();
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);
+    let mut c = cluster.nodes[&leader].connect();
+    let again = c.request(
+        "CLUSTER_ADD_NODE",
+        json!({"node_id": removed, "client": gone.addr().to_string(), "raft": "127.0.0.1:1"}),
+    );
+    assert_eq!(again["error"]["code"], "CONFLICT", "{again}");
 
     // The cluster of three still commits, and the added node serves it.
     create(&mut c, "counter", "after-remove", json!({"n": 1}));

@@ -241,6 +241,9 @@ pub enum ClusterAction {
         /// Keep it a learner (replicated to, never votes).
         #[arg(long)]
         learner: bool,
+        /// How long each step (add, catch up, promote) may take (server default 60000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
     /// Remove a member from the cluster.
     RemoveNode {

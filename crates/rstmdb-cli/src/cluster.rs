@@ -66,6 +66,7 @@ pub async fn run(client: &Client, json_out: bool, a: &ClusterAction) -> Result<E
             client: addr,
             raft,
             learner,
+            timeout_ms,
         } => {
             let r = client
                 .cluster_add_node(ClusterAddNodeParams {
@@ -73,6 +74,7 @@ pub async fn run(client: &Client, json_out: bool, a: &ClusterAction) -> Result<E
                     client: addr.clone(),
                     raft: raft.clone(),
                     voter: !learner,
+                    timeout_ms: *timeout_ms,
                 })
                 .await?;
             print(json_out, &r, || {

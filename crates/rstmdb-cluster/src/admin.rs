@@ -202,8 +202,8 @@ impl ClusterNode {
         Ok(m)
     }
 
-    /// Adds `id` as a learner, waits (up to `catch_up`) for it to receive the log, then, if
-    /// `voter`, makes it a voter. Returns the log index of the last membership change.
+    /// Adds `id` as a learner, waits (up to `catch_up` per step) until it has received the
+    /// log up to its own addition, then, if `voter`, makes it a voter. Returns the log index of the last membership change.
     ///
     /// An id that is or was a member (as far as this node has seen) is refused: ids are never
     /// reused. The exception is a retry: an id that is a learner now with the same addresses
@@ -232,21 +232,46 @@ impl ClusterNode {
         }
         let mut index = m.membership_config.log_id().map_or(0, |l| l.index);
         if !resume {
-            let add = self.raft().add_learner(id, addrs.clone(), true);
+            // Not openraft's blocking wait: it counts a learner within 5000 entries (its
+            // replication_lag_threshold) as caught up, even one never reached.
+            let add = self.raft().add_learner(id, addrs.clone(), false);
             let resp = match tokio::time::timeout(catch_up, add).await {
                 Ok(r) => r.map_err(|e| raft_failed("adding the learner", e, &m))?,
                 Err(_) => {
                     return Err(AdminError::Timeout(format!(
-                        "node {id} did not catch up within {} ms: it may have been added as a \
-                         learner (CLUSTER_STATUS shows it); check that {} is reachable, then \
-                         repeat the request to promote it, or remove it",
-                        catch_up.as_millis(),
-                        addrs.raft
+                        "adding node {id} as a learner did not finish within {} ms \
+                         (CLUSTER_STATUS shows whether it did); repeat the request to carry on",
+                        catch_up.as_millis()
                     )));
                 }
             };
             index = resp.log_id.index;
             tracing::info!(node_id = id, %addrs, log_index = index, "added a learner");
+        }
+        // It has the log up to its own addition: it is reachable and keeps up.
+        let wanted = index;
+        let caught_up = self
+            .raft()
+            .wait(Some(catch_up))
+            .metrics(
+                move |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .and_then(|l| l.as_ref())
+                        .is_some_and(|l| l.index >= wanted)
+                },
+                "the new learner has the log",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(AdminError::Timeout(format!(
+                "node {id} is a learner but has not received the log within {} ms: check that \
+                 {} is reachable and the node runs, then repeat the request to carry on, or \
+                 remove it",
+                catch_up.as_millis(),
+                addrs.raft
+            )));
         }
         if voter {
             let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));

@@ -157,7 +157,7 @@ impl ClusterNode {
             write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
         });
         db.set_proposer(&proposer);
-        let observed = Arc::new(crate::observe::Observed::default());
+        let observed = Arc::new(crate::observe::Observed::open(&crate::raft_dir(&data_dir))?);
         let watch_task = tokio::spawn(crate::observe::observe(raft.metrics(), observed.clone()));
         Ok(ClusterNode {
             db,

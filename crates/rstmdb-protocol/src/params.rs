@@ -199,6 +199,9 @@ pub struct ClusterAddNodeParams {
     /// False: it stays a learner (replicated to, never votes).
     #[serde(default = "default_true")]
     pub voter: bool,
+    /// How long each step (add, catch up, promote) may take; absent: 60 000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// CLUSTER_REMOVE_NODE: a member to remove.

@@ -908,6 +908,7 @@ fn cluster_ops_decode_with_voter_defaulting_to_true() {
             client: "h:1".into(),
             raft: "h:2".into(),
             voter: true,
+            timeout_ms: None,
         })
     );
     assert_eq!(add.op(), Op::ClusterAddNode);

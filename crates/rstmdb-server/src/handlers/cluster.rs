@@ -10,8 +10,11 @@ use rstmdb_protocol::{
 };
 use std::time::Duration;
 
-/// How long a membership change may take: a new learner must receive the whole log first.
+/// How long a membership change may take (each step of an add): a new learner must receive
+/// the whole log first.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `timeout_ms` CLUSTER_ADD_NODE accepts: one hour.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 fn node<'a>(ctx: &Ctx<'a>) -> Result<&'a ClusterNode, ErrorObject> {
     ctx.cluster
@@ -85,12 +88,21 @@ pub(super) async fn cluster_add_node(ctx: Ctx<'_>, p: ClusterAddNodeParams) -> A
     let node = node(&ctx)?;
     check_addr("client", &p.client)?;
     check_addr("raft", &p.raft)?;
+    let timeout = match p.timeout_ms {
+        None => CHANGE_TIMEOUT,
+        Some(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(bad_request(format!(
+                "timeout_ms must be from 1 to {MAX_TIMEOUT_MS}, got {ms}"
+            )));
+        }
+    };
     let addrs = Member {
         client: p.client,
         raft: p.raft,
     };
     let log_index = node
-        .add_node(p.node_id, addrs, p.voter, CHANGE_TIMEOUT)
+        .add_node(p.node_id, addrs, p.voter, timeout)
         .await
         .map_err(admin_error)?;
     let result = ClusterAddNodeResult {
