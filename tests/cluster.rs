@@ -561,6 +561,19 @@ fn nodes_are_added_and_removed_and_a_removed_id_is_never_reused() {
             .contains(&leader_client),
         "{r}"
     );
+    // replication.md's routing details.
+    let d = &r["error"]["details"];
+    assert_eq!(d["reason"], "not_leader", "{r}");
+    assert_eq!(d["leader_id"], leader, "{r}");
+    assert_eq!(d["leader_addr"], leader_client, "{r}");
+    assert!(d["term"].as_u64().unwrap() >= 1, "{r}");
+    // A node that knows no leader says so.
+    let r = fourth
+        .connect()
+        .request("CLUSTER_REMOVE_NODE", json!({"node_id": 1}));
+    assert_eq!(r["error"]["code"], "WAL_IO_ERROR", "{r}");
+    assert_eq!(r["error"]["details"]["reason"], "no_leader", "{r}");
+    assert!(r["error"]["details"]["leader_addr"].is_null(), "{r}");
 
     // First as a learner: replicated to, not voting.
     let mut as_learner = add.clone();

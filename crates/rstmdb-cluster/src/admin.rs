@@ -71,8 +71,13 @@ pub struct Status {
 /// [`AdminError::Retry`] changed nothing and may be retried (on the leader).
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// `leader`: the leader's client address, or "unknown"; `leader_id` when one is known.
     #[error("this node is not the leader (leader: {leader}); nothing was changed")]
-    NotLeader { leader: String },
+    NotLeader {
+        leader: String,
+        leader_id: Option<NodeId>,
+        term: u64,
+    },
     /// The request cannot succeed as asked.
     #[error("{0}")]
     Invalid(String),
@@ -100,6 +105,8 @@ fn raft_failed(
                 .leader_node
                 .map(|n| n.client)
                 .unwrap_or_else(|| leader_hint(m)),
+            leader_id: f.leader_id,
+            term: m.current_term,
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             AdminError::Retry(format!("{what}: {c}; retry once it has finished"))
@@ -197,6 +204,8 @@ impl ClusterNode {
         if m.state != ServerState::Leader {
             return Err(AdminError::NotLeader {
                 leader: leader_hint(&m),
+                leader_id: m.current_leader,
+                term: m.current_term,
             });
         }
         Ok(m)

@@ -2,12 +2,13 @@
 //! `rstmdb_cluster::admin` (docs/cluster.md "Operating a cluster").
 
 use super::reply::{Answer, Ctx, to_value, value};
-use crate::error::bad_request;
+use crate::error::{bad_request, with_details};
 use rstmdb_cluster::{AdminError, ClusterNode, Member, Status};
 use rstmdb_protocol::{
     ClusterAddNodeParams, ClusterAddNodeResult, ClusterLeader, ClusterMember,
     ClusterRemoveNodeParams, ClusterRemoveNodeResult, ClusterStatusResult, ErrorCode, ErrorObject,
 };
+use serde_json::Value;
 use std::time::Duration;
 
 /// How long a membership change may take (each step of an add): a new learner must receive
@@ -21,7 +22,37 @@ fn node<'a>(ctx: &Ctx<'a>) -> Result<&'a ClusterNode, ErrorObject> {
         .ok_or_else(|| bad_request("this server is not a cluster member (no cluster: section)"))
 }
 
+/// The refusal, with replication.md's routing `details` when this node is not the leader:
+/// `reason` (`not_leader` / `no_leader`), `leader_id`, `leader_addr`, `term`.
 fn admin_error(e: AdminError) -> ErrorObject {
+    if let AdminError::NotLeader {
+        leader,
+        leader_id,
+        term,
+    } = &e
+    {
+        let known = leader_id.is_some();
+        let details = [
+            (
+                "reason",
+                Value::from(if known { "not_leader" } else { "no_leader" }),
+            ),
+            ("leader_id", leader_id.map_or(Value::Null, Value::from)),
+            (
+                "leader_addr",
+                if known && leader != "unknown" {
+                    Value::from(leader.as_str())
+                } else {
+                    Value::Null
+                },
+            ),
+            ("term", Value::from(*term)),
+        ];
+        return with_details(
+            ErrorObject::new(ErrorCode::WalIoError, e.to_string()),
+            &details,
+        );
+    }
     let code = match &e {
         // Retryable, as a write refused by a follower (nothing changed).
         AdminError::NotLeader { .. } | AdminError::Retry(_) => ErrorCode::WalIoError,
