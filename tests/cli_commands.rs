@@ -831,3 +831,75 @@ fn flush_all_on_a_terminal_asks_and_a_no_keeps_everything() {
     assert!(!shown.contains("Continue?"), "{shown}");
     assert!(shown.contains("Machines removed: 1"), "{shown}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `cluster status` against a cluster node that waits to be added (no initial_members): it
+/// knows no leader and is a learner with no members yet. Against a server without a
+/// cluster the ops are `BAD_REQUEST`.
+#[test]
+fn cluster_status_json_and_human_and_refusals() {
+    let (client, raft) = (free_port(), free_port());
+    let s = Server::with_config(json!({
+        "network": {"bind_addr": format!("127.0.0.1:{client}")},
+        "cluster": {
+            "cluster_id": "cli-cluster",
+            "node_id": 7,
+            "raft_listen": format!("127.0.0.1:{raft}"),
+            "insecure_plaintext": true
+        }
+    }));
+    let c = Cli::new(&s);
+    let v = c.run(&["--json", "cluster", "status"]).json();
+    assert_eq!(v["cluster_id"], "cli-cluster", "{v}");
+    assert_eq!(v["node_id"], 7, "{v}");
+    assert_eq!(v["role"], "learner", "{v}");
+    assert!(v["leader"].is_null(), "{v}");
+    assert_eq!(v["members"], json!([]), "{v}");
+    for k in ["term", "last_log_index", "committed_index", "applied_index"] {
+        assert!(v[k].is_u64(), "{k}: {v}");
+    }
+    let human = c.run(&["cluster", "status"]).ok().to_owned();
+    assert!(
+        human.starts_with("Cluster cli-cluster (node 7, learner)"),
+        "{human}"
+    );
+    assert!(human.contains("  Leader: unknown"), "{human}");
+    assert!(human.contains("NODE"), "{human}");
+    // Membership changes go to the leader; this node knows none.
+    let err = c
+        .run(&["cluster", "remove-node", "--id", "1"])
+        .fails_with(1)
+        .to_owned();
+    assert!(
+        err.contains("WAL_IO_ERROR") && err.contains("not the leader"),
+        "{err}"
+    );
+    let err = c
+        .run(&[
+            "cluster",
+            "add-node",
+            "--id",
+            "8",
+            "--client",
+            "127.0.0.1:1",
+            "--raft",
+            "nope",
+        ])
+        .fails_with(1)
+        .to_owned();
+    assert!(err.contains("BAD_REQUEST") && err.contains("raft"), "{err}");
+
+    let (_plain, p) = setup();
+    let err = p.run(&["cluster", "status"]).fails_with(1).to_owned();
+    assert!(
+        err.contains("BAD_REQUEST") && err.contains("not a cluster member"),
+        "{err}"
+    );
+}

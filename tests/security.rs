@@ -241,6 +241,19 @@ fn an_admin_lists_the_open_connections_and_ends_one() {
     let m = unauthorized(&mut login(&s, ORDERS_ADMIN), "SESSIONS", json!({}));
     assert!(m.contains("SESSIONS"), "{m}");
     unauthorized(&mut svc, "END_SESSION", json!({"session_id": 1}));
+    // The same for the cluster ops (checked before the server finds it has no cluster).
+    for (op, params) in [
+        ("CLUSTER_STATUS", json!({})),
+        ("CLUSTER_REMOVE_NODE", json!({"node_id": 2})),
+        (
+            "CLUSTER_ADD_NODE",
+            json!({"node_id": 2, "client": "127.0.0.1:1", "raft": "127.0.0.1:2"}),
+        ),
+    ] {
+        unauthorized(&mut login(&s, READER), op, params.clone());
+        let m = unauthorized(&mut login(&s, ORDERS_ADMIN), op, params);
+        assert!(m.contains("CLUSTER_*"), "{m}");
+    }
 
     let id = svc_session["session_id"].clone();
     let r = admin.ok("END_SESSION", json!({"session_id": id}));

@@ -155,6 +155,9 @@ pub enum Cmd {
         /// The session id.
         id: u64,
     },
+    /// Cluster membership: status, add a node, remove a node (admin; changes go to the leader).
+    #[command(subcommand)]
+    Cluster(ClusterAction),
     /// Remove every machine and instance (the server must allow it). Asks for confirmation
     /// when stdin is a terminal; piped or scripted runs are not asked.
     FlushAll {
@@ -218,6 +221,36 @@ pub struct BackupArgs {
     pub encrypt: bool,
     #[command(flatten)]
     pub key: KeyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// The cluster as the node sees it: role, term, leader, indexes, members and their lag.
+    Status,
+    /// Add a node (started with a `cluster:` section and no initial_members) to the cluster.
+    AddNode {
+        /// Its node id: never used before in this cluster.
+        #[arg(long)]
+        id: u64,
+        /// host:port clients use to reach it.
+        #[arg(long)]
+        client: String,
+        /// host:port peers dial (its raft listener).
+        #[arg(long)]
+        raft: String,
+        /// Keep it a learner (replicated to, never votes).
+        #[arg(long)]
+        learner: bool,
+        /// How long each step (add, catch up, promote) may take (server default 60000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Remove a member from the cluster.
+    RemoveNode {
+        /// Its node id.
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,12 +8,11 @@ use rstmdb_client::{
     ApplyEventParams, Client, CreateInstanceParams, DeleteInstanceParams, Error, Event,
     ListInstancesParams, WatchAllParams, WatchInstanceParams, WatchStream,
 };
-use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::args::{BatchArgs, BatchModeArg, Cli, Cmd, WatchAllArgs, WatchInstanceArgs};
-use crate::output::{self, line};
+use crate::output::{self, line, print};
 use crate::{CliError, certs, connect, diagram, input};
 
 /// Runs one subcommand (not the REPL).
@@ -278,6 +277,7 @@ pub async fn run(cli: &Cli, cmd: &Cmd) -> Result<ExitCode, CliError> {
             });
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Cluster(a) => crate::cluster::run(&client, json_out, a).await,
         Cmd::Sessions => {
             let r = client.sessions().await?;
             print(json_out, &r, || {
@@ -371,14 +371,6 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// `--json`: the value as one compact JSON document; otherwise the human form.
-fn print<T: Serialize>(json_out: bool, value: &T, human: impl FnOnce()) {
-    if json_out {
-        line(serde_json::to_string(value).unwrap_or_default());
-    } else {
-        human();
-    }
-}
-
 /// The `wal-stats` lines (the REPL's `wal-stats` layout).
 pub fn wal_stats_lines(r: &rstmdb_client::WalStatsResult) -> Vec<String> {
     let mut lines = vec![

@@ -6,6 +6,7 @@
 mod args;
 mod backup;
 mod certs;
+mod cluster;
 mod commands;
 mod diagram;
 mod input;

@@ -190,6 +190,15 @@ pub fn replication_status(r: &ReplicationStatusResult) -> Vec<String> {
     }
 }
 
+/// `value` as one line of JSON with `--json`, else the human layout `human` prints.
+pub fn print<T: Serialize>(json_out: bool, value: &T, human: impl FnOnce()) {
+    if json_out {
+        line(serde_json::to_string(value).unwrap_or_default());
+    } else {
+        human();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

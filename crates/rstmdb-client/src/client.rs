@@ -253,6 +253,31 @@ impl Client {
         .await
     }
 
+    /// CLUSTER_STATUS: the cluster as the node sees it (admin, unrestricted).
+    pub async fn cluster_status(&self) -> Result<rstmdb_protocol::ClusterStatusResult> {
+        self.typed(Command::ClusterStatus).await
+    }
+
+    /// CLUSTER_ADD_NODE: add a node as a learner, then (with `voter`) a voter (admin, sent to
+    /// the leader).
+    pub async fn cluster_add_node(
+        &self,
+        params: rstmdb_protocol::ClusterAddNodeParams,
+    ) -> Result<rstmdb_protocol::ClusterAddNodeResult> {
+        self.typed(Command::ClusterAddNode(params)).await
+    }
+
+    /// CLUSTER_REMOVE_NODE: remove a member (admin, sent to the leader).
+    pub async fn cluster_remove_node(
+        &self,
+        node_id: u64,
+    ) -> Result<rstmdb_protocol::ClusterRemoveNodeResult> {
+        self.typed(Command::ClusterRemoveNode(
+            rstmdb_protocol::ClusterRemoveNodeParams { node_id },
+        ))
+        .await
+    }
+
     /// UNWATCH on the current connection.
     pub async fn unwatch(&self, subscription_id: impl Into<String>) -> Result<UnwatchResult> {
         let subscription_id = subscription_id.into();

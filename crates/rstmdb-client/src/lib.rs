@@ -107,8 +107,10 @@ pub use rstmdb_protocol as protocol;
 // The request and result types of every op, so callers need no direct dependency on the
 // protocol crate.
 pub use rstmdb_protocol::{
-    ApplyEventParams, ApplyEventResult, BatchItemResult, BatchMode, BatchResult, Command,
-    CompactParams, CompactResult, CreateInstanceParams, CreateInstanceResult, DeleteInstanceParams,
+    ApplyEventParams, ApplyEventResult, BatchItemResult, BatchMode, BatchResult,
+    ClusterAddNodeParams, ClusterAddNodeResult, ClusterLeader, ClusterMember,
+    ClusterRemoveNodeParams, ClusterRemoveNodeResult, ClusterStatusResult, Command, CompactParams,
+    CompactResult, CreateInstanceParams, CreateInstanceResult, DeleteInstanceParams,
     DeleteInstanceResult, EndSessionParams, EndSessionResult, ErrorCode, ErrorObject, Event,
     FlushAllResult, GetInstanceParams, GetInstanceResult, GetMachineParams, GetMachineResult,
     HelloResult, InfoResult, InstanceSummary, IoStats, ListInstancesParams, ListInstancesResult,

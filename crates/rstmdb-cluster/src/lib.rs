@@ -15,22 +15,28 @@
 //! - [`peer_tls`]: TLS with mutual authentication on the peer link, its material swappable;
 //! - [`init`]: `rstmdb cluster init`, a single node's directory as a one-voter cluster;
 //! - [`node`]: one running node, and the proposer that turns a validated write into a raft
-//!   proposal.
+//!   proposal;
+//! - [`admin`]: the operator's view and changes: status, add a node, remove a node, and what
+//!   the metrics watch counts;
+//! - [`observe`]: the metrics watch: leader changes, every member id seen.
 
 // openraft's storage traits return its `StorageError` (208 bytes) by value; the helpers that
 // build one for them return the same type rather than boxing it only to unbox it again.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod forward;
 pub mod hardstate;
 pub mod init;
 pub mod log_store;
 pub mod net;
 pub mod node;
+pub mod observe;
 pub mod peer_tls;
 pub mod state_machine;
 pub mod types;
 
+pub use admin::{AdminError, MemberStatus, Role, Status};
 pub use log_store::LogStore;
 pub use node::{ClusterError, ClusterNode, ClusterOptions, ReadConsistency};
 pub use peer_tls::{PeerSecurity, PeerTls};

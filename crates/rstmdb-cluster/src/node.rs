@@ -71,6 +71,13 @@ pub struct ClusterNode {
     opts: ClusterOptions,
     security: PeerSecurity,
     peer_task: tokio::task::JoinHandle<()>,
+    /// What the metrics watch has seen (leader changes, every member id); see
+    /// [`crate::observe::Observed`].
+    pub(crate) observed: Arc<crate::observe::Observed>,
+    watch_task: tokio::task::JoinHandle<()>,
+    /// The committed index this node had persisted when it started (`/readyz` waits until
+    /// it has applied that far).
+    startup_committed: u64,
     /// The database holds it weakly (see `Database::set_proposer`).
     _proposer: Arc<dyn Proposer>,
     snapshot_task: tokio::task::JoinHandle<()>,
@@ -192,12 +199,17 @@ impl ClusterNode {
             write_timeout: Duration::from_millis(opts.write_timeout_ms.max(1)),
         });
         db.set_proposer(&proposer);
+        let observed = Arc::new(crate::observe::Observed::open(&crate::raft_dir(&data_dir))?);
+        let watch_task = tokio::spawn(crate::observe::observe(raft.metrics(), observed.clone()));
         Ok(ClusterNode {
             db,
             raft,
             opts,
             security,
             peer_task,
+            observed,
+            watch_task,
+            startup_committed: replay_to,
             _proposer: proposer,
             snapshot_task,
             me,
@@ -356,6 +368,14 @@ impl ClusterNode {
         }
     }
 
+    /// Ready to serve: a leader is known and this node has applied at least what it had
+    /// committed when it started (so reads do not go back in time across a restart).
+    pub fn is_ready(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        m.current_leader.is_some() && applied >= self.startup_committed
+    }
+
     /// Whether this node is the leader now (as far as it knows).
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == openraft::ServerState::Leader
@@ -366,6 +386,7 @@ impl ClusterNode {
     pub async fn shutdown(&self) -> Result<(), ClusterError> {
         self.peer_task.abort();
         self.snapshot_task.abort();
+        self.watch_task.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -410,7 +431,7 @@ struct RaftProposer {
 }
 
 /// "(leader: <client address>)" for a refusal, from what this node knows.
-fn leader_hint(m: &openraft::RaftMetrics<NodeId, Member>) -> String {
+pub(crate) fn leader_hint(m: &openraft::RaftMetrics<NodeId, Member>) -> String {
     m.current_leader
         .and_then(|id| m.membership_config.membership().get_node(&id))
         .map(|n| n.client.clone())

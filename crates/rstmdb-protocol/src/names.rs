@@ -85,7 +85,10 @@ impl Command {
             | Command::BackupEnd(_)
             | Command::RestoreInstance(_)
             | Command::Sessions
-            | Command::EndSession(_) => {}
+            | Command::EndSession(_)
+            | Command::ClusterStatus
+            | Command::ClusterAddNode(_)
+            | Command::ClusterRemoveNode(_) => {}
         }
         n
     }

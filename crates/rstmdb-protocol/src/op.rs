@@ -72,11 +72,17 @@ pub enum Op {
     Sessions,
     /// Close one open connection by its id (admin).
     EndSession,
+    /// The cluster as this node sees it: role, term, leader, indexes, members (admin).
+    ClusterStatus,
+    /// Add a node to the cluster, as a learner then (by default) a voter (admin, leader).
+    ClusterAddNode,
+    /// Remove a node from the cluster's membership (admin, leader).
+    ClusterRemoveNode,
 }
 
 impl Op {
     /// Every op: 0.1.1's in its order, FLUSH_ALL, 0.3.0's additions, then our extensions.
-    pub const ALL: [Op; 31] = [
+    pub const ALL: [Op; 34] = [
         Op::Hello,
         Op::Auth,
         Op::Ping,
@@ -108,6 +114,9 @@ impl Op {
         Op::RestoreInstance,
         Op::Sessions,
         Op::EndSession,
+        Op::ClusterStatus,
+        Op::ClusterAddNode,
+        Op::ClusterRemoveNode,
     ];
 
     /// The wire name.
@@ -144,6 +153,9 @@ impl Op {
             Op::RestoreInstance => "RESTORE_INSTANCE",
             Op::Sessions => "SESSIONS",
             Op::EndSession => "END_SESSION",
+            Op::ClusterStatus => "CLUSTER_STATUS",
+            Op::ClusterAddNode => "CLUSTER_ADD_NODE",
+            Op::ClusterRemoveNode => "CLUSTER_REMOVE_NODE",
         }
     }
 

@@ -188,6 +188,28 @@ pub struct EndSessionParams {
     pub session_id: u64,
 }
 
+/// CLUSTER_ADD_NODE: a node to add (its id never used before in this cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterAddNodeParams {
+    pub node_id: u64,
+    /// `host:port` clients use to reach it.
+    pub client: String,
+    /// `host:port` peers dial (its `cluster.raft_listen`, as advertised).
+    pub raft: String,
+    /// False: it stays a learner (replicated to, never votes).
+    #[serde(default = "default_true")]
+    pub voter: bool,
+    /// How long each step (add, catch up, promote) may take; absent: 60 000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// CLUSTER_REMOVE_NODE: a member to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRemoveNodeParams {
+    pub node_id: u64,
+}
+
 /// SNAPSHOT_INSTANCE: write a snapshot of one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInstanceParams {

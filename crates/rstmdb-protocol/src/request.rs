@@ -21,10 +21,10 @@ use crate::error_code::ErrorCode;
 use crate::op::Op;
 use crate::params::{
     ApplyEventParams, AuthParams, BackupBeginParams, BackupEndParams, BackupReadParams, BatchMode,
-    CompactParams, CreateInstanceParams, DeleteInstanceParams, EndSessionParams, FlushAllParams,
-    GetInstanceParams, GetMachineParams, HelloParams, ListInstancesParams, PutMachineParams,
-    RestoreInstanceParams, SnapshotInstanceParams, UnwatchParams, WalReadParams, WatchAllParams,
-    WatchInstanceParams,
+    ClusterAddNodeParams, ClusterRemoveNodeParams, CompactParams, CreateInstanceParams,
+    DeleteInstanceParams, EndSessionParams, FlushAllParams, GetInstanceParams, GetMachineParams,
+    HelloParams, ListInstancesParams, PutMachineParams, RestoreInstanceParams,
+    SnapshotInstanceParams, UnwatchParams, WalReadParams, WatchAllParams, WatchInstanceParams,
 };
 use crate::response::{ErrorObject, Response};
 
@@ -119,6 +119,12 @@ pub enum Command {
     Sessions,
     /// END_SESSION (extension).
     EndSession(EndSessionParams),
+    /// CLUSTER_STATUS (extension; params ignored).
+    ClusterStatus,
+    /// CLUSTER_ADD_NODE (extension).
+    ClusterAddNode(ClusterAddNodeParams),
+    /// CLUSTER_REMOVE_NODE (extension).
+    ClusterRemoveNode(ClusterRemoveNodeParams),
 }
 
 impl Command {
@@ -156,6 +162,9 @@ impl Command {
             Command::RestoreInstance(_) => Op::RestoreInstance,
             Command::Sessions => Op::Sessions,
             Command::EndSession(_) => Op::EndSession,
+            Command::ClusterStatus => Op::ClusterStatus,
+            Command::ClusterAddNode(_) => Op::ClusterAddNode,
+            Command::ClusterRemoveNode(_) => Op::ClusterRemoveNode,
         }
     }
 }
@@ -230,8 +239,11 @@ impl Serialize for ParamsOf<'_> {
             Command::BackupEnd(params) => params.serialize(serializer),
             Command::RestoreInstance(params) => params.serialize(serializer),
             Command::EndSession(params) => params.serialize(serializer),
+            Command::ClusterAddNode(params) => params.serialize(serializer),
+            Command::ClusterRemoveNode(params) => params.serialize(serializer),
             Command::Ping
             | Command::Sessions
+            | Command::ClusterStatus
             | Command::Bye
             | Command::Info
             | Command::ListMachines
@@ -548,6 +560,9 @@ fn decode_command(object: &mut Map<String, Value>, at: &str) -> Result<Command, 
         Op::ReplicateAck => Command::ReplicateAck,
         Op::Sessions => Command::Sessions,
         Op::EndSession => Command::EndSession(typed(params()?, prefix)?),
+        Op::ClusterStatus => Command::ClusterStatus,
+        Op::ClusterAddNode => Command::ClusterAddNode(typed(params()?, prefix)?),
+        Op::ClusterRemoveNode => Command::ClusterRemoveNode(typed(params()?, prefix)?),
         Op::Hello => Command::Hello(typed(params()?, prefix)?),
         Op::Auth => Command::Auth(typed(params()?, prefix)?),
         Op::PutMachine => Command::PutMachine(typed(params()?, prefix)?),

@@ -397,6 +397,66 @@ pub struct EndSessionResult {
     pub ended: bool,
 }
 
+/// A cluster member's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLeader {
+    pub node_id: u64,
+    pub client: String,
+    pub raft: String,
+}
+
+/// One member, as CLUSTER_STATUS lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub node_id: u64,
+    pub client: String,
+    pub raft: String,
+    /// False for a learner (replicated to, never votes).
+    pub voter: bool,
+    /// The last index known replicated to it; only the leader knows (`null` elsewhere, and
+    /// for a member the leader has not heard from yet).
+    pub matched_index: Option<u64>,
+    /// `last_log_index - matched_index` on the leader; `null` where `matched_index` is.
+    pub lag: Option<u64>,
+}
+
+/// CLUSTER_STATUS: the cluster as the node answering sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusResult {
+    pub cluster_id: String,
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    pub term: u64,
+    /// `null` while no leader is known.
+    pub leader: Option<ClusterLeader>,
+    /// 0 while the log is empty.
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// Ordered by `node_id`.
+    pub members: Vec<ClusterMember>,
+}
+
+/// CLUSTER_ADD_NODE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterAddNodeResult {
+    pub node_id: u64,
+    pub voter: bool,
+    /// The log index of the membership change that made it a member.
+    pub log_index: u64,
+}
+
+/// CLUSTER_REMOVE_NODE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRemoveNodeResult {
+    pub node_id: u64,
+    /// The log index of the membership change that removed it.
+    pub log_index: u64,
+}
+
 /// REPLICATION_STATUS. The shape depends on the node's role (0.3.0's three shapes): a
 /// standalone node sends only `role`; the other fields belong to primaries or replicas and
 /// are `None` when absent. Fields neither shape names are kept in `extra`.

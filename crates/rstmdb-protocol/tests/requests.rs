@@ -891,3 +891,34 @@ fn numbers_in_json_values_survive_decoding_exactly() {
         r#"{"big":18446744073709551615,"f":7.043766409691288e-168,"neg":-9223372036854775808}"#
     );
 }
+
+#[test]
+fn cluster_ops_decode_with_voter_defaulting_to_true() {
+    assert_eq!(
+        command(r#"{"type":"request","id":"1","op":"CLUSTER_STATUS","params":{"junk":1}}"#),
+        Command::ClusterStatus
+    );
+    let add = command(
+        r#"{"type":"request","id":"1","op":"CLUSTER_ADD_NODE","params":{"node_id":4,"client":"h:1","raft":"h:2"}}"#,
+    );
+    assert_eq!(
+        add,
+        Command::ClusterAddNode(rstmdb_protocol::ClusterAddNodeParams {
+            node_id: 4,
+            client: "h:1".into(),
+            raft: "h:2".into(),
+            voter: true,
+            timeout_ms: None,
+        })
+    );
+    assert_eq!(add.op(), Op::ClusterAddNode);
+    assert_eq!(add.names(), rstmdb_protocol::Names::default());
+    assert_eq!(
+        command(r#"{"type":"request","id":"1","op":"CLUSTER_REMOVE_NODE","params":{"node_id":2}}"#),
+        Command::ClusterRemoveNode(rstmdb_protocol::ClusterRemoveNodeParams { node_id: 2 })
+    );
+    let (_, message, _) = invalid(
+        r#"{"type":"request","id":"1","op":"CLUSTER_ADD_NODE","params":{"node_id":4,"client":"h:1"}}"#,
+    );
+    assert!(message.contains("raft"), "{message}");
+}

@@ -22,7 +22,10 @@ pub fn required_role(op: Op) -> Role {
         | Op::BackupEnd
         | Op::RestoreInstance
         | Op::Sessions
-        | Op::EndSession => Role::Admin,
+        | Op::EndSession
+        | Op::ClusterStatus
+        | Op::ClusterAddNode
+        | Op::ClusterRemoveNode => Role::Admin,
         Op::CreateInstance
         | Op::ApplyEvent
         | Op::DeleteInstance
@@ -112,6 +115,10 @@ pub fn check_command(p: &Principal, cmd: &Command) -> Result<(), ErrorObject> {
         Command::RestoreInstance(_) => unrestricted_only("RESTORE_INSTANCE"),
         // Connections of every principal, whatever machines they touch.
         Command::Sessions | Command::EndSession(_) => unrestricted_only("SESSIONS/END_SESSION"),
+        // The cluster serves every machine.
+        Command::ClusterStatus | Command::ClusterAddNode(_) | Command::ClusterRemoveNode(_) => {
+            unrestricted_only("CLUSTER_*")
+        }
         Command::Batch(b) => {
             for (i, c) in b.ops.iter().enumerate() {
                 check_command(p, c).map_err(|mut e| {

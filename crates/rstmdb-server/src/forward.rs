@@ -33,6 +33,7 @@ fn ctx(shared: &Shared, backup_owner: u64) -> handlers::Ctx<'_> {
         backups: &shared.backups,
         backup_owner,
         flush_epoch: &shared.flush_epoch,
+        cluster: shared.cluster.as_deref(),
     }
 }
 

@@ -32,6 +32,7 @@ pub mod harden;
 pub mod metrics;
 pub mod metrics_http;
 mod ordering;
+pub mod raft_metrics;
 pub mod registry;
 pub mod server;
 pub mod session;

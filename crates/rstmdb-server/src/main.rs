@@ -588,6 +588,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> ExitCode {
             l,
             shared.metrics.clone(),
             shared.db.clone(),
+            shared.cluster.clone(),
         ));
     }
     tokio::spawn(reload_on_sighup(shared.clone(), config_path.clone(), hup));

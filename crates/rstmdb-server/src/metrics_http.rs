@@ -1,11 +1,14 @@
 //! The Prometheus exporter: renders [`Metrics`] (and the storage engine's own histograms and
 //! gauges, read at scrape time) in the text exposition format (version 0.0.4) when
-//! `/metrics` is scraped; `/healthz` and `/readyz` for supervisors.
+//! `/metrics` is scraped (with the `rstmdb_raft_*` families of `raft_metrics` on a cluster
+//! member); `/healthz`, `/readyz` and, on a cluster member, `/leader` for supervisors and
+//! load balancers.
 //!
 //! The HTTP side is deliberately tiny: GET-style requests only, head ≤ 8 KiB, 5 s to send
 //! it, one response per connection.
 
 use crate::metrics::{CLOSURES, Metrics, SUB_KINDS};
+use rstmdb_cluster::ClusterNode;
 use rstmdb_protocol::{ErrorCode, Op};
 use rstmdb_storage::Database;
 use rstmdb_storage::stats::HistogramSnapshot;
@@ -481,8 +484,14 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once; more wait in the accept queue.
 const MAX_CONCURRENT_SCRAPES: usize = 16;
 
-/// Serves `/metrics`, `/health`, `/healthz`, `/readyz` and `/` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, db: Database) {
+/// Serves `/metrics`, `/health`, `/healthz`, `/readyz`, `/leader` and `/` until the task is
+/// dropped. `cluster` is the raft node when the server is a cluster member.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    db: Database,
+    cluster: Option<Arc<ClusterNode>>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -498,8 +507,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, db: Database) {
         };
         let metrics = metrics.clone();
         let db = db.clone();
+        let cluster = cluster.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &metrics, &db).await {
+            if let Err(e) = answer(stream, &metrics, &db, cluster.as_deref()).await {
                 tracing::debug!(%peer, error = %e, "metrics request failed");
             }
             drop(permit);
@@ -511,6 +521,7 @@ async fn answer(
     mut stream: tokio::net::TcpStream,
     metrics: &Metrics,
     db: &Database,
+    cluster: Option<&ClusterNode>,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let read = tokio::time::timeout(HEAD_TIMEOUT, async {
@@ -539,16 +550,38 @@ async fn answer(
         "/metrics" => (
             "200 OK",
             Some("text/plain; version=0.0.4; charset=utf-8"),
-            render(metrics, db).await,
+            {
+                let mut body = render(metrics, db).await;
+                if let Some(node) = cluster {
+                    body.push_str(&crate::raft_metrics::render(node).await);
+                }
+                body
+            },
         ),
         "/health" | "/healthz" => ("200 OK", None, "OK".to_string()),
         "/readyz" => {
-            if metrics.ready.load(Relaxed) {
-                ("200 OK", None, "ready".to_string())
-            } else {
+            if !metrics.ready.load(Relaxed) {
                 ("503 Service Unavailable", None, "shutting down".to_string())
+            } else if cluster.is_some_and(|n| !n.is_ready()) {
+                (
+                    "503 Service Unavailable",
+                    None,
+                    "no leader known yet, or still applying what was committed before the restart"
+                        .to_string(),
+                )
+            } else {
+                ("200 OK", None, "ready".to_string())
             }
         }
+        "/leader" => match cluster {
+            Some(n) if n.is_leader() => ("200 OK", None, "leader".to_string()),
+            Some(_) => ("503 Service Unavailable", None, "not the leader".to_string()),
+            None => (
+                "503 Service Unavailable",
+                None,
+                "not a cluster member".to_string(),
+            ),
+        },
         "/" => (
             "200 OK",
             Some("text/html; charset=utf-8"),

@@ -11,9 +11,11 @@
 //! | BATCH | `batch.rs` |
 //! | WAL_READ, WAL_STATS | `wal.rs` |
 //! | COMPACT, FLUSH_ALL, REPLICATION_STATUS, REPLICATE, REPLICATE_ACK, BACKUP_BEGIN/READ/END, RESTORE_INSTANCE | `admin.rs` |
+//! | CLUSTER_STATUS, CLUSTER_ADD_NODE, CLUSTER_REMOVE_NODE | `cluster.rs` |
 
 mod admin;
 mod batch;
+mod cluster;
 mod instances;
 mod machines;
 mod reply;
@@ -52,6 +54,9 @@ pub async fn execute(ctx: Ctx<'_>, command: Command) -> Answer {
         Command::BackupRead(p) => admin::backup_read(ctx, p).await,
         Command::BackupEnd(p) => admin::backup_end(ctx, p),
         Command::RestoreInstance(p) => admin::restore_instance(ctx, p).await,
+        Command::ClusterStatus => cluster::cluster_status(ctx).await,
+        Command::ClusterAddNode(p) => cluster::cluster_add_node(ctx, p).await,
+        Command::ClusterRemoveNode(p) => cluster::cluster_remove_node(ctx, p).await,
         Command::Hello(_)
         | Command::Auth(_)
         | Command::Ping

@@ -11,8 +11,8 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// What a data op runs against: the engine, the spooled backups, and the FLUSH_ALL epoch
-/// (bumped after a flush so every subscription on every connection ends).
+/// What a data op runs against: the engine, the spooled backups, the FLUSH_ALL epoch
+/// (bumped after a flush so every subscription on every connection ends) and the cluster node.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx<'a> {
     pub db: &'a Database,
@@ -21,6 +21,8 @@ pub struct Ctx<'a> {
     /// (`crate::backup::SessionSpools::owner`).
     pub backup_owner: u64,
     pub flush_epoch: &'a Arc<watch::Sender<u64>>,
+    /// The raft node when this server is a cluster member (CLUSTER_* ops).
+    pub cluster: Option<&'a rstmdb_cluster::ClusterNode>,
 }
 
 /// A result, as a `Value` or (for the hot ops) already serialized.

@@ -21,6 +21,21 @@ const SERVER_NAME: &str = "rstmdb";
 /// Features a client may negotiate in HELLO (the reference set).
 pub const FEATURES: [&str; 3] = ["idempotency", "batch", "wal_read"];
 
+/// INFO's `cluster` object: who this node is and where the leader takes writes.
+fn cluster_info(node: &rstmdb_cluster::ClusterNode) -> serde_json::Value {
+    let leader_client = node
+        .leader()
+        .and_then(|(_, m)| m)
+        .map(|m| serde_json::Value::from(m.client))
+        .unwrap_or(serde_json::Value::Null);
+    json!({
+        "cluster_id": node.options().cluster_id,
+        "node_id": node.options().node_id,
+        "role": node.role().as_str(),
+        "leader_client": leader_client,
+    })
+}
+
 /// How the session treats an op: the one list of session ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Handling {
@@ -169,6 +184,9 @@ impl Session {
                         // Our addition, not in the client's `InfoResult` (the CLI prints it).
                         if let Some(obj) = v.as_object_mut() {
                             obj.insert("wal_offset".into(), shared.db.last_offset().into());
+                            if let Some(node) = &shared.cluster {
+                                obj.insert("cluster".into(), cluster_info(node));
+                            }
                         }
                         (v, None)
                     });
