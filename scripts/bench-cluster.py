@@ -172,33 +172,37 @@ def stop_all(nodes):
         node.stop()
 
 
-def write_ok(port):
-    """One CREATE_INSTANCE with a fresh id over a raw JSON line; True when acknowledged."""
+def request(port, op, params, timeout=2):
+    """One request over JSON lines (after a HELLO choosing them); the response, or None."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.settimeout(2)
-            iid = f"probe-{time.time_ns()}"
-            req = {"type": "request", "id": "1", "op": "CREATE_INSTANCE",
-                   "params": {"instance_id": iid, "machine": "probe", "version": 1}}
-            s.sendall((json.dumps(req) + "\n").encode())
-            buf = b""
-            while b"\n" not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return False
-                buf += chunk
-            return json.loads(buf.split(b"\n")[0]).get("status") == "ok"
-    except OSError:
-        return False
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            f = s.makefile("rwb")
+            for rid, (o, p) in enumerate(((
+                "HELLO", {"protocol_version": 1, "wire_modes": ["jsonl"]}), (op, params))):
+                req = {"type": "request", "id": str(rid), "op": o, "params": p}
+                f.write((json.dumps(req) + "\n").encode())
+                f.flush()
+                line = f.readline()
+                if not line:
+                    return None
+            return json.loads(line)
+    except (OSError, ValueError):
+        return None
+
+
+def write_ok(port):
+    """One CREATE_INSTANCE with a fresh id; True when acknowledged."""
+    r = request(port, "CREATE_INSTANCE",
+                {"instance_id": f"probe-{time.time_ns()}", "machine": "probe", "version": 1})
+    return bool(r) and r.get("status") == "ok"
 
 
 def put_probe_machine(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        req = {"type": "request", "id": "1", "op": "PUT_MACHINE",
-               "params": {"machine": "probe", "version": 1,
-                          "definition": {"states": ["on"], "initial": "on", "transitions": []}}}
-        s.sendall((json.dumps(req) + "\n").encode())
-        s.recv(65536)
+    r = request(port, "PUT_MACHINE", {"machine": "probe", "version": 1, "definition": {
+        "states": ["on"], "initial": "on", "transitions": []}}, timeout=10)
+    if not r or r.get("status") != "ok":
+        raise RuntimeError(f"PUT_MACHINE failed: {r}")
 
 
 def failover(workdir, kills):
@@ -233,6 +237,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-cluster"))
+    ap.add_argument("--only-failover", action="store_true", help="skip the throughput rows")
     args = ap.parse_args()
     print("== building (release)", flush=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "rstmdb", "--bin", "rstmdb-bench"],
@@ -240,6 +245,13 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     raw = {}
     with tempfile.TemporaryDirectory(prefix="rstmdb-bench-cluster-") as work:
+        if args.only_failover:
+            t = sorted(failover(work, args.kills))
+            p99 = t[min(len(t) - 1, int(round(0.99 * (len(t) - 1))))]
+            print(f"failover (SIGKILL of the leader → first acknowledged write), {len(t)} kills: "
+                  f"median {statistics.median(t):.0f} ms, p99 {p99:.0f} ms, max {t[-1]:.0f} ms; all: "
+                  + ", ".join(f"{x:.0f}" for x in t))
+            return 0
         raw["single-get-64"] = single(work, "get", args.seconds)
         print("single-get-64", raw["single-get-64"]["ops_per_sec"], flush=True)
         raw["single-apply-64"] = single(work, "apply", args.seconds)

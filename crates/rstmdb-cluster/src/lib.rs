@@ -33,6 +33,7 @@ pub mod net;
 pub mod node;
 pub mod observe;
 pub mod peer_tls;
+mod read_index;
 pub mod state_machine;
 pub mod types;
 

@@ -86,6 +86,9 @@ pub struct ClusterNode {
     forward: ForwardSlot,
     /// Idle links to the leader for forwarding, reused (one request at a time each).
     forward_links: std::sync::Mutex<Vec<(NodeId, PeerClient)>>,
+    /// Where linearizable reads queue for a read-index round (`crate::read_index`).
+    read_index: tokio::sync::mpsc::Sender<crate::read_index::Waiter>,
+    read_index_task: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -201,6 +204,12 @@ impl ClusterNode {
         db.set_proposer(&proposer);
         let observed = Arc::new(crate::observe::Observed::open(&crate::raft_dir(&data_dir))?);
         let watch_task = tokio::spawn(crate::observe::observe(raft.metrics(), observed.clone()));
+        let (read_index, read_index_task) = crate::read_index::spawn(
+            raft.clone(),
+            me.clone(),
+            security.clone(),
+            Duration::from_millis(opts.write_timeout_ms.max(1)),
+        );
         Ok(ClusterNode {
             db,
             raft,
@@ -215,6 +224,8 @@ impl ClusterNode {
             me,
             forward,
             forward_links: std::sync::Mutex::new(Vec::new()),
+            read_index,
+            read_index_task,
         })
     }
 
@@ -295,26 +306,35 @@ impl ClusterNode {
             ReadConsistency::Lease => {
                 let m = self.raft.metrics();
                 let m = m.borrow();
+                // A new leader may not have applied what its predecessor committed: the lease
+                // holds only once a record of its own term is applied (as the write gate).
                 if m.state == openraft::ServerState::Leader
                     && m.millis_since_quorum_ack
                         .is_some_and(|ms| ms < self.opts.election_timeout_ms.0)
+                    && m.last_applied
+                        .is_some_and(|l| l.leader_id.term == m.current_term)
                 {
                     return Ok(());
                 }
             }
             ReadConsistency::Linearizable => {}
         }
-        let index = match self.raft.get_read_log_id().await {
-            Ok((read, _)) => read.map_or(0, |l| l.index),
-            // Not the leader: ask it.
-            Err(_) => {
-                let (leader, node) = self.leader_link()?;
-                let link = self.take_link(leader, node);
-                let mut link = link;
-                let r = link.read_index(timeout).await;
-                self.return_link(leader, link, r.is_ok());
-                r?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.read_index
+            .send(tx)
+            .await
+            .map_err(|_| ForwardError::NoLeader)?;
+        let index = match rx.await.map_err(|_| ForwardError::NoLeader)? {
+            // Became the leader between the round's two checks: ask again, once.
+            Err(ForwardError::IsLeader) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.read_index
+                    .send(tx)
+                    .await
+                    .map_err(|_| ForwardError::NoLeader)?;
+                rx.await.map_err(|_| ForwardError::NoLeader)??
             }
+            other => other?,
         };
         let waited = self
             .raft
@@ -386,6 +406,7 @@ impl ClusterNode {
     pub async fn shutdown(&self) -> Result<(), ClusterError> {
         self.peer_task.abort();
         self.snapshot_task.abort();
+        self.read_index_task.abort();
         self.watch_task.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -415,8 +436,8 @@ async fn snapshot_trigger(
             // Reset here too: a build that fails must not be asked for every second.
             applied.store(0, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = raft.trigger().snapshot().await {
+                // Raft stopped (it is shutting down); the next tick tries again otherwise.
                 tracing::warn!(error = %e, "could not start a raft snapshot");
-                return;
             }
         }
     }

@@ -284,8 +284,8 @@ impl Database {
                 ),
             ));
         }
-        self.write_gate()?;
         let guards = self.lock_instances(&[target.as_str()]).await;
+        self.write_gate()?;
         let existing = self.load_instance(&target)?;
         let replaced = existing.as_ref().is_some_and(|e| !e.deleted);
         if replaced && !replace {

@@ -63,9 +63,6 @@ impl Database {
         &self,
         ops: Vec<BatchOp>,
     ) -> std::result::Result<Vec<BatchOutput>, BatchFailure> {
-        if ops.iter().any(|op| !matches!(op, BatchOp::Get { .. })) {
-            self.write_gate().map_err(BatchFailure::whole)?;
-        }
         if ops.iter().any(|op| matches!(op, BatchOp::FlushAll)) {
             // Like FLUSH_ALL on its own, it runs to completion in its own task: the machine
             // cache is cleared after the commit.
@@ -100,6 +97,11 @@ impl Database {
             .collect();
         lock_keys.extend(idem_locks.iter().map(String::as_str));
         let guards = self.inner.locks.lock_all(&lock_keys).await;
+        // After the locks: the state read below must include every record committed before
+        // this node's term (see `Database::write_gate`).
+        if ops.iter().any(|op| !matches!(op, BatchOp::Get { .. })) {
+            self.write_gate().map_err(BatchFailure::whole)?;
+        }
 
         let now = now_ms();
         let mut staged = self.staged();

@@ -17,11 +17,11 @@ impl Database {
     /// WAL, so it survives restart). Refused unless `allow_flush_all` is set.
     async fn flush_all_now(&self) -> Result<FlushOutcome> {
         self.flush_allowed()?;
-        self.write_gate()?;
         let _machines = self.inner.machine_lock.lock().await;
         // Every instance lock: no write may be between reading an instance and committing
         // while everything disappears (its hint would resurrect a flushed instance).
         let instances = self.inner.locks.lock_every_shard().await;
+        self.write_gate()?;
         self.commit_flush(instances).await
     }
 
@@ -87,6 +87,7 @@ impl Database {
             .unwrap_or(ops.len());
         let _machines = self.inner.machine_lock.lock().await;
         let instances = self.inner.locks.lock_every_shard().await;
+        self.write_gate().map_err(BatchFailure::whole)?;
         let staged = self.staged();
         let mut planned = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {

@@ -50,8 +50,8 @@ impl Database {
         version: u32,
         definition: &Value,
     ) -> Result<PutMachineOutcome> {
-        self.write_gate()?;
         let _guard = self.inner.machine_lock.lock().await;
+        self.write_gate()?;
         let existing = self.machine(name, version).ok();
         let limit = self.inner.config.max_machine_versions as usize;
         if existing.is_none() && limit > 0 {

@@ -595,8 +595,10 @@ impl Database {
     }
 
     /// On a replica, whether this node may validate a write now (see [`Proposer::write_gate`]);
-    /// always yes on a single node. Called before the instance locks are taken and the state
-    /// is read.
+    /// always yes on a single node. Called once the write's locks are held and before the
+    /// state is read: checked before the locks, a write could wait on a lock while this node
+    /// loses and regains the leadership, then validate against state that misses what the
+    /// other leader committed.
     pub(crate) fn write_gate(&self) -> rstmdb_core::Result<()> {
         let Some(replica) = &self.inner.replica else {
             return Ok(());

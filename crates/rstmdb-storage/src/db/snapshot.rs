@@ -131,10 +131,14 @@ impl RaftApply {
             batch.insert(keys::APPLIED_TERM, state::encode_u64(term));
             batch.insert(keys::CHECKPOINT, state::encode_u64(seq));
             store.apply_batch(batch).map_err(err)?;
-            // 3. The log continues after the snapshot; what this node had beyond its own
-            // applied point was never committed here and may conflict.
+            // 3. The log continues after the snapshot. If this node's record at `seq` has the
+            // snapshot's term, its log agrees with the leader's up to there and what follows
+            // stays (raft counts it as present and cuts it itself on a conflict); otherwise
+            // what it had beyond its own applied point was never committed here and may
+            // conflict, so it goes.
+            let agrees = log.term_of(seq).map_err(|e| e.to_string())? == Some(term);
             let published = log.published_seq();
-            if log.next_seq().map_err(|e| e.to_string())? > published + 1 {
+            if !agrees && log.next_seq().map_err(|e| e.to_string())? > published + 1 {
                 log.truncate_from(published + 1)
                     .map_err(|e| format!("cutting the log before a snapshot: {e}"))?;
             }

@@ -333,8 +333,8 @@ impl Database {
         let idem_lock = req.idempotency_key.as_ref().map(|k| format!("idem\0{k}"));
         let mut lock_keys = vec![id.as_str()];
         lock_keys.extend(idem_lock.as_deref());
-        self.write_gate()?;
         let guards = self.inner.locks.lock_all(&lock_keys).await;
+        self.write_gate()?;
         let prepared = self.prepare_create(&req, &id, &self.staged(), now_ms())?;
         match self.finish(prepared, guards).await? {
             BatchOutput::Created(c) => Ok(c),
@@ -344,8 +344,8 @@ impl Database {
 
     /// APPLY_EVENT.
     pub async fn apply_event(&self, req: ApplyEvent) -> Result<ApplyOutcome> {
-        self.write_gate()?;
         let guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
+        self.write_gate()?;
         let prepared = self.prepare_apply(&req, &self.staged(), now_ms())?;
         match self.finish(prepared, guards).await? {
             BatchOutput::Applied(a) => Ok(a),
@@ -355,8 +355,8 @@ impl Database {
 
     /// DELETE_INSTANCE (soft delete; deleting again returns the original offset).
     pub async fn delete_instance(&self, req: DeleteInstance) -> Result<DeleteOutcome> {
-        self.write_gate()?;
         let guards = self.inner.locks.lock_all(&[req.instance_id.as_str()]).await;
+        self.write_gate()?;
         let prepared = self.prepare_delete(&req, &self.staged(), now_ms())?;
         match self.finish(prepared, guards).await? {
             BatchOutput::Deleted(d) => Ok(d),
