@@ -20,6 +20,7 @@ use rstmdb_storage::replicated::{
     RaftLog, RecordKind, encode_membership, encode_noop, record_kind,
 };
 use rstmdb_storage::wal::WalRecord;
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
@@ -60,11 +61,111 @@ pub fn decode_record(rec: WalRecord) -> Result<Entry<TypeConfig>, String> {
 }
 
 /// The raft log: our WAL plus the hard-state file. Clones share both.
+///
+/// Appends are group-committed: `append` puts the entries in an in-memory tail (readable at
+/// once, as openraft requires) and queues them for the log writer thread, which writes every
+/// queued append with one write and one fdatasync, then reports each flushed in order and
+/// drops them from the tail. Vote, truncate and purge first wait for every earlier append
+/// (`barrier`), so the log's I/O happens in the order openraft submitted it.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     log: RaftLog,
     hard: Arc<Mutex<HardStateFile>>,
     committed: Arc<CommittedFile>,
+    tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    writer: std::sync::mpsc::Sender<Job>,
+}
+
+/// Work for the log writer thread, in submission order.
+enum Job {
+    Append {
+        records: Vec<(u64, u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// Answered once every job before it is done.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Append { records, .. } => write!(f, "Append({} records)", records.len()),
+            Job::Barrier(_) => write!(f, "Barrier"),
+        }
+    }
+}
+
+/// Most jobs one round of the writer takes.
+const MAX_JOBS_PER_ROUND: usize = 4096;
+
+/// The log writer thread: runs until every `LogStore` clone is gone.
+fn writer_loop(
+    rx: std::sync::mpsc::Receiver<Job>,
+    log: RaftLog,
+    tail: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_JOBS_PER_ROUND {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut jobs = jobs.into_iter().peekable();
+        while let Some(job) = jobs.next() {
+            match job {
+                Job::Barrier(done) => {
+                    let _ = done.send(());
+                }
+                Job::Append { records, callback } => {
+                    // This append and every directly following one that continues it.
+                    let mut all = records;
+                    let mut callbacks = vec![callback];
+                    while let Some(Job::Append { records, .. }) = jobs.peek() {
+                        let continues = match (all.last(), records.first()) {
+                            (Some(last), Some(first)) => first.0 == last.0 + 1,
+                            _ => true,
+                        };
+                        if !continues {
+                            break;
+                        }
+                        if let Some(Job::Append { records, callback }) = jobs.next() {
+                            all.extend(records);
+                            callbacks.push(callback);
+                        }
+                    }
+                    let refs: Vec<(u64, u64, &[u8])> =
+                        all.iter().map(|(s, t, p)| (*s, *t, p.as_slice())).collect();
+                    match log.append(&refs) {
+                        Ok(()) => {
+                            if let Ok(mut tail) = tail.lock() {
+                                for (seq, term, _) in &all {
+                                    // Only this very entry: a later append after a
+                                    // truncate may already hold the same index.
+                                    if tail
+                                        .get(seq)
+                                        .is_some_and(|e| e.log_id == log_id(*term, *seq))
+                                    {
+                                        tail.remove(seq);
+                                    }
+                                }
+                            }
+                            for cb in callbacks {
+                                cb.log_io_completed(Ok(()));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, records = all.len(), "raft log append failed");
+                            for cb in callbacks {
+                                cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -80,11 +181,33 @@ impl LogStore {
         if let Some(p) = hard.state().purged {
             log.set_purged(p.index);
         }
+        let tail = Arc::new(Mutex::new(BTreeMap::new()));
+        let (writer, rx) = std::sync::mpsc::channel();
+        let (wlog, wtail) = (log.clone(), tail.clone());
+        if let Err(e) = std::thread::Builder::new()
+            .name("rstmdb-raft-log".into())
+            .spawn(move || writer_loop(rx, wlog, wtail))
+        {
+            // Every append then fails (its job cannot be queued), which stops raft loudly.
+            tracing::error!(error = %e, "could not start the raft log writer thread");
+        }
         LogStore {
             log,
             hard: Arc::new(Mutex::new(hard)),
             committed: Arc::new(committed),
+            tail,
+            writer,
         }
+    }
+
+    /// Waits until every append queued before it is written (or failed).
+    async fn barrier(&self) -> Result<(), StorageError<NodeId>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Job::Barrier(tx))
+            .map_err(|_| write_err("the raft log writer stopped"))?;
+        rx.await
+            .map_err(|_| write_err("the raft log writer stopped"))
     }
 
     fn hard_state(&self) -> Result<HardState, StorageError<NodeId>> {
@@ -120,6 +243,15 @@ impl LogStore {
 
     /// The last entry's log id (the purge point when every entry is purged).
     fn last_log_id(&self, hard: &HardState) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        if let Some(e) = self
+            .tail
+            .lock()
+            .map_err(|_| read_err("log tail lock poisoned"))?
+            .values()
+            .next_back()
+        {
+            return Ok(Some(e.log_id));
+        }
         let last_seq = self.log.next_seq().map_err(read_err)?.saturating_sub(1);
         let purged_index = hard.purged.map(|p| p.index);
         if last_seq >= 1
@@ -175,8 +307,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .await
                 .map_err(read_err)?
                 .map_err(read_err)?;
+            let mut from_log = BTreeMap::new();
             for rec in records {
-                out.push(decode_record(rec).map_err(read_err)?);
+                let e = decode_record(rec).map_err(read_err)?;
+                from_log.insert(e.log_id.index, e);
+            }
+            // Entries not yet written (or just rewritten after a truncate) win.
+            let tail = self
+                .tail
+                .lock()
+                .map_err(|_| read_err("log tail lock poisoned"))?;
+            for (i, e) in tail.range(from..=end) {
+                from_log.insert(*i, e.clone());
+            }
+            drop(tail);
+            // Consecutive from `from`: stop at the first hole.
+            let mut next = from;
+            for (i, e) in from_log {
+                if i != next {
+                    break;
+                }
+                out.push(e);
+                next += 1;
             }
         }
         Ok(out)
@@ -200,6 +352,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let vote = *vote;
+        self.barrier().await?;
         self.update_hard(ErrorSubject::Vote, move |h| h.vote = Some(vote))
             .await
     }
@@ -252,35 +405,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             let payload = encode_entry(&e).map_err(write_err)?;
             records.push((e.log_id.index, e.log_id.leader_id.term, payload));
+            self.tail
+                .lock()
+                .map_err(|_| write_err("log tail lock poisoned"))?
+                .insert(e.log_id.index, e);
         }
         if let Some(e0) = entry0 {
+            self.barrier().await?;
             self.update_hard(ErrorSubject::Logs, move |h| h.entry0 = Some(e0))
                 .await?;
         }
-        let log = self.log.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let refs: Vec<(u64, u64, &[u8])> = records
-                .iter()
-                .map(|(s, t, p)| (*s, *t, p.as_slice()))
-                .collect();
-            log.append(&refs)
-        })
-        .await
-        .map_err(write_err)?;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                callback.log_io_completed(Err(std::io::Error::other(msg.clone())));
-                Err(write_err(msg))
-            }
-        }
+        self.writer
+            .send(Job::Append { records, callback })
+            .map_err(|_| write_err("the raft log writer stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.barrier().await?;
+        // Everything queued is written; nothing at or above the cut may be read any more.
+        if let Ok(mut tail) = self.tail.lock() {
+            tail.retain(|i, _| *i < log_id.index);
+        }
         if log_id.index == 0 {
             self.update_hard(ErrorSubject::Logs, |h| h.entry0 = None)
                 .await?;
@@ -299,6 +444,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.barrier().await?;
         self.update_hard(ErrorSubject::Logs, move |h| {
             if h.purged.is_none_or(|p| p.index < log_id.index) {
                 h.purged = Some(log_id);
