@@ -322,13 +322,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             drop(tail);
             // Consecutive from `from`: stop at the first hole.
-            let mut next = from;
-            for (i, e) in from_log {
+            for (next, (i, e)) in (from..).zip(from_log) {
                 if i != next {
                     break;
                 }
                 out.push(e);
-                next += 1;
             }
         }
         Ok(out)
