@@ -268,6 +268,29 @@ impl Cluster {
         }
     }
 
+    /// PUT_MACHINE `counter` through node `id`, retried until some node leads (with
+    /// forwarding on, any node answers a write once there is a leader).
+    fn put_counter_through(&self, id: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut c = self.nodes[&id].connect();
+            let r = c.request(
+                "PUT_MACHINE",
+                json!({"machine": "counter", "version": 1, "definition": counter_definition()}),
+            );
+            if r["status"] == "ok" {
+                return;
+            }
+            assert!(
+                ["REPLICATION_TIMEOUT", "WAL_IO_ERROR"]
+                    .contains(&r["error"]["code"].as_str().unwrap_or_default()),
+                "{r}"
+            );
+            assert!(Instant::now() < deadline, "no leader: {r}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The node with the longest log: after writes through every node have been
     /// acknowledged, the leader (whose log every other converges to).
     fn wait_leader_by_log(&self) -> u64 {
@@ -619,28 +642,7 @@ fn with_forwarding_every_node_takes_writes() {
     let mut cluster = Cluster::start_with(true);
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     // Any node answers a write once there is a leader.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut c = cluster.nodes[&ids[0]].connect();
-        let r = c.request(
-            "PUT_MACHINE",
-            json!({"machine": "counter", "version": 1, "definition": counter_definition()}),
-        );
-        if r["status"] == "ok" {
-            break;
-        }
-        assert!(
-            ["REPLICATION_TIMEOUT", "WAL_IO_ERROR"]
-                .contains(&r["error"]["code"].as_str().unwrap_or_default()),
-            "{r}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no leader: {r}\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.put_counter_through(ids[0]);
     let mut offsets = Vec::new();
     for id in &ids {
         let mut c = cluster.nodes[id].connect();
@@ -913,19 +915,7 @@ fn a_watch_resumes_on_another_node_without_gap_or_duplicate() {
     let mut cluster = Cluster::start_with(true);
     let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
     // A write through node 1 succeeds once there is a leader (forwarded if need be).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut c = cluster.nodes[&ids[0]].connect();
-        let r = c.request(
-            "PUT_MACHINE",
-            json!({"machine": "counter", "version": 1, "definition": counter_definition()}),
-        );
-        if r["status"] == "ok" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no leader: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cluster.put_counter_through(ids[0]);
     let mut writer = cluster.nodes[&ids[0]].connect();
     create(&mut writer, "counter", "w", json!({}));
     // Watch on node 2, take some events, drop the connection mid-stream.

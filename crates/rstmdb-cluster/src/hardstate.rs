@@ -55,24 +55,9 @@ pub struct HardStateFile {
 impl HardStateFile {
     /// Opens (or creates, empty) `dir/hardstate`.
     pub fn open(dir: &Path) -> Result<HardStateFile, HardStateError> {
-        std::fs::create_dir_all(dir).map_err(|source| HardStateError::Io {
-            context: "creating",
-            path: dir.to_path_buf(),
-            source,
-        })?;
         let path = dir.join("hardstate");
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| HardStateError::Io {
-                context: "opening",
-                path: path.clone(),
-                source,
-            })?;
+        let file = open_rw(dir, &path)?;
         if !existed {
             // The file's name must survive a crash before anything in it matters.
             File::open(dir)
@@ -170,23 +155,8 @@ const COMMITTED_BYTES: usize = 20;
 
 impl CommittedFile {
     pub fn open(dir: &Path) -> Result<CommittedFile, HardStateError> {
-        std::fs::create_dir_all(dir).map_err(|source| HardStateError::Io {
-            context: "creating",
-            path: dir.to_path_buf(),
-            source,
-        })?;
         let path = dir.join("committed");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| HardStateError::Io {
-                context: "opening",
-                path: path.clone(),
-                source,
-            })?;
+        let file = open_rw(dir, &path)?;
         Ok(CommittedFile { path, file })
     }
 
@@ -218,6 +188,26 @@ impl CommittedFile {
                 source,
             })
     }
+}
+
+/// Creates `dir` if needed and opens `path` in it for reading and writing (created empty).
+fn open_rw(dir: &Path, path: &Path) -> Result<File, HardStateError> {
+    std::fs::create_dir_all(dir).map_err(|source| HardStateError::Io {
+        context: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| HardStateError::Io {
+            context: "opening",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// One slot: `None` when it was never written.

@@ -54,21 +54,16 @@ impl Database {
             tracing::warn!(segment = %t.segment.display(), file_offset = t.file_offset, bytes_removed = t.bytes_removed, "truncated a torn record at the end of the WAL");
         }
 
-        let (events, _) = broadcast::channel(config.subscriber_queue_depth.max(1));
-        let stats = Arc::new(CommitStats::default());
-        let (checkpoint_tx, checkpoint_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let EngineParts {
+            events,
+            stats,
+            checkpoint_tx,
+            checkpoint_rx,
+            cache,
+            apply,
+        } = engine_parts(&config, &db, &wal, found.high_water);
         let due_tx = checkpoint_tx.clone();
-        let cache = Arc::new(InstanceCache::new(config.instance_cache_mb));
-        let mut apply = ApplyStage::new(
-            db.clone(),
-            i64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
-            events.clone(),
-            stats.clone(),
-            wal.publisher(),
-            found.high_water,
-            cache.clone(),
-        )
-        .keep_tombstones(!config.allow_instance_recreate);
+        let mut apply = apply.keep_tombstones(!config.allow_instance_recreate);
 
         let reader = wal.reader();
         let replayed = replay(&mut apply, &reader, found.checkpoint)?;
@@ -271,4 +266,45 @@ fn continue_offsets(
     apply.high_water = apply.high_water.max(wal.last_seq());
     wal.publish(wal.last_seq());
     Ok(())
+}
+
+/// What both kinds of open build the same way around the apply stage.
+pub(super) struct EngineParts {
+    pub events: broadcast::Sender<Arc<crate::state::ChangeEvent>>,
+    pub stats: Arc<CommitStats>,
+    pub checkpoint_tx: std::sync::mpsc::SyncSender<()>,
+    pub checkpoint_rx: std::sync::mpsc::Receiver<()>,
+    pub cache: Arc<InstanceCache>,
+    pub apply: ApplyStage,
+}
+
+/// The watch channel, counters, checkpoint trigger, instance cache and apply stage of a
+/// database whose store applied up to `high_water`.
+pub(super) fn engine_parts(
+    config: &StorageConfig,
+    db: &Store,
+    wal: &Wal,
+    high_water: u64,
+) -> EngineParts {
+    let (events, _) = broadcast::channel(config.subscriber_queue_depth.max(1));
+    let stats = Arc::new(CommitStats::default());
+    let (checkpoint_tx, checkpoint_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let cache = Arc::new(InstanceCache::new(config.instance_cache_mb));
+    let apply = ApplyStage::new(
+        db.clone(),
+        i64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
+        events.clone(),
+        stats.clone(),
+        wal.publisher(),
+        high_water,
+        cache.clone(),
+    );
+    EngineParts {
+        events,
+        stats,
+        checkpoint_tx,
+        checkpoint_rx,
+        cache,
+        apply,
+    }
 }

@@ -18,7 +18,6 @@
 
 use super::open::{find_state, open_log, prepare_data_dir};
 use super::{Database, Inner, spawn_named};
-use crate::cache::InstanceCache;
 use crate::commit::{ApplyStage, Command, CommitStats, trim_wal};
 use crate::config::StorageConfig;
 use crate::crypto::Cipher;
@@ -35,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 /// How often a replica asks for a checkpoint at most while one is due.
 const CHECKPOINT_ASK_EVERY: Duration = Duration::from_secs(1);
@@ -443,22 +442,17 @@ impl Database {
                 wal.last_seq()
             )));
         }
-        let (events, _) = broadcast::channel(config.subscriber_queue_depth.max(1));
-        let stats = Arc::new(CommitStats::default());
-        let (checkpoint_tx, checkpoint_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let super::open::EngineParts {
+            events,
+            stats,
+            checkpoint_tx,
+            checkpoint_rx,
+            cache,
+            apply,
+        } = super::open::engine_parts(&config, &db, &wal, found.high_water);
         let due_tx = checkpoint_tx.clone();
-        let cache = Arc::new(InstanceCache::new(config.instance_cache_mb));
-        let mut apply = ApplyStage::new(
-            db.clone(),
-            i64::try_from(config.idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
-            events.clone(),
-            stats.clone(),
-            wal.publisher(),
-            found.high_water,
-            cache.clone(),
-        )
         // Tombstones are purged by a replicated purge record, never by a replica's own clock.
-        .keep_tombstones(true);
+        let mut apply = apply.keep_tombstones(true);
         apply.applied_term = applied_term;
 
         // Replay what is known committed: everything the store applied, and up to the
