@@ -992,50 +992,9 @@ fn wait_statuses_agree(cluster: &Cluster, leader: u64) -> BTreeMap<u64, Value> {
     })
 }
 
-fn promtool_check(body: &str) {
-    use std::io::Write;
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed: exposition format not checked by promtool");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // As tests/metrics.rs: only the two `*_total` gauges kept from the reference may be
-    // flagged; a parse error or any other finding (a raft family included) fails.
-    const KEPT_FOR_COMPATIBILITY: [&str; 2] = [
-        "rstmdb_instances_total non-counter metrics should not have \"_total\" suffix",
-        "rstmdb_machines_total non-counter metrics should not have \"_total\" suffix",
-    ];
-    let unexpected: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !KEPT_FOR_COMPATIBILITY.contains(&l.trim()))
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "promtool check metrics (exit {:?}) found:\n{text}",
-        out.status.code()
-    );
-}
-
 #[test]
 fn cluster_status_info_metrics_and_leader_endpoint_on_every_node() {
-    use support::scrape::{get, metrics_addr, sample};
+    use support::scrape::{get, metrics_addr, promtool_check, sample};
     let mut cluster = Cluster::start();
     let mut probe = 0;
     let leader = cluster.wait_leader(Duration::from_secs(20), &mut probe);

@@ -7,9 +7,8 @@
 mod support;
 
 use serde_json::json;
-use std::io::Write;
 use std::time::Duration;
-use support::scrape::{get, metrics_addr, sample};
+use support::scrape::{get, metrics_addr, promtool_check, sample};
 use support::*;
 
 fn metrics_server() -> Server {
@@ -284,47 +283,6 @@ fn metrics_port_in_use_is_a_startup_error() {
     }))
     .unwrap_err();
     assert!(f.stderr.contains("metrics.bind_addr"), "{}", f.stderr);
-}
-
-fn promtool_check(body: &str) {
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not installed: exposition format not checked by promtool");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The reference names two gauges `*_total`, which promtool's linter flags; the names are
-    // kept for existing dashboards (decisions.md), so exactly those two findings are allowed.
-    // A parse error or any other finding fails.
-    const KEPT_FOR_COMPATIBILITY: [&str; 2] = [
-        "rstmdb_instances_total non-counter metrics should not have \"_total\" suffix",
-        "rstmdb_machines_total non-counter metrics should not have \"_total\" suffix",
-    ];
-    let unexpected: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !KEPT_FOR_COMPATIBILITY.contains(&l.trim()))
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "promtool check metrics (exit {:?}) found:\n{text}",
-        out.status.code()
-    );
 }
 
 /// deploy/grafana/rstmdb.json may only use metric families the server exports, and (when

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 /// The state store as `open` finds it, before the log is opened.
-pub(super) struct FoundState {
-    pub(super) db: sled::Db,
+struct FoundState {
+    db: sled::Db,
     /// The store has no encryption marker yet: it is new (see `datadir`).
-    pub(super) marker_missing: bool,
+    marker_missing: bool,
     /// The offset of the last checkpoint: the log is replayed from the record after it.
-    pub(super) checkpoint: u64,
+    checkpoint: u64,
     /// The highest offset the store has applied (it may be ahead of a log that lost its tail).
-    pub(super) high_water: u64,
+    high_water: u64,
 }
 
 impl Database {
@@ -38,21 +38,7 @@ impl Database {
     /// the WAL written after the last checkpoint, and starts the commit pipeline.
     pub fn open(config: StorageConfig) -> std::result::Result<Database, OpenError> {
         let started = Instant::now();
-        prepare_data_dir(&config)?;
-        let cipher = config
-            .encryption
-            .as_ref()
-            .map(|key| Arc::new(Cipher::new(key)));
-        let found = find_state(&config, cipher.as_deref())?;
-        let (mut wal, report) = open_log(&config, cipher.clone(), found.checkpoint)?;
-        if found.marker_missing {
-            // Only now that the log has accepted the key (or its absence).
-            datadir::write_encryption_marker(&found.db, cipher.as_deref(), &config.state_dir())?;
-        }
-        let db = Store::new(found.db, cipher);
-        if let Some(t) = &report.torn_tail {
-            tracing::warn!(segment = %t.segment.display(), file_offset = t.file_offset, bytes_removed = t.bytes_removed, "truncated a torn record at the end of the WAL");
-        }
+        let OpenedFiles { db, mut wal, found } = open_files(&config)?;
 
         let EngineParts {
             events,
@@ -166,8 +152,50 @@ impl Database {
     }
 }
 
+/// A data directory's state store and log, open and checked against the key.
+pub(super) struct OpenedFiles {
+    pub db: Store,
+    pub wal: Wal,
+    /// The offsets the state store recorded (its sled handle is in `db`).
+    pub found: FoundOffsets,
+}
+
+/// The checkpoint and high-water offsets a state store recorded.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FoundOffsets {
+    pub checkpoint: u64,
+    pub high_water: u64,
+}
+
+/// The steps both opens share: the data directory, the state store and its encryption
+/// marker, the log (a torn tail cut and reported).
+pub(super) fn open_files(config: &StorageConfig) -> std::result::Result<OpenedFiles, OpenError> {
+    prepare_data_dir(config)?;
+    let cipher = config
+        .encryption
+        .as_ref()
+        .map(|key| Arc::new(Cipher::new(key)));
+    let found = find_state(config, cipher.as_deref())?;
+    let (wal, report) = open_log(config, cipher.clone(), found.checkpoint)?;
+    if found.marker_missing {
+        // Only now that the log has accepted the key (or its absence).
+        datadir::write_encryption_marker(&found.db, cipher.as_deref(), &config.state_dir())?;
+    }
+    if let Some(t) = &report.torn_tail {
+        tracing::warn!(segment = %t.segment.display(), file_offset = t.file_offset, bytes_removed = t.bytes_removed, "truncated a torn record at the end of the WAL");
+    }
+    Ok(OpenedFiles {
+        db: Store::new(found.db, cipher),
+        wal,
+        found: FoundOffsets {
+            checkpoint: found.checkpoint,
+            high_water: found.high_water,
+        },
+    })
+}
+
 /// Creates the data directory if needed and refuses one an interrupted rekey left behind.
-pub(super) fn prepare_data_dir(config: &StorageConfig) -> std::result::Result<(), OpenError> {
+fn prepare_data_dir(config: &StorageConfig) -> std::result::Result<(), OpenError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source,
@@ -177,7 +205,7 @@ pub(super) fn prepare_data_dir(config: &StorageConfig) -> std::result::Result<()
 
 /// Opens the state store, checks its encryption marker against the configured key and reads
 /// the offsets it recorded.
-pub(super) fn find_state(
+fn find_state(
     config: &StorageConfig,
     cipher: Option<&Cipher>,
 ) -> std::result::Result<FoundState, OpenError> {
@@ -206,7 +234,7 @@ pub(super) fn find_state(
 }
 
 /// Opens the WAL (cutting a torn tail), verifying it from the record after the checkpoint.
-pub(super) fn open_log(
+fn open_log(
     config: &StorageConfig,
     cipher: Option<Arc<Cipher>>,
     checkpoint: u64,

@@ -16,18 +16,15 @@
 //!   and delete only segments raft has purged too (a lagging replica may still need the
 //!   rest; [`RaftLog::set_purged`]).
 
-use super::open::{find_state, open_log, prepare_data_dir};
+use super::open::{OpenedFiles, open_files};
 use super::{Database, Inner, spawn_named};
 use crate::commit::{ApplyStage, Command, CommitStats, trim_wal};
 use crate::config::StorageConfig;
-use crate::crypto::Cipher;
-use crate::datadir;
 use crate::entry::WalEntry;
 use crate::error::OpenError;
 use crate::locks::LockTable;
 use crate::proposal::{Applied, ApplyRecord, Proposal, Proposer, request_for};
 use crate::state::{self, keys};
-use crate::store::Store;
 use crate::wal::{Wal, WalError, WalReader, WalRecord};
 use rstmdb_core::InstanceLimits;
 use std::collections::{BTreeMap, HashMap};
@@ -393,46 +390,29 @@ impl Database {
         opts: ReplicatedOpen,
     ) -> std::result::Result<(Database, RaftLog, RaftApply), OpenError> {
         let started = Instant::now();
-        prepare_data_dir(&config)?;
-        let cipher = config
-            .encryption
-            .as_ref()
-            .map(|key| Arc::new(Cipher::new(key)));
-        let found = find_state(&config, cipher.as_deref())?;
-        let (mut wal, report) = open_log(&config, cipher.clone(), found.checkpoint)?;
-        if found.marker_missing {
-            datadir::write_encryption_marker(&found.db, cipher.as_deref(), &config.state_dir())?;
-        }
-        let applied_term = match found.db.get(keys::APPLIED_TERM) {
-            Ok(Some(v)) => state::decode_u64(&v)
-                .ok_or_else(|| OpenError::CorruptState("bad value under applied_term".into()))?,
-            Ok(None) => 0,
-            Err(source) => {
-                return Err(OpenError::State {
-                    path: config.state_dir(),
-                    source,
-                });
-            }
+        let OpenedFiles { db, mut wal, found } = open_files(&config)?;
+        let store_err = |e: crate::store::StoreError| match e {
+            crate::store::StoreError::Sled(source) => OpenError::State {
+                path: config.state_dir(),
+                source,
+            },
+            other => OpenError::CorruptState(other.to_string()),
         };
-        match found.db.get(super::snapshot::INSTALLING) {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                return Err(OpenError::CorruptState(
-                    "a raft snapshot install was interrupted: the state store is half-written; \
-                     wipe this node's data directory and rejoin it under a new node id"
-                        .into(),
-                ));
-            }
-            Err(source) => {
-                return Err(OpenError::State {
-                    path: config.state_dir(),
-                    source,
-                });
-            }
-        }
-        let db = Store::new(found.db, cipher);
-        if let Some(t) = &report.torn_tail {
-            tracing::warn!(segment = %t.segment.display(), file_offset = t.file_offset, bytes_removed = t.bytes_removed, "truncated a torn record at the end of the WAL");
+        let applied_term = match db.get(keys::APPLIED_TERM).map_err(store_err)? {
+            Some(v) => state::decode_u64(&v)
+                .ok_or_else(|| OpenError::CorruptState("bad value under applied_term".into()))?,
+            None => 0,
+        };
+        if db
+            .get(super::snapshot::INSTALLING)
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(OpenError::CorruptState(
+                "a raft snapshot install was interrupted: the state store is half-written; \
+                 wipe this node's data directory and rejoin it under a new node id"
+                    .into(),
+            ));
         }
         if found.high_water > wal.last_seq() {
             return Err(OpenError::CorruptState(format!(
